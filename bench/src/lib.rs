@@ -1,0 +1,151 @@
+//! Load generators for the benches: realistic OTLP payloads and pre-filled stores.
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+    ScopeMetrics, Sum, exemplar, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use spindle::process::translate::Translator;
+use spindle::store::Store;
+
+fn kv(k: &str, v: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn exemplar(i: u64, value: f64) -> Exemplar {
+    let mut trace_id = vec![0u8; 16];
+    trace_id[..8].copy_from_slice(&(i + 1).to_be_bytes());
+    Exemplar {
+        trace_id,
+        span_id: (i + 1).to_be_bytes().to_vec(),
+        time_unix_nano: 1_700_000_000_000_000_000 + i,
+        value: Some(exemplar::Value::AsDouble(value)),
+        ..Default::default()
+    }
+}
+
+/// Five labels per point, like a typical HTTP service metric.
+fn attrs(i: u64) -> Vec<KeyValue> {
+    vec![
+        kv("http.route", format!("/api/v1/items/{}", i % 50)),
+        kv("http.method", ["GET", "POST", "PUT", "DELETE"][(i % 4) as usize]),
+        kv("http.status_code", ["200", "201", "404", "500"][((i / 4) % 4) as usize]),
+        kv("region", format!("eu-{}", (i / 16) % 3)),
+        kv("shard", format!("{}", i / 48)),
+    ]
+}
+
+/// A request with `series` counter points and `series / 10` histogram points (12 buckets),
+/// cumulative, every point carrying one exemplar. `offset` shifts the values so successive
+/// requests update the same series with new values.
+pub fn metrics_request(series: u64, offset: u64) -> ExportMetricsServiceRequest {
+    let counters = (0..series)
+        .map(|i| NumberDataPoint {
+            attributes: attrs(i),
+            time_unix_nano: 1_700_000_000_000_000_000,
+            value: Some(number_data_point::Value::AsInt((i + offset) as i64)),
+            exemplars: vec![exemplar(i, 1.0)],
+            ..Default::default()
+        })
+        .collect();
+    let bounds: Vec<f64> = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let hists = (0..series / 10)
+        .map(|i| HistogramDataPoint {
+            attributes: attrs(i),
+            count: 12 * (offset + 1),
+            sum: Some(3.5 * (offset + 1) as f64),
+            bucket_counts: vec![offset + 1; 12],
+            explicit_bounds: bounds.clone(),
+            exemplars: vec![exemplar(i, 0.3)],
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "checkout"),
+                    kv("service.namespace", "shop"),
+                    kv("service.instance.id", "pod-7f9c"),
+                    kv("host.name", "node-3"),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "bench".into(),
+                    version: "1.0".into(),
+                    ..Default::default()
+                }),
+                metrics: vec![
+                    Metric {
+                        name: "http.server.requests".into(),
+                        unit: "{request}".into(),
+                        description: "Requests served.".into(),
+                        data: Some(metric::Data::Sum(Sum {
+                            data_points: counters,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "http.server.request.duration".into(),
+                        unit: "s".into(),
+                        description: "Request latency.".into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points: hists,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        })),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A store holding `series` counter series (5 labels plus job/instance/scope, one exemplar each),
+/// filled in batches of 10k.
+pub fn filled_store(series: u64) -> Store {
+    let store = Store::new(Duration::from_secs(3600), usize::MAX, &[]);
+    let t = Translator::default();
+    let batch = 10_000;
+    let mut done = 0;
+    while done < series {
+        let n = batch.min(series - done);
+        let mut req = metrics_request(0, 0);
+        let counters: Vec<NumberDataPoint> = (done..done + n)
+            .map(|i| {
+                let mut a = attrs(i);
+                a.push(kv("series", i.to_string()));
+                NumberDataPoint {
+                    attributes: a,
+                    value: Some(number_data_point::Value::AsInt(i as i64)),
+                    exemplars: vec![exemplar(i, 1.0)],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        if let Some(metric::Data::Sum(s)) = &mut req.resource_metrics[0].scope_metrics[0].metrics[0].data {
+            s.data_points = counters;
+        }
+        req.resource_metrics[0].scope_metrics[0].metrics.truncate(1);
+        store.write(t.translate(req), Instant::now());
+        done += n;
+    }
+    store
+}

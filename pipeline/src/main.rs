@@ -1,0 +1,118 @@
+//! The `spindle` command: run the pipeline, validate a config, or print the effective config.
+//! The only place that exits non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spindle::config::{Config, ConfigError, ENV_CONFIG};
+
+/// OpenTelemetry pipeline: OTLP in, Prometheus/OpenMetrics with exemplars out.
+#[derive(Debug, Parser)]
+#[command(name = "spindle", version, about)]
+struct Cli {
+    /// YAML config file; without one, embedded defaults are used.
+    #[arg(long, global = true, env = ENV_CONFIG)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config file and print every problem with its key path; exit 0 if valid, 2 if not.
+    Validate,
+    /// Print the effective configuration (defaults, file and environment overrides) as YAML.
+    PrintConfig,
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        match e {
+            ConfigError::Invalid(_) | ConfigError::Read { .. } => ExitCode::from(2),
+            _ => ExitCode::from(2),
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate) => {
+            let Some(path) = cli.config.as_deref() else {
+                eprintln!("spindle validate needs --config FILE (or SPINDLE_CONFIG)");
+                return ExitCode::from(2);
+            };
+            match load(Some(path)) {
+                Ok(_) => {
+                    println!("{}: valid", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Some(Command::PrintConfig) => match load(cli.config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        None => {
+            let config = match load(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let running = spindle::app::start(config).await?;
+        let cancel = running.cancel_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        });
+        running.wait().await
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

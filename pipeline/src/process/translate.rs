@@ -1,0 +1,908 @@
+//! OTLP metrics → Prometheus samples, as the OTel "Prometheus and OpenMetrics Compatibility" spec
+//! prescribes.
+//!
+//! In: an `ExportMetricsServiceRequest`, by value. Out: [`Samples`], one owned batch whose strings
+//! live in a single arena, plus the points rejected as invalid (counted in its [`Outcome`]).
+//!
+//! - Names: invalid characters → `_` (runs collapsed), unit suffix (`s` → `_seconds`, `By` →
+//!   `_bytes`, `1` → `_ratio` for gauges, `{…}` dropped), counters expose `_total`.
+//! - Labels: `job` = `service.namespace/service.name`, `instance` = `service.instance.id`,
+//!   `otel_scope_name`, `otel_scope_version`, promoted resource attributes, then point attributes;
+//!   names sanitized, and attributes that collide after sanitizing are joined with `;`.
+//! - One `target_info` point per resource that has attributes beyond the identifying ones.
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
+
+use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
+
+/// A half-open range of indices into one of the arenas of [`Samples`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// First index.
+    pub start: u32,
+    /// One past the last index.
+    pub end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Self {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    /// The range as `usize` indices.
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// Number of elements.
+    pub fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// A label: name and value as spans of [`Samples::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    /// The sanitized label name.
+    pub name: Span,
+    /// The label value (any UTF-8).
+    pub value: Span,
+}
+
+/// A Prometheus metric family as translated from one OTLP metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyMeta {
+    /// Family name (for counters without the `_total` suffix).
+    pub name: String,
+    /// Exposed type.
+    pub kind: MetricKind,
+    /// `# HELP` text (the OTLP description).
+    pub help: String,
+    /// Prometheus unit (`seconds`, `bytes`, …; empty when none).
+    pub unit: String,
+}
+
+/// The value of one translated point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PointValue {
+    /// Counter or gauge value.
+    Number(f64),
+    /// Explicit-bucket histogram; `bounds` index [`Samples::floats`], `counts` index
+    /// [`Samples::counts`] and has one more element than `bounds` (the `+Inf` bucket).
+    Histogram {
+        /// Number of observations.
+        count: u64,
+        /// Sum of observations, `NaN` when the sender did not report one.
+        sum: f64,
+        /// Upper bounds.
+        bounds: Span,
+        /// Per-bucket (not cumulative) counts.
+        counts: Span,
+    },
+    /// Base-2 exponential histogram.
+    Exponential(ExpPoint),
+    /// Summary; `quantiles` indexes [`Samples::floats`] as (quantile, value) pairs.
+    Summary {
+        /// Number of observations.
+        count: u64,
+        /// Sum of observations.
+        sum: f64,
+        /// Quantile/value pairs, flattened.
+        quantiles: Span,
+    },
+    /// Info metric: value 1.
+    Info,
+}
+
+/// A base-2 exponential histogram point; bucket spans index [`Samples::counts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpPoint {
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of observations, `NaN` when absent.
+    pub sum: f64,
+    /// Resolution: bucket boundaries are powers of `2^(2^-scale)`.
+    pub scale: i32,
+    /// Observations in the zero bucket.
+    pub zero_count: u64,
+    /// Width of the zero bucket.
+    pub zero_threshold: f64,
+    /// Index of the first positive bucket.
+    pub positive_offset: i32,
+    /// Positive bucket counts.
+    pub positive: Span,
+    /// Index of the first negative bucket.
+    pub negative_offset: i32,
+    /// Negative bucket counts (by absolute value).
+    pub negative: Span,
+}
+
+/// One translated data point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Index into [`Samples::families`].
+    pub family: u32,
+    /// Labels sorted by name, as a span of [`Samples::labels`].
+    pub labels: Span,
+    /// Whether the value replaces or adds to the stored one.
+    pub temporality: Temporality,
+    /// The value.
+    pub value: PointValue,
+    /// Exemplars, as a span of [`Samples::exemplars`].
+    pub exemplars: Span,
+}
+
+/// An owned batch of translated points. Strings and numbers live in shared arenas so a batch costs
+/// a handful of allocations however many points it carries.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// One entry per translated OTLP metric (and one for `target_info`).
+    pub families: Vec<FamilyMeta>,
+    /// The points.
+    pub points: Vec<Point>,
+    /// Label arena.
+    pub labels: Vec<Label>,
+    /// String arena for label names and values.
+    pub text: String,
+    /// Float arena: histogram bounds, summary quantiles.
+    pub floats: Vec<f64>,
+    /// Count arena: histogram bucket counts.
+    pub counts: Vec<u64>,
+    /// Exemplar arena.
+    pub exemplars: Vec<Exemplar>,
+    /// Points accepted so far and points rejected during translation, with reasons.
+    pub outcome: Outcome,
+}
+
+impl Samples {
+    /// The text a span of [`Samples::text`] covers.
+    pub fn str(&self, s: Span) -> &str {
+        self.text.get(s.range()).unwrap_or("")
+    }
+
+    /// The labels of a point.
+    pub fn point_labels(&self, p: &Point) -> &[Label] {
+        &self.labels[p.labels.range()]
+    }
+}
+
+/// Configuration of the translation.
+#[derive(Debug, Clone, Default)]
+pub struct Translator {
+    promote: Vec<String>,
+}
+
+const SERVICE_NAME: &str = "service.name";
+const SERVICE_NAMESPACE: &str = "service.namespace";
+const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+
+impl Translator {
+    /// A translator that also turns the named resource attributes into labels.
+    pub fn new(promote_resource_attributes: Vec<String>) -> Self {
+        Self {
+            promote: promote_resource_attributes,
+        }
+    }
+
+    /// Translates a whole request. Invalid points are left out and counted in the outcome.
+    pub fn translate(&self, req: ExportMetricsServiceRequest) -> Samples {
+        let mut out = Samples::default();
+        let mut scratch = Scratch::default();
+        for rm in req.resource_metrics {
+            let attrs = rm.resource.map(|r| r.attributes).unwrap_or_default();
+            let resource_labels = self.resource_labels(&attrs, &mut out);
+            self.target_info(&attrs, &resource_labels, &mut out);
+            for sm in rm.scope_metrics {
+                let scope_labels = scope_labels(&resource_labels, sm.scope, &sm.schema_url, &mut out);
+                for m in sm.metrics {
+                    translate_metric(m, &scope_labels, &mut out, &mut scratch);
+                }
+            }
+        }
+        out
+    }
+
+    /// `job`, `instance` and promoted attributes of a resource.
+    fn resource_labels(&self, attrs: &[KeyValue], out: &mut Samples) -> Vec<Label> {
+        let mut labels = Vec::with_capacity(2 + self.promote.len());
+        let get = |k: &str| attrs.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.as_ref());
+        let mut v = String::new();
+        if let Some(name) = get(SERVICE_NAME) {
+            if let Some(ns) = get(SERVICE_NAMESPACE) {
+                write_any(ns, &mut v);
+                if !v.is_empty() {
+                    v.push('/');
+                }
+            }
+            write_any(name, &mut v);
+            labels.push(push_label(&mut out.text, "job", &v));
+        }
+        if let Some(id) = get(SERVICE_INSTANCE_ID) {
+            v.clear();
+            write_any(id, &mut v);
+            labels.push(push_label(&mut out.text, "instance", &v));
+        }
+        for key in &self.promote {
+            if let Some(val) = get(key) {
+                v.clear();
+                write_any(val, &mut v);
+                let name = push_sanitized_label_name(&mut out.text, key);
+                let value = push_str(&mut out.text, &v);
+                labels.push(Label { name, value });
+            }
+        }
+        labels
+    }
+
+    /// One `target_info` point carrying every non-identifying resource attribute.
+    fn target_info(&self, attrs: &[KeyValue], resource_labels: &[Label], out: &mut Samples) {
+        // Sorted by key, so attributes that collide after sanitizing join in key order.
+        let mut extra: Vec<&KeyValue> = attrs
+            .iter()
+            .filter(|kv| !matches!(kv.key.as_str(), SERVICE_NAME | SERVICE_NAMESPACE | SERVICE_INSTANCE_ID))
+            .collect();
+        if extra.is_empty() {
+            return;
+        }
+        extra.sort_by(|a, b| a.key.cmp(&b.key));
+        let family = family_index(
+            out,
+            FamilyMeta {
+                name: "target".into(),
+                kind: MetricKind::Info,
+                help: "Target metadata".into(),
+                unit: String::new(),
+            },
+        );
+        let start = out.labels.len();
+        out.labels.extend(
+            resource_labels
+                .iter()
+                .filter(|l| matches!(&out.text[l.name.range()], "job" | "instance"))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let mut v = String::new();
+        for kv in extra {
+            v.clear();
+            if let Some(val) = &kv.value {
+                write_any(val, &mut v);
+            }
+            let name = push_sanitized_label_name(&mut out.text, &kv.key);
+            let value = push_str(&mut out.text, &v);
+            out.labels.push(Label { name, value });
+        }
+        finish_labels(out, start);
+        out.points.push(Point {
+            family,
+            labels: Span::new(start, out.labels.len()),
+            temporality: Temporality::Cumulative,
+            value: PointValue::Info,
+            exemplars: Span::default(),
+        });
+        out.outcome.accepted += 1;
+    }
+}
+
+/// The resource's labels plus `otel_scope_name`, `otel_scope_version`, `otel_scope_schema_url` and
+/// one `otel_scope_<key>` per scope attribute.
+fn scope_labels(
+    resource_labels: &[Label],
+    scope: Option<InstrumentationScope>,
+    schema_url: &str,
+    out: &mut Samples,
+) -> Vec<Label> {
+    let mut labels = resource_labels.to_vec();
+    let scope = scope.unwrap_or_default();
+    for (name, value) in [("otel_scope_name", &scope.name), ("otel_scope_version", &scope.version)] {
+        if !value.is_empty() {
+            labels.push(push_label(&mut out.text, name, value));
+        }
+    }
+    if !schema_url.is_empty() {
+        labels.push(push_label(&mut out.text, "otel_scope_schema_url", schema_url));
+    }
+    let mut v = String::new();
+    for kv in &scope.attributes {
+        v.clear();
+        if let Some(val) = &kv.value {
+            write_any(val, &mut v);
+        }
+        let name = push_sanitized_label_name(&mut out.text, &format!("otel_scope_{}", kv.key));
+        let value = push_str(&mut out.text, &v);
+        labels.push(Label { name, value });
+    }
+    labels
+}
+
+/// Reused per-request buffers.
+#[derive(Default)]
+struct Scratch {
+    value: String,
+}
+
+fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {
+    out.families.push(meta);
+    (out.families.len() - 1) as u32
+}
+
+fn translate_metric(m: pm::Metric, scope_labels: &[Label], out: &mut Samples, scratch: &mut Scratch) {
+    let Some(data) = m.data else {
+        out.outcome.reject(0, || format!("metric `{}` has no data", m.name));
+        return;
+    };
+    if m.name.is_empty() {
+        let n = data_point_count(&data);
+        out.outcome.reject(n, || "metric with an empty name".into());
+        return;
+    }
+    let kind = match &data {
+        Data::Sum(s) if s.is_monotonic => MetricKind::Counter,
+        Data::Sum(_) | Data::Gauge(_) => MetricKind::Gauge,
+        Data::Histogram(_) | Data::ExponentialHistogram(_) => MetricKind::Histogram,
+        Data::Summary(_) => MetricKind::Summary,
+    };
+    let (name, unit) = prometheus_name(&m.name, &m.unit, kind);
+    let family = family_index(
+        out,
+        FamilyMeta {
+            name,
+            kind,
+            help: m.description,
+            unit,
+        },
+    );
+    let ctx = PointCtx {
+        family,
+        kind,
+        scope_labels,
+    };
+    match data {
+        Data::Gauge(g) => {
+            for dp in g.data_points {
+                number_point(&ctx, dp, Temporality::Cumulative, out, scratch);
+            }
+        }
+        Data::Sum(s) => {
+            let t = temporality(s.aggregation_temporality);
+            for dp in s.data_points {
+                number_point(&ctx, dp, t, out, scratch);
+            }
+        }
+        Data::Histogram(h) => {
+            let t = temporality(h.aggregation_temporality);
+            for dp in h.data_points {
+                histogram_point(&ctx, dp, t, out, scratch);
+            }
+        }
+        Data::ExponentialHistogram(h) => {
+            let t = temporality(h.aggregation_temporality);
+            for dp in h.data_points {
+                exponential_point(&ctx, dp, t, out, scratch);
+            }
+        }
+        Data::Summary(s) => {
+            for dp in s.data_points {
+                summary_point(&ctx, dp, out, scratch);
+            }
+        }
+    }
+}
+
+fn data_point_count(d: &Data) -> u64 {
+    (match d {
+        Data::Gauge(g) => g.data_points.len(),
+        Data::Sum(s) => s.data_points.len(),
+        Data::Histogram(h) => h.data_points.len(),
+        Data::ExponentialHistogram(h) => h.data_points.len(),
+        Data::Summary(s) => s.data_points.len(),
+    }) as u64
+}
+
+fn temporality(t: i32) -> Temporality {
+    if t == pm::AggregationTemporality::Delta as i32 {
+        Temporality::Delta
+    } else {
+        Temporality::Cumulative
+    }
+}
+
+struct PointCtx<'a> {
+    family: u32,
+    kind: MetricKind,
+    scope_labels: &'a [Label],
+}
+
+const NO_RECORDED_VALUE: u32 = pm::DataPointFlags::NoRecordedValueMask as u32;
+
+impl PointCtx<'_> {
+    /// Pushes the point's labels; returns their span or a rejection reason.
+    fn labels(&self, attrs: &[KeyValue], out: &mut Samples, scratch: &mut Scratch) -> Result<Span, String> {
+        let start = out.labels.len();
+        self.push_labels(attrs.iter(), out, scratch);
+        if finish_labels(out, start) {
+            // Names collided after sanitizing: values are joined in the order of the original keys.
+            out.labels.truncate(start);
+            let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+            sorted.sort_by(|a, b| a.key.cmp(&b.key));
+            self.push_labels(sorted.into_iter(), out, scratch);
+            finish_labels(out, start);
+        }
+        let reserved = match self.kind {
+            MetricKind::Histogram => Some("le"),
+            MetricKind::Summary => Some("quantile"),
+            _ => None,
+        };
+        if let Some(r) = reserved
+            && out.labels[start..].iter().any(|l| &out.text[l.name.range()] == r)
+        {
+            out.labels.truncate(start);
+            return Err(format!(
+                "attribute `{r}` is reserved for {} buckets",
+                self.kind.openmetrics_type()
+            ));
+        }
+        Ok(Span::new(start, out.labels.len()))
+    }
+
+    fn push_labels<'a>(&self, attrs: impl Iterator<Item = &'a KeyValue>, out: &mut Samples, scratch: &mut Scratch) {
+        out.labels.extend_from_slice(self.scope_labels);
+        for kv in attrs {
+            scratch.value.clear();
+            if let Some(v) = &kv.value {
+                write_any(v, &mut scratch.value);
+            }
+            let name = push_sanitized_label_name(&mut out.text, &kv.key);
+            let value = push_str(&mut out.text, &scratch.value);
+            out.labels.push(Label { name, value });
+        }
+    }
+
+    fn push(&self, out: &mut Samples, labels: Span, t: Temporality, value: PointValue, exemplars: Span) {
+        out.points.push(Point {
+            family: self.family,
+            labels,
+            temporality: t,
+            value,
+            exemplars,
+        });
+        out.outcome.accepted += 1;
+    }
+
+    fn reject(&self, out: &mut Samples, why: impl FnOnce() -> String) {
+        let name = &out.families[self.family as usize].name;
+        let msg = format!("{name}: {}", why());
+        out.outcome.reject(1, || msg);
+    }
+}
+
+fn number_point(ctx: &PointCtx<'_>, dp: pm::NumberDataPoint, t: Temporality, out: &mut Samples, s: &mut Scratch) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    let v = match dp.value {
+        Some(pm::number_data_point::Value::AsDouble(d)) => d,
+        Some(pm::number_data_point::Value::AsInt(i)) => i as f64,
+        None => return ctx.reject(out, || "data point has no value".into()),
+    };
+    if ctx.kind == MetricKind::Counter && (v.is_nan() || v < 0.0) {
+        return ctx.reject(out, || {
+            format!("monotonic sum has value {v}; counters must be non-negative numbers")
+        });
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject(out, || e),
+    };
+    let ex = if ctx.kind == MetricKind::Counter {
+        push_exemplars(&dp.exemplars, out)
+    } else {
+        Span::default()
+    };
+    ctx.push(out, labels, t, PointValue::Number(v), ex);
+}
+
+fn histogram_point(ctx: &PointCtx<'_>, dp: pm::HistogramDataPoint, t: Temporality, out: &mut Samples, s: &mut Scratch) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    let nb = dp.explicit_bounds.len();
+    if !dp.bucket_counts.is_empty() && dp.bucket_counts.len() != nb + 1 {
+        return ctx.reject(out, || {
+            format!(
+                "histogram has {} bucket counts for {nb} bounds (expected {})",
+                dp.bucket_counts.len(),
+                nb + 1
+            )
+        });
+    }
+    if dp.explicit_bounds.iter().any(|b| b.is_nan()) || dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return ctx.reject(out, || "histogram bounds are not strictly increasing".into());
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject(out, || e),
+    };
+    let fb = out.floats.len();
+    let cb = out.counts.len();
+    if dp.bucket_counts.is_empty() {
+        // No buckets: a single +Inf bucket holding every observation.
+        out.counts.push(dp.count);
+    } else {
+        out.floats.extend_from_slice(&dp.explicit_bounds);
+        out.counts.extend_from_slice(&dp.bucket_counts);
+    }
+    let bounds = Span::new(fb, out.floats.len());
+    let counts = Span::new(cb, out.counts.len());
+    let ex = push_exemplars(&dp.exemplars, out);
+    let value = PointValue::Histogram {
+        count: dp.count,
+        sum: dp.sum.unwrap_or(f64::NAN),
+        bounds,
+        counts,
+    };
+    ctx.push(out, labels, t, value, ex);
+}
+
+fn exponential_point(
+    ctx: &PointCtx<'_>,
+    dp: pm::ExponentialHistogramDataPoint,
+    t: Temporality,
+    out: &mut Samples,
+    s: &mut Scratch,
+) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if !(-10..=20).contains(&dp.scale) {
+        return ctx.reject(out, || {
+            format!("exponential histogram scale {} outside [-10, 20]", dp.scale)
+        });
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject(out, || e),
+    };
+    let (po, pos) = dp.positive.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
+    let (no, neg) = dp.negative.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
+    let p0 = out.counts.len();
+    out.counts.extend_from_slice(&pos);
+    let n0 = out.counts.len();
+    out.counts.extend_from_slice(&neg);
+    let ex = push_exemplars(&dp.exemplars, out);
+    let value = PointValue::Exponential(ExpPoint {
+        count: dp.count,
+        sum: dp.sum.unwrap_or(f64::NAN),
+        scale: dp.scale,
+        zero_count: dp.zero_count,
+        zero_threshold: dp.zero_threshold,
+        positive_offset: po,
+        positive: Span::new(p0, n0),
+        negative_offset: no,
+        negative: Span::new(n0, out.counts.len()),
+    });
+    ctx.push(out, labels, t, value, ex);
+}
+
+fn summary_point(ctx: &PointCtx<'_>, dp: pm::SummaryDataPoint, out: &mut Samples, s: &mut Scratch) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if dp.quantile_values.iter().any(|q| !(0.0..=1.0).contains(&q.quantile)) {
+        return ctx.reject(out, || "summary quantile outside [0, 1]".into());
+    }
+    if dp.sum < 0.0 || dp.quantile_values.iter().any(|q| q.value < 0.0) {
+        return ctx.reject(out, || {
+            "summary with negative values cannot be exposed in OpenMetrics".into()
+        });
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject(out, || e),
+    };
+    let f0 = out.floats.len();
+    for q in &dp.quantile_values {
+        out.floats.push(q.quantile);
+        out.floats.push(q.value);
+    }
+    let value = PointValue::Summary {
+        count: dp.count,
+        sum: dp.sum,
+        quantiles: Span::new(f0, out.floats.len()),
+    };
+    ctx.push(out, labels, Temporality::Cumulative, value, Span::default());
+}
+
+/// Keeps exemplars that link to a trace (16-byte non-zero trace id, 8-byte span id).
+fn push_exemplars(exs: &[pm::Exemplar], out: &mut Samples) -> Span {
+    let start = out.exemplars.len();
+    for e in exs {
+        let (Ok(trace_id), Ok(span_id)) = (
+            <[u8; 16]>::try_from(e.trace_id.as_slice()),
+            <[u8; 8]>::try_from(e.span_id.as_slice()),
+        ) else {
+            continue;
+        };
+        if trace_id == [0; 16] {
+            continue;
+        }
+        let value = match e.value {
+            Some(pm::exemplar::Value::AsDouble(d)) => d,
+            Some(pm::exemplar::Value::AsInt(i)) => i as f64,
+            None => continue,
+        };
+        out.exemplars.push(Exemplar {
+            trace_id,
+            span_id,
+            value,
+            time_unix_nano: e.time_unix_nano,
+        });
+    }
+    Span::new(start, out.exemplars.len())
+}
+
+/// Sorts the labels from `start` by name and joins values of names that collide (`;`, in the
+/// order they were pushed). Returns whether any collided.
+fn finish_labels(out: &mut Samples, start: usize) -> bool {
+    let Samples { labels, text, .. } = out;
+    let ls = &mut labels[start..];
+    // Stable: colliding labels keep the order they were pushed in.
+    ls.sort_by(|a, b| text[a.name.range()].cmp(&text[b.name.range()]));
+    if ls
+        .windows(2)
+        .all(|w| text[w[0].name.range()] != text[w[1].name.range()])
+    {
+        return false;
+    }
+    let mut merged: Vec<Label> = Vec::with_capacity(ls.len());
+    for l in ls.iter() {
+        match merged.last_mut() {
+            Some(last) if text[last.name.range()] == text[l.name.range()] => {
+                let joined = format!("{};{}", &text[last.value.range()], &text[l.value.range()]);
+                last.value = push_str(text, &joined);
+            }
+            _ => merged.push(*l),
+        }
+    }
+    labels.truncate(start);
+    labels.extend(merged);
+    true
+}
+
+fn push_str(text: &mut String, s: &str) -> Span {
+    let start = text.len();
+    text.push_str(s);
+    Span::new(start, text.len())
+}
+
+fn push_label(text: &mut String, name: &str, value: &str) -> Label {
+    let name = push_str(text, name);
+    let value = push_str(text, value);
+    Label { name, value }
+}
+
+/// Appends `raw` sanitized as a label name: invalid characters → `_`, runs of `_` collapsed,
+/// `key_` prefix when it would start with a digit, `key` prefix when it would start with `_`.
+fn push_sanitized_label_name(text: &mut String, raw: &str) -> Span {
+    let start = text.len();
+    match raw.chars().next() {
+        Some(c) if c.is_ascii_digit() => text.push_str("key_"),
+        Some('_') => text.push_str("key"),
+        None => text.push_str("key_empty"),
+        _ => {}
+    }
+    push_sanitized(text, raw, false);
+    Span::new(start, text.len())
+}
+
+/// Appends `raw` with characters outside `[a-zA-Z0-9_]` (and `:` if `colon`) replaced by `_`, and
+/// runs of `_` collapsed to one.
+fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
+    for c in raw.chars() {
+        let ok = c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':');
+        let c = if ok { c } else { '_' };
+        if c == '_' && out.ends_with('_') {
+            continue;
+        }
+        out.push(c);
+    }
+}
+
+/// Renders an attribute value as a label value: strings as is, scalars in their usual form,
+/// arrays and maps as JSON.
+fn write_any(v: &AnyValue, out: &mut String) {
+    use std::fmt::Write;
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => out.push_str(s),
+        Some(any_value::Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
+        Some(any_value::Value::IntValue(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        Some(any_value::Value::DoubleValue(d)) => {
+            let _ = write!(out, "{d}");
+        }
+        Some(any_value::Value::BytesValue(b)) => {
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+        }
+        Some(any_value::Value::ArrayValue(a)) => {
+            out.push('[');
+            for (i, x) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_any(x, out);
+            }
+            out.push(']');
+        }
+        Some(any_value::Value::KvlistValue(kv)) => {
+            out.push('{');
+            for (i, x) in kv.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(x.key.clone()).to_string());
+                out.push(':');
+                match &x.value {
+                    Some(v) => write_json_any(v, out),
+                    None => out.push_str("null"),
+                }
+            }
+            out.push('}');
+        }
+        // Dictionary references only occur in profiles; there is nothing to resolve them against.
+        Some(any_value::Value::StringValueStrindex(_)) | None => {}
+    }
+}
+
+fn write_json_any(v: &AnyValue, out: &mut String) {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => out.push_str(&serde_json::Value::String(s.clone()).to_string()),
+        Some(any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_))
+        | Some(any_value::Value::BoolValue(_) | any_value::Value::IntValue(_)) => write_any(v, out),
+        Some(any_value::Value::DoubleValue(d)) if d.is_finite() => write_any(v, out),
+        Some(_) => {
+            let mut s = String::new();
+            write_any(v, &mut s);
+            out.push_str(&serde_json::Value::String(s).to_string());
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// The Prometheus family name and unit of an OTLP metric.
+///
+/// For counters the returned family name has no `_total`; encoders add it to sample names.
+pub fn prometheus_name(name: &str, unit: &str, kind: MetricKind) -> (String, String) {
+    let mut out = String::with_capacity(name.len() + 16);
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    push_sanitized(&mut out, name, true);
+    let unit = prometheus_unit(unit, kind);
+    if kind == MetricKind::Counter
+        && let Some(base) = out.strip_suffix("_total")
+    {
+        out.truncate(base.len());
+    }
+    if !unit.is_empty() {
+        let suffix = format!("_{unit}");
+        if !out.ends_with(&suffix) {
+            // Insert the unit before a trailing `_total` already removed above.
+            if out.ends_with('_') {
+                out.pop();
+            }
+            out.push_str(&suffix);
+        }
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    (out, unit)
+}
+
+/// The Prometheus unit word for a UCUM unit, empty when none applies.
+pub fn prometheus_unit(unit: &str, kind: MetricKind) -> String {
+    let unit = unit.trim();
+    if unit.is_empty() || (unit.starts_with('{') && unit.ends_with('}')) {
+        return String::new();
+    }
+    if unit == "1" {
+        return if kind == MetricKind::Gauge {
+            "ratio".into()
+        } else {
+            String::new()
+        };
+    }
+    // Drop `{…}` annotations anywhere in the unit.
+    let mut stripped = String::with_capacity(unit.len());
+    let mut depth = 0;
+    for c in unit.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            _ if depth == 0 => stripped.push(c),
+            _ => {}
+        }
+    }
+    let (main, per) = match stripped.split_once('/') {
+        Some((m, p)) => (m.trim(), Some(p.trim())),
+        None => (stripped.trim(), None),
+    };
+    let mut out = String::new();
+    if !main.is_empty() {
+        push_sanitized(&mut out, &unit_word(main), false);
+    }
+    if let Some(per) = per.filter(|p| !p.is_empty()) {
+        while out.ends_with('_') {
+            out.pop();
+        }
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.push_str("per_");
+        push_sanitized(&mut out, &per_unit_word(per), false);
+    }
+    out.trim_matches('_').to_string()
+}
+
+fn unit_word(u: &str) -> String {
+    let w = match u {
+        "d" => "days",
+        "h" => "hours",
+        "min" => "minutes",
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "GiBy" => "gibibytes",
+        "TiBy" => "tibibytes",
+        "KBy" => "kilobytes",
+        "MBy" => "megabytes",
+        "GBy" => "gigabytes",
+        "TBy" => "terabytes",
+        "m" => "meters",
+        "V" => "volts",
+        "A" => "amperes",
+        "J" => "joules",
+        "W" => "watts",
+        "g" => "grams",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        "%" => "percent",
+        "1" => "",
+        other => other,
+    };
+    w.to_string()
+}
+
+fn per_unit_word(u: &str) -> String {
+    let w = match u {
+        "s" => "second",
+        "m" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        "w" => "week",
+        "mo" => "month",
+        "y" => "year",
+        other => other,
+    };
+    w.to_string()
+}
+
+#[cfg(test)]
+mod tests;

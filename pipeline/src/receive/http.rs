@@ -1,0 +1,215 @@
+//! OTLP/HTTP receiver: `POST /v1/metrics` and `POST /v1/traces`, protobuf or JSON bodies,
+//! gzip/zstd request compression. Responses (success and error) use the request's encoding; errors
+//! carry a `google.rpc.Status` body.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde::Serialize;
+
+use super::decode::{self, DecodeError, Encoding};
+use super::status::{RETRY_AFTER, Refusal};
+use super::{Consumer, Shared, metrics_response, traces_response};
+use crate::model::{Protocol, Signal};
+
+/// The OTLP/HTTP routes, ready to serve or to test with `oneshot`.
+pub fn router<C: Consumer>(shared: Shared<C>) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(metrics::<C>))
+        .route("/v1/traces", post(traces::<C>))
+        .with_state(shared)
+}
+
+async fn metrics<C: Consumer>(State(s): State<Shared<C>>, headers: HeaderMap, body: Body) -> Response {
+    handle(
+        &s,
+        Signal::Metrics,
+        &headers,
+        body,
+        |s, req: ExportMetricsServiceRequest, size| s.metrics(req, size, Protocol::Http).map(metrics_response),
+    )
+    .await
+}
+
+async fn traces<C: Consumer>(State(s): State<Shared<C>>, headers: HeaderMap, body: Body) -> Response {
+    handle(
+        &s,
+        Signal::Traces,
+        &headers,
+        body,
+        |s, req: ExportTraceServiceRequest, size| s.traces(req, size, Protocol::Http).map(traces_response),
+    )
+    .await
+}
+
+/// Reads, decompresses and decodes the body, hands it to `consume`, and encodes the answer.
+async fn handle<C, Req, Resp>(
+    s: &Shared<C>,
+    signal: Signal,
+    headers: &HeaderMap,
+    body: Body,
+    consume: impl FnOnce(&Shared<C>, Req, u64) -> Result<Resp, Refusal>,
+) -> Response
+where
+    C: Consumer,
+    Req: Message + Default + serde::de::DeserializeOwned,
+    Resp: Message + Serialize,
+{
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let encoding = match Encoding::from_content_type(ct) {
+        Ok(e) => e,
+        Err(e) => return refuse(s, signal, Encoding::Json, Refusal::Decode(e)),
+    };
+    let limit = s.max_request_size;
+    let raw = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(b) => b,
+        Err(e) => {
+            let err = if is_length_limit(&e) {
+                DecodeError::TooLarge {
+                    limit,
+                    decompressed: false,
+                }
+            } else {
+                DecodeError::Protobuf(format!("could not read request body: {e}"))
+            };
+            return refuse(s, signal, encoding, Refusal::Decode(err));
+        }
+    };
+    let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let result = decode::decompress(raw, ce, limit).and_then(|body| {
+        let size = body.len() as u64;
+        decode::decode::<Req>(&body, encoding).map(|r| (r, size))
+    });
+    let (req, size) = match result {
+        Ok(x) => x,
+        Err(e) => return refuse(s, signal, encoding, Refusal::Decode(e)),
+    };
+    match consume(s, req, size) {
+        Ok(resp) => encode(StatusCode::OK, encoding, &resp),
+        // Already counted by `Shared`.
+        Err(r) => error_response(encoding, &r),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+fn refuse<C: Consumer>(s: &Shared<C>, signal: Signal, encoding: Encoding, r: Refusal) -> Response {
+    s.refused(signal, Protocol::Http, &r);
+    error_response(encoding, &r)
+}
+
+fn error_response(encoding: Encoding, r: &Refusal) -> Response {
+    let st = tonic_types::Status {
+        code: r.grpc_code() as i32,
+        message: r.to_string(),
+        details: Vec::new(),
+    };
+    let mut resp = match encoding {
+        Encoding::Protobuf => (r.http_status(), st.encode_to_vec()).into_response(),
+        Encoding::Json => {
+            let body = serde_json::json!({ "code": st.code, "message": st.message }).to_string();
+            (r.http_status(), body).into_response()
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    if r.retryable() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    resp
+}
+
+fn encode<M: Message + Serialize>(status: StatusCode, encoding: Encoding, msg: &M) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => {
+            // Absent optional fields are left out rather than written as `null`.
+            let mut v = serde_json::to_value(msg).unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut v {
+                m.retain(|_, x| !x.is_null());
+            }
+            serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())
+        }
+    };
+    (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::model::Outcome;
+    use crate::telemetry::Telemetry;
+
+    #[derive(Debug)]
+    struct Accept;
+
+    impl Consumer for Accept {
+        fn consume_metrics(&self, _: ExportMetricsServiceRequest) -> Result<Outcome, Refusal> {
+            Ok(Outcome {
+                accepted: 1,
+                ..Default::default()
+            })
+        }
+        fn consume_traces(&self, _: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
+            Ok(Outcome::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn overload_is_retryable_503_with_retry_after_and_counted() {
+        let telemetry = Arc::new(Telemetry::default());
+        let shared = Shared::new(Arc::new(Accept), 1000, 1000, telemetry.clone());
+        // Another request holds the whole in-flight budget.
+        let held = shared.admit(1000).unwrap();
+        let body = ExportMetricsServiceRequest::default().encode_to_vec();
+        let req = || {
+            Request::post("/v1/metrics")
+                .header("content-type", "application/x-protobuf")
+                .body(Body::from(body.clone()))
+                .unwrap()
+        };
+        let resp = router(shared.clone()).oneshot(req()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let st = tonic_types::Status::decode(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+        assert!(st.message.contains("overloaded"), "{}", st.message);
+        assert_eq!(st.code, tonic::Code::ResourceExhausted as i32);
+        let mut text = String::new();
+        telemetry.render(crate::model::Format::Text, 0, &mut text);
+        assert!(text.contains("protocol=\"http\",reason=\"overloaded\"} 1"), "{text}");
+
+        // The same refusal over gRPC carries RetryInfo.
+        let err = shared
+            .metrics(ExportMetricsServiceRequest::default(), 10, Protocol::Grpc)
+            .unwrap_err();
+        assert_eq!(err.grpc_status().code(), tonic::Code::ResourceExhausted);
+        use tonic_types::StatusExt;
+        assert!(err.grpc_status().get_details_retry_info().is_some());
+
+        // Once the budget frees up, requests are admitted again.
+        drop(held);
+        let resp = router(shared).oneshot(req()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,503 @@
+//! Series state: identity, aggregation, exemplar slots and expiry; a write API for translated
+//! batches and a read API for encoders.
+//!
+//! In: [`Samples`] from `process`, by value. Out: [`Outcome`] for the sender, and read access for
+//! `expose`. A series is identified by its family and its label set rendered once, at creation, as
+//! `name="value",…` bytes (escaped for exposition) — the same bytes a scrape appends. Families
+//! have their own lock, so writers to different metrics do not contend, and a scrape locks one
+//! family at a time.
+
+pub mod exp;
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hashbrown::{HashMap, HashSet, HashTable};
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
+
+use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
+use crate::process::translate::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples};
+use exp::{Buckets, ExpHistogram};
+
+type Hasher = foldhash::fast::RandomState;
+
+/// Stored value of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeriesValue {
+    /// Counter or gauge, with the newest exemplar (counters only).
+    Number {
+        /// Current value.
+        value: f64,
+        /// Newest exemplar.
+        exemplar: Option<Exemplar>,
+    },
+    /// Explicit-bucket histogram.
+    Histogram(Box<Histogram>),
+    /// Exponential histogram, exposed as classic buckets.
+    Exponential(Box<ExpHistogram>),
+    /// Summary.
+    Summary(Box<Summary>),
+    /// Info (value 1).
+    Info,
+}
+
+/// Explicit-bucket histogram state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds, shared between series with the same layout.
+    pub bounds: Arc<[f64]>,
+    /// Per-bucket counts; one more than `bounds` (`+Inf`).
+    pub counts: Box<[u64]>,
+    /// Observations.
+    pub count: u64,
+    /// Sum (`NaN` when unknown).
+    pub sum: f64,
+    /// One exemplar slot per bucket.
+    pub exemplars: Box<[Option<Exemplar>]>,
+}
+
+/// Summary state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Observations.
+    pub count: u64,
+    /// Sum.
+    pub sum: f64,
+    /// (quantile, value) pairs.
+    pub quantiles: Box<[(f64, f64)]>,
+}
+
+/// One series.
+#[derive(Debug)]
+pub struct Series {
+    labels: Box<[u8]>,
+    hash: u64,
+    last_seen: u32,
+    /// The stored value.
+    pub value: SeriesValue,
+}
+
+impl Series {
+    /// The rendered label set, `name="value",…` without braces (empty for no labels).
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+}
+
+/// A metric family: metadata plus its series.
+#[derive(Debug)]
+pub struct Family {
+    /// Name, type, help, unit.
+    pub meta: FamilyMeta,
+    series: Vec<Series>,
+    index: HashTable<u32>,
+    last_bounds: Option<Arc<[f64]>>,
+    removed: bool,
+}
+
+impl Family {
+    /// The family's series, in creation order (until expiry reorders them).
+    pub fn series(&self) -> &[Series] {
+        &self.series
+    }
+}
+
+/// Handle to a family, shared by writers and the scrape.
+pub type FamilyHandle = Arc<Mutex<Family>>;
+
+/// The series store.
+#[derive(Debug)]
+pub struct Store {
+    families: RwLock<Families>,
+    hasher: Hasher,
+    epoch: Instant,
+    ttl: Duration,
+    max_series: usize,
+    series: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Families {
+    by_name: HashMap<Box<str>, FamilyHandle>,
+    /// Every sample name in use (e.g. `foo_total`, `foo_bucket`), to refuse colliding families.
+    sample_names: HashSet<Box<str>>,
+}
+
+/// The sample names a family of this kind exposes.
+fn sample_names(name: &str, kind: MetricKind) -> Vec<String> {
+    let mut v: Vec<String> = kind.suffixes().iter().map(|s| format!("{name}{s}")).collect();
+    if matches!(kind, MetricKind::Gauge | MetricKind::Summary) {
+        v.push(name.to_string());
+    }
+    v
+}
+
+impl Store {
+    /// An empty store whose series expire after `ttl` and which holds at most `max_series`.
+    /// `reserved` names (Spindle's own metrics) cannot be used by incoming families.
+    pub fn new(ttl: Duration, max_series: usize, reserved: &[&str]) -> Self {
+        let mut f = Families::default();
+        f.sample_names.extend(reserved.iter().map(|s| Box::<str>::from(*s)));
+        Self {
+            families: RwLock::new(f),
+            hasher: Hasher::default(),
+            epoch: Instant::now(),
+            ttl,
+            max_series,
+            series: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of stored series.
+    pub fn series_count(&self) -> usize {
+        self.series.load(Ordering::Relaxed)
+    }
+
+    fn tick(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_secs().min(u32::MAX as u64) as u32
+    }
+
+    /// Finds or creates the family for `meta`; refuses a type that conflicts with an existing family.
+    fn family(&self, meta: &FamilyMeta) -> Result<FamilyHandle, String> {
+        let check = |h: &FamilyHandle| {
+            let f = h.lock();
+            if f.meta.kind == meta.kind {
+                Ok(h.clone())
+            } else {
+                Err(format!(
+                    "`{}` is already a {} and cannot also be a {}",
+                    meta.name,
+                    f.meta.kind.openmetrics_type(),
+                    meta.kind.openmetrics_type()
+                ))
+            }
+        };
+        if let Some(h) = self.families.read().by_name.get(meta.name.as_str()) {
+            return check(h);
+        }
+        let mut fams = self.families.write();
+        if let Some(h) = fams.by_name.get(meta.name.as_str()) {
+            return check(h);
+        }
+        let names = sample_names(&meta.name, meta.kind);
+        if let Some(clash) = names.iter().find(|n| fams.sample_names.contains(n.as_str())) {
+            return Err(format!(
+                "`{}` would expose `{clash}`, which another metric already uses",
+                meta.name
+            ));
+        }
+        fams.sample_names.extend(names.into_iter().map(String::into_boxed_str));
+        let h = Arc::new(Mutex::new(Family {
+            meta: meta.clone(),
+            series: Vec::new(),
+            index: HashTable::new(),
+            last_bounds: None,
+            removed: false,
+        }));
+        fams.by_name.insert(meta.name.as_str().into(), h.clone());
+        Ok(h)
+    }
+
+    /// Applies a translated batch. Points refused here (type conflicts, the series bound) are moved
+    /// from accepted to rejected in the returned outcome.
+    pub fn write(&self, batch: Samples, now: Instant) -> Outcome {
+        let tick = self.tick(now);
+        let mut outcome = batch.outcome.clone();
+        let handles: Vec<Result<FamilyHandle, String>> = batch.families.iter().map(|m| self.family(m)).collect();
+        let mut key = Vec::with_capacity(256);
+        let mut current: Option<(u32, ArcMutexGuard<RawMutex, Family>)> = None;
+        for p in &batch.points {
+            let fam = match &handles[p.family as usize] {
+                Ok(h) => h,
+                Err(e) => {
+                    outcome.accepted -= 1;
+                    outcome.reject(1, || e.clone());
+                    continue;
+                }
+            };
+            if current.as_ref().is_none_or(|(i, _)| *i != p.family) {
+                current = None;
+                let mut g = fam.lock_arc();
+                if g.removed {
+                    // Expired between resolving and locking: resolve the name again.
+                    drop(g);
+                    match self.family(&batch.families[p.family as usize]) {
+                        Ok(h) => g = h.lock_arc(),
+                        Err(e) => {
+                            outcome.accepted -= 1;
+                            outcome.reject(1, || e);
+                            continue;
+                        }
+                    }
+                }
+                current = Some((p.family, g));
+            }
+            let Some((_, fam)) = current.as_mut() else { continue };
+            render_labels(&batch, batch.point_labels(p), &mut key);
+            if let Err(e) = self.apply(fam, &key, p, &batch, tick) {
+                outcome.accepted -= 1;
+                outcome.reject(1, || e);
+            }
+        }
+        outcome
+    }
+
+    fn apply(&self, fam: &mut Family, key: &[u8], p: &Point, batch: &Samples, tick: u32) -> Result<(), String> {
+        let hash = self.hasher.hash_one(key);
+        let Family {
+            series,
+            index,
+            last_bounds,
+            ..
+        } = fam;
+        let found = index.find(hash, |&i| &*series[i as usize].labels == key).copied();
+        let idx = match found {
+            Some(i) => i as usize,
+            None => {
+                if self.series.fetch_add(1, Ordering::Relaxed) >= self.max_series {
+                    self.series.fetch_sub(1, Ordering::Relaxed);
+                    return Err(format!("series limit ({}) reached", self.max_series));
+                }
+                let i = series.len();
+                series.push(Series {
+                    labels: key.into(),
+                    hash,
+                    last_seen: tick,
+                    value: new_value(p, batch, last_bounds),
+                });
+                index.insert_unique(hash, i as u32, |&j| series[j as usize].hash);
+                return Ok(());
+            }
+        };
+        let s = &mut series[idx];
+        s.last_seen = tick;
+        update_value(&mut s.value, p, batch, last_bounds);
+        Ok(())
+    }
+
+    /// Removes series not updated for the TTL, and families left empty. Returns how many expired.
+    pub fn expire(&self, now: Instant) -> usize {
+        let tick = self.tick(now);
+        let ttl = self.ttl.as_secs().min(u32::MAX as u64) as u32;
+        let handles: Vec<FamilyHandle> = self.families.read().by_name.values().cloned().collect();
+        let mut removed = 0;
+        let mut empty = Vec::new();
+        for h in handles {
+            let mut f = h.lock();
+            let before = f.series.len();
+            f.series.retain(|s| tick.saturating_sub(s.last_seen) <= ttl);
+            let gone = before - f.series.len();
+            if gone > 0 {
+                removed += gone;
+                let Family { series, index, .. } = &mut *f;
+                index.clear();
+                for (i, s) in series.iter().enumerate() {
+                    index.insert_unique(s.hash, i as u32, |&j| series[j as usize].hash);
+                }
+            }
+            if f.series.is_empty() {
+                empty.push(f.meta.name.clone());
+            }
+        }
+        self.series.fetch_sub(removed, Ordering::Relaxed);
+        if !empty.is_empty() {
+            let mut fams = self.families.write();
+            for name in empty {
+                let Some(h) = fams.by_name.get(name.as_str()).cloned() else {
+                    continue;
+                };
+                let mut f = h.lock();
+                if f.series.is_empty() {
+                    f.removed = true;
+                    for n in sample_names(&f.meta.name, f.meta.kind) {
+                        fams.sample_names.remove(n.as_str());
+                    }
+                    fams.by_name.remove(name.as_str());
+                }
+            }
+        }
+        removed
+    }
+
+    /// Every family, sorted by name, for a scrape.
+    pub fn families(&self) -> Vec<FamilyHandle> {
+        let fams = self.families.read();
+        let mut v: Vec<(Box<str>, FamilyHandle)> = fams.by_name.iter().map(|(k, h)| (k.clone(), h.clone())).collect();
+        drop(fams);
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, h)| h).collect()
+    }
+}
+
+/// Renders a sorted label set as `name="escaped value",…` into `out`.
+pub fn render_labels(batch: &Samples, labels: &[Label], out: &mut Vec<u8>) {
+    out.clear();
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(batch.str(l.name).as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_label_value(batch.str(l.value), out);
+        out.push(b'"');
+    }
+}
+
+/// Escapes a label value for both exposition formats: `\` → `\\`, `"` → `\"`, newline → `\n`.
+pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
+    let b = v.as_bytes();
+    if !b.iter().any(|c| matches!(c, b'\\' | b'"' | b'\n')) {
+        out.extend_from_slice(b);
+        return;
+    }
+    for &c in b {
+        match c {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn newest(exs: &[Exemplar]) -> Option<&Exemplar> {
+    exs.iter().max_by_key(|e| e.time_unix_nano)
+}
+
+fn shared_bounds(last: &mut Option<Arc<[f64]>>, bounds: &[f64]) -> Arc<[f64]> {
+    match last {
+        Some(b) if &b[..] == bounds => b.clone(),
+        _ => {
+            let b: Arc<[f64]> = bounds.into();
+            *last = Some(b.clone());
+            b
+        }
+    }
+}
+
+fn exp_from(p: &ExpPoint, batch: &Samples, exs: &[Exemplar]) -> ExpHistogram {
+    let mut h = ExpHistogram {
+        scale: p.scale,
+        count: p.count,
+        sum: p.sum,
+        zero_count: p.zero_count,
+        zero_threshold: p.zero_threshold,
+        positive: Buckets {
+            offset: p.positive_offset,
+            counts: batch.counts[p.positive.range()].to_vec(),
+        },
+        negative: Buckets {
+            offset: p.negative_offset,
+            counts: batch.counts[p.negative.range()].to_vec(),
+        },
+        exemplars: Vec::new(),
+    };
+    h.normalize();
+    for e in exs {
+        h.offer_exemplar(*e);
+    }
+    h
+}
+
+fn new_value(p: &Point, batch: &Samples, last_bounds: &mut Option<Arc<[f64]>>) -> SeriesValue {
+    let exs = &batch.exemplars[p.exemplars.range()];
+    match p.value {
+        PointValue::Number(v) => SeriesValue::Number {
+            value: v,
+            exemplar: newest(exs).copied(),
+        },
+        PointValue::Histogram {
+            count,
+            sum,
+            bounds,
+            counts,
+        } => {
+            let bounds = shared_bounds(last_bounds, &batch.floats[bounds.range()]);
+            let mut h = Histogram {
+                exemplars: vec![None; bounds.len() + 1].into(),
+                bounds,
+                counts: batch.counts[counts.range()].into(),
+                count,
+                sum,
+            };
+            offer_bucket_exemplars(&mut h, exs);
+            SeriesValue::Histogram(Box::new(h))
+        }
+        PointValue::Exponential(e) => SeriesValue::Exponential(Box::new(exp_from(&e, batch, exs))),
+        PointValue::Summary { count, sum, quantiles } => SeriesValue::Summary(Box::new(Summary {
+            count,
+            sum,
+            quantiles: batch.floats[quantiles.range()]
+                .chunks_exact(2)
+                .map(|q| (q[0], q[1]))
+                .collect(),
+        })),
+        PointValue::Info => SeriesValue::Info,
+    }
+}
+
+fn offer_bucket_exemplars(h: &mut Histogram, exs: &[Exemplar]) {
+    for e in exs {
+        let i = h.bounds.partition_point(|b| *b < e.value);
+        if let Some(slot) = h.exemplars.get_mut(i)
+            && slot.is_none_or(|old| old.time_unix_nano <= e.time_unix_nano)
+        {
+            *slot = Some(*e);
+        }
+    }
+}
+
+fn update_value(v: &mut SeriesValue, p: &Point, batch: &Samples, last_bounds: &mut Option<Arc<[f64]>>) {
+    let exs = &batch.exemplars[p.exemplars.range()];
+    let delta = p.temporality == Temporality::Delta;
+    match (v, &p.value) {
+        (SeriesValue::Number { value, exemplar }, PointValue::Number(n)) => {
+            if delta {
+                *value += n;
+            } else {
+                *value = *n;
+            }
+            if let Some(e) = newest(exs)
+                && exemplar
+                    .as_ref()
+                    .is_none_or(|old| old.time_unix_nano <= e.time_unix_nano)
+            {
+                *exemplar = Some(*e);
+            }
+        }
+        (
+            SeriesValue::Histogram(h),
+            PointValue::Histogram {
+                count,
+                sum,
+                bounds,
+                counts,
+            },
+        ) if h.bounds[..] == batch.floats[bounds.range()] => {
+            let c = &batch.counts[counts.range()];
+            if delta {
+                for (a, b) in h.counts.iter_mut().zip(c) {
+                    *a += b;
+                }
+                h.count += count;
+                h.sum += sum;
+            } else {
+                h.counts.copy_from_slice(c);
+                h.count = *count;
+                h.sum = *sum;
+            }
+            offer_bucket_exemplars(h, exs);
+        }
+        (SeriesValue::Exponential(h), PointValue::Exponential(e)) => {
+            let new = exp_from(e, batch, exs);
+            if delta { h.merge_delta(new) } else { h.replace(new) }
+        }
+        // A new bucket layout, a summary report, or a changed point type: start over from this report.
+        (v, _) => *v = new_value(p, batch, last_bounds),
+    }
+}
+
+#[cfg(test)]
+mod tests;
