@@ -11,6 +11,8 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod otlp_sink;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,159 @@
+//! Per-request overhead of `spindle-instrument`: the axum [`HttpLayer`] (server span, W3C
+//! context, `http.server.*` metrics) and one `#[instrument]` span, each against the same work
+//! without it. One thread; exporters are no-ops behind the SDK's real batch span processor and
+//! periodic reader, and logs are at `warn` so nothing is printed.
+//!
+//! Requests are `oneshot` through the router and polled with a no-op waker: the trivial handler
+//! completes on the first poll, so no runtime scheduling is measured.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
+use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use spindle_instrument::{Builder, HttpLayer, Instrumentation};
+use tower::ServiceExt;
+
+/// Counts what it is given, and drops it.
+#[derive(Debug, Clone, Default)]
+struct NoopSpans(Arc<AtomicU64>);
+
+impl SpanExporter for NoopSpans {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct NoopMetrics;
+
+impl PushMetricExporter for NoopMetrics {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        black_box(metrics);
+        Ok(())
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+fn instrumentation(spans: NoopSpans) -> Instrumentation {
+    Builder::for_package("bench", "0")
+        .with_env_lookup(|_| None)
+        .with_env_filter("warn")
+        .with_log_writer(std::io::sink)
+        .with_span_exporter(spans)
+        .with_metric_exporter(NoopMetrics)
+        .build()
+        .expect("instrumentation builds")
+}
+
+fn poll_ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+fn routes() -> Router {
+    Router::new().route("/users/{id}", get(|| async { "user" }))
+}
+
+fn request() -> Request<Body> {
+    Request::get("/users/42")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body(Body::empty())
+        .expect("request")
+}
+
+fn call(router: &Router) -> u16 {
+    poll_ready(router.clone().oneshot(request()))
+        .expect("infallible")
+        .status()
+        .as_u16()
+}
+
+#[tracing::instrument]
+fn work(id: u64) -> u64 {
+    black_box(id).wrapping_mul(31)
+}
+
+fn layer_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("instrument/http");
+    let exported = NoopSpans::default();
+    let inst = instrumentation(exported.clone());
+    // A second live dispatcher makes tracing-core compute call-site interest against all of them
+    // rather than against whichever happens to be the default when a call site is first hit (with
+    // a single scoped dispatcher, a call site first reached outside it stays disabled for good).
+    let registry = tracing::Dispatch::new(tracing_subscriber::registry());
+
+    let plain = routes();
+    g.bench_function("router without layer", |b| b.iter(|| call(&plain)));
+    let report = |what: &str| {
+        let _ = inst.guard.force_flush();
+        eprintln!("spans exported so far ({what}): {}", exported.0.load(Ordering::Relaxed));
+    };
+
+    let metrics_only = routes().layer(HttpLayer::with_meter(&inst.guard.meter()));
+    g.bench_function("router + HttpLayer, no subscriber (metrics only)", |b| {
+        b.iter(|| call(&metrics_only))
+    });
+    report("after metrics only");
+
+    let layered = routes().layer(HttpLayer::with_meter(&inst.guard.meter()));
+    tracing::dispatcher::with_default(&inst.dispatch, || {
+        g.bench_function("router + HttpLayer, full instrumentation", |b| {
+            b.iter(|| call(&layered))
+        });
+    });
+    report("after full instrumentation");
+    assert!(
+        exported.0.load(Ordering::Relaxed) > 0,
+        "the layer's spans reached the exporter"
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("instrument/span");
+    g.bench_function("#[instrument] fn, no subscriber", |b| b.iter(|| work(black_box(7))));
+    tracing::dispatcher::with_default(&registry, || {
+        g.bench_function("#[instrument] fn, bare registry", |b| b.iter(|| work(black_box(7))));
+    });
+    tracing::dispatcher::with_default(&inst.dispatch, || {
+        g.bench_function("#[instrument] fn, full instrumentation", |b| {
+            b.iter(|| work(black_box(7)))
+        });
+        let parent = tracing::info_span!("parent");
+        let _entered = parent.enter();
+        g.bench_function("#[instrument] fn inside a span, full instrumentation", |b| {
+            b.iter(|| work(black_box(7)))
+        });
+    });
+    g.finish();
+    drop(inst);
+}
+
+criterion_group!(benches, layer_bench);
+criterion_main!(benches);

@@ -1,0 +1,137 @@
+//! One-call OpenTelemetry instrumentation for Rust services that send to Spindle.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), spindle_instrument::InitError> {
+//! // In `main`, before building the router:
+//! let _guard = spindle_instrument::builder!().try_init()?;
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/users/{id}", axum::routing::get(|| async { "ok" }))
+//!     .layer(spindle_instrument::HttpLayer::new());
+//! # Ok(()) }
+//! ```
+//!
+//! [`try_init`] (or [`builder!`] / [`Builder`]) sets up, in one call:
+//! - a `tracing` subscriber with an env filter (`RUST_LOG`) and a fmt layer on stderr;
+//! - `tracing-opentelemetry`, so every `tracing` span becomes an OpenTelemetry span, sampled by a
+//!   consistent probability sampler that records its threshold as `ot=th:` in the `tracestate`
+//!   ([`sampler`]);
+//! - metrics from `tracing` events (`monotonic_counter.*`, `counter.*`, `histogram.*`, `gauge.*`
+//!   fields) and an OpenTelemetry meter provider behind [`meter()`];
+//! - OTLP export of spans and metrics to Spindle (gRPC by default, `http/protobuf` optional) from
+//!   background threads with bounded queues, so the service never waits for Spindle;
+//! - a resource with `service.name`, `service.version`, `service.instance.id` and
+//!   `OTEL_RESOURCE_ATTRIBUTES`.
+//!
+//! It returns a [`Guard`] that flushes and shuts everything down when dropped. [`HttpLayer`] adds
+//! server spans and the HTTP server metrics to an axum router; [`inject_context`] carries the
+//! current trace into outgoing requests.
+//!
+//! Configuration precedence: code, then the signal-specific environment variable, then the
+//! generic environment variable, then the `DEFAULT_*` constant. The variables:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | [`OTEL_SDK_DISABLED`] | `true`: logs only, no spans or metrics are exported | `false` |
+//! | [`OTEL_SERVICE_NAME`] | `service.name` | the package name with [`builder!`], else `unknown_service:<executable>` |
+//! | [`OTEL_RESOURCE_ATTRIBUTES`] | `k=v,k2=v2` (values percent-encoded) added to the resource | |
+//! | [`OTEL_EXPORTER_OTLP_ENDPOINT`] | base URL of Spindle's OTLP receiver | [`DEFAULT_GRPC_ENDPOINT`] / [`DEFAULT_HTTP_ENDPOINT`] |
+//! | [`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`], [`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`] | per-signal URL, used as is | |
+//! | [`OTEL_EXPORTER_OTLP_PROTOCOL`] (and `_TRACES_`/`_METRICS_` variants) | `grpc` or `http/protobuf` | `grpc` |
+//! | [`OTEL_TRACES_SAMPLER`], [`OTEL_TRACES_SAMPLER_ARG`] | sampler name and ratio | `parentbased_always_on` |
+//! | [`OTEL_METRIC_EXPORT_INTERVAL`] | milliseconds between metric exports | 60000 |
+//! | [`RUST_LOG`] | log filter directives (logs only; spans: [`Builder::with_traces_filter`]) | `info` |
+//!
+//! A value that cannot be used is an [`InitError`] naming the variable, never a panic.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod builder;
+mod error;
+pub mod http;
+mod resource;
+pub mod sampler;
+mod throttle;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::metrics::Meter;
+
+pub use builder::{
+    Builder, DEFAULT_EXPORT_ERROR_LOG_INTERVAL, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, DEFAULT_LOG_FILTER,
+    DEFAULT_METRIC_EXPORT_INTERVAL, DEFAULT_PROTOCOL, DEFAULT_SAMPLER, DEFAULT_TRACES_FILTER, Guard, Instrumentation,
+    OTEL_TARGETS_EXCLUDED, Protocol,
+};
+pub use error::{InitError, ShutdownError, Signal};
+pub use http::{HttpLayer, HttpService, UNMATCHED_ROUTE, inject_context};
+pub use sampler::{DEFAULT_THRESHOLD_PRECISION, SamplerConfig};
+
+/// `true` turns the SDK off: logs still go to stderr, nothing is exported.
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+/// The `service.name` resource attribute; overrides `service.name` in [`OTEL_RESOURCE_ATTRIBUTES`].
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// Extra resource attributes, `key=value` pairs separated by commas, values percent-encoded.
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// Base endpoint for both signals; for `http/protobuf`, `/v1/traces` and `/v1/metrics` are appended.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Endpoint for spans only, used as is.
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Endpoint for metrics only, used as is.
+pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+/// `grpc` or `http/protobuf`, for both signals.
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// Protocol for spans only.
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// Protocol for metrics only.
+pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
+/// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`,
+/// `parentbased_traceidratio`.
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// The ratio for the `*traceidratio` samplers, in `[0, 1]`.
+pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+/// Milliseconds between two metric exports.
+pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+/// Log filter directives (`tracing_subscriber::EnvFilter` syntax) for the fmt layer.
+pub const RUST_LOG: &str = "RUST_LOG";
+
+/// Name of the instrumentation scope of [`meter()`], of the HTTP metrics and of the spans.
+pub const SCOPE_NAME: &str = "spindle-instrument";
+
+/// Sets up instrumentation from the environment alone (see the crate documentation) and installs
+/// it globally. Prefer [`builder!`], which also names the service after the calling package.
+///
+/// # Errors
+/// See [`Builder::try_init`].
+pub fn try_init() -> Result<Guard, InitError> {
+    Builder::new().try_init()
+}
+
+/// [`try_init`] that panics with the error's message; for `main` functions that have nothing
+/// better to do with it.
+///
+/// # Panics
+/// When [`try_init`] fails.
+pub fn init() -> Guard {
+    try_init().unwrap_or_else(|err| panic!("spindle-instrument: {err}"))
+}
+
+/// A [`Builder`] whose default `service.name` and `service.version` are the calling package's
+/// name and version (`CARGO_PKG_NAME`, `CARGO_PKG_VERSION`); `OTEL_SERVICE_NAME` and
+/// `OTEL_RESOURCE_ATTRIBUTES` still override them.
+#[macro_export]
+macro_rules! builder {
+    () => {
+        $crate::Builder::for_package(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+    };
+}
+
+/// A meter of the globally installed meter provider (scope [`SCOPE_NAME`]) for the OpenTelemetry
+/// metrics API. Before [`try_init`] (or with `OTEL_SDK_DISABLED=true`) it is a no-op meter, so
+/// create instruments after initialising.
+pub fn meter() -> Meter {
+    opentelemetry::global::meter_with_scope(scope())
+}
+
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
