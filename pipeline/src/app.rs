@@ -147,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         telemetry: telemetry.clone(),
         ready: ready.clone(),
+        buffers: Default::default(),
     };
     tasks.spawn(async move {
         axum::serve(prom_l, routes::router(state))

@@ -322,36 +322,28 @@ impl Config {
         }
         // Every unknown key, with its path: the defaults serialize every known key, so a key the
         // defaults lack at the same place is unknown (deny_unknown_fields would stop at the first).
+        // They are removed once reported, so every other problem is reported in the same run.
         if let Ok(known) = serde_yaml_ng::to_value(Config::default()) {
-            unknown_keys(&doc, &known, "", &mut problems);
+            unknown_keys(&mut doc, &known, "", &mut problems);
         }
-        let strict: Result<Config, _> = serde_path_to_error::deserialize(doc.clone());
-        if let Err(e) = strict {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            if !message.starts_with("unknown field") {
+        let strict: Result<Config, _> = serde_path_to_error::deserialize(doc);
+        let config = match strict {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
                 problems.push(Problem {
                     path: if path == "." { String::new() } else { path },
-                    message,
+                    message: e.into_inner().to_string(),
                     hint: "see `spindle print-config` for the expected form".into(),
                 });
+                return Err(ConfigError::Invalid(problems));
             }
-        }
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
-        let config: Config = serde_yaml_ng::from_value(doc).map_err(|e| {
-            ConfigError::Invalid(vec![Problem {
-                path: String::new(),
-                message: e.to_string(),
-                hint: String::new(),
-            }])
-        })?;
-        let semantic = config.validate();
-        if semantic.is_empty() {
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid(semantic))
+            Err(ConfigError::Invalid(problems))
         }
     }
 
@@ -443,9 +435,9 @@ fn apply_override(doc: &mut serde_yaml_ng::Value, segs: &[String], value: &str) 
     Err("empty override path".into())
 }
 
-/// Reports keys of `doc` that `known` (the serialized defaults) lacks. Mappings that are empty
-/// in the defaults are free-form and not checked.
-fn unknown_keys(doc: &serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: &str, out: &mut Vec<Problem>) {
+/// Reports and removes keys of `doc` that `known` (the serialized defaults) lacks. Mappings that
+/// are empty in the defaults are free-form and not checked.
+fn unknown_keys(doc: &mut serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: &str, out: &mut Vec<Problem>) {
     use serde_yaml_ng::Value;
     let (Value::Mapping(d), Value::Mapping(k)) = (doc, known) else {
         return;
@@ -453,29 +445,33 @@ fn unknown_keys(doc: &serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: 
     if k.is_empty() {
         return;
     }
-    for (key, v) in d {
+    let mut expected: Vec<&str> = k.keys().filter_map(Value::as_str).collect();
+    expected.sort_unstable();
+    d.retain(|key, v| {
         let name = match key {
             Value::String(s) => s.clone(),
             other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
         };
         let here = if path.is_empty() {
-            name.clone()
+            name
         } else {
             format!("{path}.{name}")
         };
         match k.get(key) {
-            Some(kv) => unknown_keys(v, kv, &here, out),
+            Some(kv) => {
+                unknown_keys(v, kv, &here, out);
+                true
+            }
             None => {
-                let mut expected: Vec<String> = k.keys().filter_map(|x| x.as_str().map(str::to_string)).collect();
-                expected.sort();
                 out.push(Problem {
                     path: here,
                     message: "unknown key".into(),
                     hint: format!("remove it or fix its spelling; keys here: {}", expected.join(", ")),
                 });
+                false
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
