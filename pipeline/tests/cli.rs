@@ -34,7 +34,7 @@ fn validate_accepts_a_good_file() {
 fn validate_reports_every_problem_with_its_path_and_exits_2() {
     let p = write(
         "bad.yaml",
-        "receivers:\n  otlp:\n    grpc:\n      listen: 127.0.0.1:9464\n      lisen: x\nprometheus:\n  series_ttl: 10ms\nexporters: {}\n",
+        "receivers:\n  otlp:\n    grpc:\n      listen: 127.0.0.1:9464\n      lisen: x\nprometheus:\n  series_ttl: 10ms\nexporters:\n  logs: {}\n",
     );
     let out = Command::new(BIN)
         .args(["validate", "--config"])
@@ -43,7 +43,7 @@ fn validate_reports_every_problem_with_its_path_and_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for path in ["receivers.otlp.grpc.lisen", "exporters"] {
+    for path in ["receivers.otlp.grpc.lisen", "exporters.logs"] {
         assert!(err.contains(&format!("{path}: unknown key")), "{path} missing:\n{err}");
     }
     assert!(err.contains("hint:"), "{err}");
