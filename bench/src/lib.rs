@@ -183,7 +183,7 @@ pub fn traces_request(
                     kv("http.request.method", "GET"),
                 ],
                 status: Some(Status {
-                    code: if i % 50 == 0 { 2 } else { 0 },
+                    code: if i.is_multiple_of(50) { 2 } else { 0 },
                     ..Default::default()
                 }),
                 ..Default::default()
