@@ -149,3 +149,58 @@ pub fn filled_store(series: u64) -> Store {
     }
     store
 }
+
+/// A traces request: `traces` traces of `spans_per_trace` spans each, from service `checkout`,
+/// over 10 span names and 3 kinds, with realistic attributes and durations.
+pub fn traces_request(
+    traces: u32,
+    spans_per_trace: u32,
+    seed: u32,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    let mut spans = Vec::with_capacity((traces * spans_per_trace) as usize);
+    for t in 0..traces {
+        let mut trace_id = [0u8; 16];
+        trace_id[..4].copy_from_slice(&seed.to_be_bytes());
+        trace_id[12..].copy_from_slice(&t.to_be_bytes());
+        for s in 0..spans_per_trace {
+            let i = t * spans_per_trace + s;
+            spans.push(Span {
+                trace_id: trace_id.to_vec(),
+                span_id: (u64::from(i) + 1).to_be_bytes().to_vec(),
+                parent_span_id: if s == 0 {
+                    Vec::new()
+                } else {
+                    (u64::from(t * spans_per_trace) + 1).to_be_bytes().to_vec()
+                },
+                name: format!("op-{}", i % 10),
+                kind: [2, 3, 1][(i % 3) as usize],
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(i % 97 + 1) * 1_000_000,
+                attributes: vec![
+                    kv("http.route", format!("/api/items/{}", i % 10)),
+                    kv("http.request.method", "GET"),
+                ],
+                status: Some(Status {
+                    code: if i.is_multiple_of(50) { 2 } else { 0 },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "checkout"), kv("service.instance.id", "pod-1")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -16,8 +16,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::export::traces::{self, TraceExporter};
 use crate::expose::routes::{self, ExposeState};
 use crate::model::Outcome;
+use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::status::Refusal;
 use crate::receive::{Consumer, Shared, grpc, http};
@@ -29,12 +31,25 @@ use crate::telemetry::Telemetry;
 pub struct Pipeline {
     translator: Translator,
     store: Arc<Store>,
+    span_metrics: Option<SpanMetrics>,
+    exporter: Option<TraceExporter>,
 }
 
 impl Pipeline {
-    /// A pipeline writing translated metrics into `store`.
-    pub fn new(translator: Translator, store: Arc<Store>) -> Self {
-        Self { translator, store }
+    /// A pipeline writing translated metrics and span metrics into `store`, and forwarding spans to
+    /// `exporter` when there is one.
+    pub fn new(
+        translator: Translator,
+        store: Arc<Store>,
+        span_metrics: Option<SpanMetrics>,
+        exporter: Option<TraceExporter>,
+    ) -> Self {
+        Self {
+            translator,
+            store,
+            span_metrics,
+            exporter,
+        }
     }
 }
 
@@ -44,21 +59,40 @@ impl Consumer for Pipeline {
         Ok(self.store.write(samples, Instant::now()))
     }
 
-    fn consume_traces(&self, req: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
-        // Accepted and counted; span metrics and forwarding come later.
+    fn consume_traces(&self, mut req: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
+        // Spans without valid ids are rejected, and neither counted nor forwarded.
         let mut out = Outcome::default();
-        for rs in &req.resource_spans {
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    if span.trace_id.len() == 16 && span.span_id.len() == 8 {
-                        out.accepted += 1;
-                    } else {
-                        out.reject(1, || {
-                            "span with a trace_id that is not 16 bytes or a span_id that is not 8 bytes".into()
-                        });
-                    }
+        for rs in &mut req.resource_spans {
+            for ss in &mut rs.scope_spans {
+                let before = ss.spans.len();
+                ss.spans.retain(|s| s.trace_id.len() == 16 && s.span_id.len() == 8);
+                out.accepted += ss.spans.len() as u64;
+                let bad = (before - ss.spans.len()) as u64;
+                if bad > 0 {
+                    out.reject(bad, || {
+                        "span with a trace_id that is not 16 bytes or a span_id that is not 8 bytes".into()
+                    });
                 }
             }
+        }
+        let metrics = self
+            .span_metrics
+            .as_ref()
+            .filter(|sm| sm.enabled())
+            .map(|sm| sm.process(&req));
+        let (counts, exemplars) = metrics.map(|m| (m.counts, m.exemplars)).unzip();
+        match &self.exporter {
+            // Queue first: when the queue refuses, nothing has been counted and the client retries.
+            Some(exporter) => exporter.try_enqueue(req, out.accepted, exemplars.unwrap_or_default())?,
+            // No backend: exemplars name spans Spindle received.
+            None => {
+                if let Some(e) = exemplars {
+                    self.store.write(e, Instant::now());
+                }
+            }
+        }
+        if let Some(c) = counts {
+            self.store.write(c, Instant::now());
         }
         Ok(out)
     }
@@ -77,9 +111,56 @@ pub struct Running {
     pub store: Arc<Store>,
     /// Self metrics (for tests and embedding).
     pub telemetry: Arc<Telemetry>,
+    /// Cancelled to stop Spindle.
     cancel: CancellationToken,
     ready: Arc<AtomicBool>,
+    receivers: Stage,
+    exporter: Option<(Stage, Duration)>,
+    rest: Stage,
+}
+
+/// A group of tasks stopped together, in shutdown order.
+#[derive(Debug)]
+struct Stage {
+    token: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Stage {
+    fn new() -> Self {
+        Self {
+            token: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Cancels the stage and waits for its tasks, for at most `limit`.
+    async fn stop(&mut self, limit: Duration, what: &str) -> anyhow::Result<()> {
+        self.token.cancel();
+        let mut first = Ok(());
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::warn!("{what} did not stop within {limit:?}; aborting");
+                    self.tasks.abort_all();
+                    break;
+                }
+                next = self.tasks.join_next() => match next {
+                    None => break,
+                    Some(res) => {
+                        if let Err(e) = res.context("task panicked").and_then(|r| r)
+                            && first.is_ok()
+                        {
+                            first = Err(e);
+                        }
+                    }
+                },
+            }
+        }
+        first
+    }
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -106,9 +187,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.prometheus.max_series,
         &reserved,
     ));
+
+    let mut receivers = Stage::new();
+    let mut rest = Stage::new();
+    let ex = &config.exporters.traces.otlp;
+    let (exporter, exporter_stage) = match &ex.endpoint {
+        Some(endpoint) => {
+            let mut stage = Stage::new();
+            let st = store.clone();
+            let on_forwarded = Box::new(move |exemplars| {
+                st.write(exemplars, Instant::now());
+            });
+            let (exporter, handle) = traces::spawn(ex, endpoint, telemetry.clone(), on_forwarded, stage.token.clone())
+                .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
+            stage
+                .tasks
+                .spawn(async move { handle.await.context("trace exporter panicked") });
+            tracing::info!(%endpoint, protocol = ?ex.protocol, "forwarding traces");
+            // The exporter bounds its own flush; allow a little more before aborting it.
+            (
+                Some(exporter),
+                Some((stage, ex.shutdown_timeout.0 + Duration::from_secs(5))),
+            )
+        }
+        None => (None, None),
+    };
     let pipeline = Arc::new(Pipeline::new(
         Translator::new(config.prometheus.promote_resource_attributes.clone()),
         store.clone(),
+        Some(SpanMetrics::new(config.processors.span_metrics.clone())),
+        exporter,
     ));
     let otlp = &config.receivers.otlp;
     let shared = Shared::new(
@@ -125,40 +233,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_addr = http_l.local_addr()?;
     let prometheus_addr = prom_l.local_addr()?;
 
-    let cancel = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let mut tasks = JoinSet::new();
 
-    let c = cancel.clone();
+    let c = receivers.token.clone();
     let s = shared.clone();
-    tasks.spawn(async move { grpc::serve(grpc_l, s, c).await.context("OTLP/gRPC server failed") });
+    receivers
+        .tasks
+        .spawn(async move { grpc::serve(grpc_l, s, c).await.context("OTLP/gRPC server failed") });
 
-    let c = cancel.clone();
+    let c = receivers.token.clone();
     let router = http::router(shared);
-    tasks.spawn(async move {
+    receivers.tasks.spawn(async move {
         axum::serve(http_l, router)
             .with_graceful_shutdown(c.cancelled_owned())
             .await
             .context("OTLP/HTTP server failed")
     });
 
-    let c = cancel.clone();
+    let c = rest.token.clone();
     let state = ExposeState {
         store: store.clone(),
         telemetry: telemetry.clone(),
         ready: ready.clone(),
+        buffers: Default::default(),
     };
-    tasks.spawn(async move {
+    rest.tasks.spawn(async move {
         axum::serve(prom_l, routes::router(state))
             .with_graceful_shutdown(c.cancelled_owned())
             .await
             .context("Prometheus endpoint failed")
     });
 
-    let c = cancel.clone();
+    let c = rest.token.clone();
     let (st, tel) = (store.clone(), telemetry.clone());
     let every = sweep_interval(config.prometheus.series_ttl.0);
-    tasks.spawn(async move {
+    rest.tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -183,9 +292,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         prometheus_addr,
         store,
         telemetry,
-        cancel,
+        cancel: CancellationToken::new(),
         ready,
-        tasks,
+        receivers,
+        exporter: exporter_stage,
+        rest,
     })
 }
 
@@ -202,13 +313,15 @@ impl Running {
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let first = tokio::select! {
             _ = self.cancel.cancelled() => Ok(()),
-            Some(res) = self.tasks.join_next() => res.context("task panicked").and_then(|r| r),
+            Some(res) = self.receivers.tasks.join_next() => res.context("task panicked").and_then(|r| r),
+            Some(res) = self.rest.tasks.join_next() => res.context("task panicked").and_then(|r| r),
         };
-        self.drain().await?;
-        first
+        let drained = self.drain().await;
+        first.and(drained)
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for every task.
+    /// Stops in order — receivers (letting in-flight requests finish), then the trace export queue
+    /// (flushed for at most `shutdown_timeout`), then the Prometheus endpoint — and waits for all.
     ///
     /// # Errors
     /// The first task failure seen while draining.
@@ -218,29 +331,12 @@ impl Running {
 
     async fn drain(&mut self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Release);
-        self.cancel.cancel();
-        let mut first = Ok(());
-        let deadline = tokio::time::sleep(Duration::from_secs(10));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => {
-                    tracing::warn!("shutdown took longer than 10s; aborting remaining tasks");
-                    self.tasks.abort_all();
-                    break;
-                }
-                next = self.tasks.join_next() => match next {
-                    None => break,
-                    Some(res) => {
-                        if let Err(e) = res.context("task panicked").and_then(|r| r)
-                            && first.is_ok()
-                        {
-                            first = Err(e);
-                        }
-                    }
-                },
-            }
-        }
-        first
+        let receivers = self.receivers.stop(Duration::from_secs(10), "receivers").await;
+        let exporter = match &mut self.exporter {
+            Some((stage, limit)) => stage.stop(*limit, "trace exporter").await,
+            None => Ok(()),
+        };
+        let rest = self.rest.stop(Duration::from_secs(5), "Prometheus endpoint").await;
+        receivers.and(exporter).and(rest)
     }
 }

@@ -28,6 +28,187 @@ pub struct Config {
     pub receivers: ReceiversConfig,
     /// The Prometheus scrape endpoint and the series store behind it.
     pub prometheus: PrometheusConfig,
+    /// Transforms between receiving and storing or forwarding.
+    pub processors: ProcessorsConfig,
+    /// Where data is forwarded.
+    pub exporters: ExportersConfig,
+}
+
+/// `processors`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorsConfig {
+    /// `processors.span_metrics`: RED metrics from spans.
+    pub span_metrics: SpanMetricsConfig,
+}
+
+/// `processors.span_metrics`: every received span updates `traces_span_metrics_calls_total` and
+/// `traces_span_metrics_duration_seconds`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanMetricsConfig {
+    /// Whether span metrics are produced. Default `true`.
+    pub enabled: bool,
+    /// Extra labels from span attributes (then resource attributes) of these names. Default: none.
+    pub dimensions: Vec<Dimension>,
+    /// Upper bounds of the duration histogram's buckets, in seconds, increasing. Default: the OTel
+    /// Collector spanmetrics connector's (2 ms … 15 s).
+    pub buckets: Vec<f64>,
+    /// Span kinds that produce metrics (`internal`, `server`, `client`, `producer`, `consumer`,
+    /// `unspecified`). Default: all.
+    pub span_kinds: Vec<SpanKindName>,
+}
+
+impl Default for SpanMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dimensions: Vec::new(),
+            buckets: default_span_buckets(),
+            span_kinds: Vec::new(),
+        }
+    }
+}
+
+fn default_span_buckets() -> Vec<f64> {
+    vec![
+        0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
+    ]
+}
+
+/// A span-metrics dimension: an attribute name and the value used when a span lacks it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dimension {
+    /// Attribute name, looked up on the span, then on its resource.
+    pub name: String,
+    /// Value when neither has it; without a default the label is left out for such spans.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// A span kind, as written in config.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKindName {
+    /// `SPAN_KIND_UNSPECIFIED`.
+    Unspecified,
+    /// `SPAN_KIND_INTERNAL`.
+    Internal,
+    /// `SPAN_KIND_SERVER`.
+    Server,
+    /// `SPAN_KIND_CLIENT`.
+    Client,
+    /// `SPAN_KIND_PRODUCER`.
+    Producer,
+    /// `SPAN_KIND_CONSUMER`.
+    Consumer,
+}
+
+impl SpanKindName {
+    /// The OTLP enum value.
+    pub const fn otlp(self) -> i32 {
+        match self {
+            SpanKindName::Unspecified => 0,
+            SpanKindName::Internal => 1,
+            SpanKindName::Server => 2,
+            SpanKindName::Client => 3,
+            SpanKindName::Producer => 4,
+            SpanKindName::Consumer => 5,
+        }
+    }
+}
+
+/// `exporters`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportersConfig {
+    /// `exporters.traces`.
+    pub traces: TraceExportersConfig,
+}
+
+/// `exporters.traces`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceExportersConfig {
+    /// `exporters.traces.otlp`: forwarding of every accepted span to a trace backend.
+    pub otlp: OtlpExporterConfig,
+}
+
+/// OTLP wire protocol of the trace exporter.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Request compression of the trace exporter.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// gzip.
+    #[default]
+    Gzip,
+    /// None.
+    None,
+}
+
+/// `exporters.traces.otlp`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpExporterConfig {
+    /// Backend URL, e.g. `http://tempo:4317` (gRPC) or `http://tempo:4318` (HTTP; `/v1/traces` is
+    /// appended when the URL has no path). `https://` uses TLS with the system roots (plus
+    /// `ca_file`). Default: none — spans are not forwarded.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`. Default `grpc`.
+    pub protocol: OtlpProtocol,
+    /// `gzip` or `none`. Default `gzip`.
+    pub compression: Compression,
+    /// Headers sent with every export (e.g. an API key). Default: none.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Timeout of one export attempt. Default `10s`.
+    pub timeout: DurationStr,
+    /// Extra PEM CA certificate for `https` endpoints. Default: none.
+    pub ca_file: Option<String>,
+    /// Most spans in one export request. Default `2048`.
+    pub max_batch_spans: usize,
+    /// Longest a span waits for its batch to fill. Default `200ms`.
+    pub batch_timeout: DurationStr,
+    /// Bound of the export queue in encoded bytes; when full, receivers answer "overloaded" so
+    /// clients back off, and no accepted span is dropped. Default `64MiB`.
+    pub queue_max_bytes: ByteSize,
+    /// First retry delay; doubles per attempt with ±20% jitter. Default `100ms`.
+    pub retry_initial_backoff: DurationStr,
+    /// Longest retry delay (a backend's `RetryInfo`/`Retry-After` may ask for more). Default `5s`.
+    pub retry_max_backoff: DurationStr,
+    /// On shutdown, how long the queue may take to flush before what is left is dropped and
+    /// counted. Default `10s`.
+    pub shutdown_timeout: DurationStr,
+}
+
+impl Default for OtlpExporterConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            compression: Compression::Gzip,
+            headers: Default::default(),
+            timeout: DurationStr(Duration::from_secs(10)),
+            ca_file: None,
+            max_batch_spans: 2048,
+            batch_timeout: DurationStr(Duration::from_millis(200)),
+            queue_max_bytes: ByteSize(64 << 20),
+            retry_initial_backoff: DurationStr(Duration::from_millis(100)),
+            retry_max_backoff: DurationStr(Duration::from_secs(5)),
+            shutdown_timeout: DurationStr(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// `receivers`: the inputs.
@@ -322,36 +503,28 @@ impl Config {
         }
         // Every unknown key, with its path: the defaults serialize every known key, so a key the
         // defaults lack at the same place is unknown (deny_unknown_fields would stop at the first).
+        // They are removed once reported, so every other problem is reported in the same run.
         if let Ok(known) = serde_yaml_ng::to_value(Config::default()) {
-            unknown_keys(&doc, &known, "", &mut problems);
+            unknown_keys(&mut doc, &known, "", &mut problems);
         }
-        let strict: Result<Config, _> = serde_path_to_error::deserialize(doc.clone());
-        if let Err(e) = strict {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            if !message.starts_with("unknown field") {
+        let strict: Result<Config, _> = serde_path_to_error::deserialize(doc);
+        let config = match strict {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
                 problems.push(Problem {
                     path: if path == "." { String::new() } else { path },
-                    message,
+                    message: e.into_inner().to_string(),
                     hint: "see `spindle print-config` for the expected form".into(),
                 });
+                return Err(ConfigError::Invalid(problems));
             }
-        }
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
-        let config: Config = serde_yaml_ng::from_value(doc).map_err(|e| {
-            ConfigError::Invalid(vec![Problem {
-                path: String::new(),
-                message: e.to_string(),
-                hint: String::new(),
-            }])
-        })?;
-        let semantic = config.validate();
-        if semantic.is_empty() {
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid(semantic))
+            Err(ConfigError::Invalid(problems))
         }
     }
 
@@ -406,6 +579,73 @@ impl Config {
                 hint: "e.g. `2000000`".into(),
             });
         }
+        let sm = &self.processors.span_metrics;
+        if sm.buckets.is_empty()
+            || sm.buckets.windows(2).any(|w| w[0] >= w[1])
+            || sm.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+        {
+            out.push(Problem {
+                path: "processors.span_metrics.buckets".into(),
+                message: "bucket bounds must be positive, finite and strictly increasing".into(),
+                hint: "e.g. `[0.005, 0.01, 0.05, 0.1, 0.5, 1, 5]` (seconds)".into(),
+            });
+        }
+        for (i, d) in sm.dimensions.iter().enumerate() {
+            if d.name.is_empty() {
+                out.push(Problem {
+                    path: format!("processors.span_metrics.dimensions[{i}].name"),
+                    message: "empty attribute name".into(),
+                    hint: "name a span or resource attribute such as `http.route`".into(),
+                });
+            }
+        }
+        let ex = &self.exporters.traces.otlp;
+        if let Some(ep) = &ex.endpoint {
+            let ok = ep
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                out.push(Problem {
+                    path: "exporters.traces.otlp.endpoint".into(),
+                    message: format!("`{ep}` is not an http:// or https:// URL with a host"),
+                    hint: "e.g. `http://127.0.0.1:4317` for gRPC or `http://127.0.0.1:4318` for http/protobuf".into(),
+                });
+            }
+            if let Some(ca) = &ex.ca_file
+                && std::fs::metadata(ca).is_err()
+            {
+                out.push(Problem {
+                    path: "exporters.traces.otlp.ca_file".into(),
+                    message: format!("cannot read `{ca}`"),
+                    hint: "give the path of a PEM certificate".into(),
+                });
+            }
+        }
+        if ex.max_batch_spans == 0 {
+            out.push(Problem {
+                path: "exporters.traces.otlp.max_batch_spans".into(),
+                message: "must be greater than zero".into(),
+                hint: "e.g. `2048`".into(),
+            });
+        }
+        if ex.queue_max_bytes.0 < self.receivers.otlp.max_request_size.0 {
+            out.push(Problem {
+                path: "exporters.traces.otlp.queue_max_bytes".into(),
+                message: format!(
+                    "{} is smaller than receivers.otlp.max_request_size ({}), so a large request could never be queued",
+                    ex.queue_max_bytes, self.receivers.otlp.max_request_size
+                ),
+                hint: "make the queue several times the largest request".into(),
+            });
+        }
+        if ex.retry_initial_backoff.0 > ex.retry_max_backoff.0 {
+            out.push(Problem {
+                path: "exporters.traces.otlp.retry_initial_backoff".into(),
+                message: "is longer than retry_max_backoff".into(),
+                hint: "e.g. initial `100ms`, max `5s`".into(),
+            });
+        }
         for (i, attr) in self.prometheus.promote_resource_attributes.iter().enumerate() {
             if attr.is_empty() {
                 out.push(Problem {
@@ -443,9 +683,9 @@ fn apply_override(doc: &mut serde_yaml_ng::Value, segs: &[String], value: &str) 
     Err("empty override path".into())
 }
 
-/// Reports keys of `doc` that `known` (the serialized defaults) lacks. Mappings that are empty
-/// in the defaults are free-form and not checked.
-fn unknown_keys(doc: &serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: &str, out: &mut Vec<Problem>) {
+/// Reports and removes keys of `doc` that `known` (the serialized defaults) lacks. Mappings that
+/// are empty in the defaults are free-form and not checked.
+fn unknown_keys(doc: &mut serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: &str, out: &mut Vec<Problem>) {
     use serde_yaml_ng::Value;
     let (Value::Mapping(d), Value::Mapping(k)) = (doc, known) else {
         return;
@@ -453,29 +693,33 @@ fn unknown_keys(doc: &serde_yaml_ng::Value, known: &serde_yaml_ng::Value, path: 
     if k.is_empty() {
         return;
     }
-    for (key, v) in d {
+    let mut expected: Vec<&str> = k.keys().filter_map(Value::as_str).collect();
+    expected.sort_unstable();
+    d.retain(|key, v| {
         let name = match key {
             Value::String(s) => s.clone(),
             other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
         };
         let here = if path.is_empty() {
-            name.clone()
+            name
         } else {
             format!("{path}.{name}")
         };
         match k.get(key) {
-            Some(kv) => unknown_keys(v, kv, &here, out),
+            Some(kv) => {
+                unknown_keys(v, kv, &here, out);
+                true
+            }
             None => {
-                let mut expected: Vec<String> = k.keys().filter_map(|x| x.as_str().map(str::to_string)).collect();
-                expected.sort();
                 out.push(Problem {
                     path: here,
                     message: "unknown key".into(),
                     hint: format!("remove it or fix its spelling; keys here: {}", expected.join(", ")),
                 });
+                false
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod export;
 pub mod expose;
 pub mod model;
 pub mod process;

@@ -84,10 +84,12 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives while starting must still drain, not kill.
+        let signals = shutdown_signals()?;
         let running = spindle::app::start(config).await?;
         let cancel = running.cancel_token();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.await;
             tracing::info!("shutting down");
             cancel.cancel();
         });
@@ -95,24 +97,24 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM; the handlers are registered when this returns.
+fn shutdown_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -21,7 +21,68 @@ pub const REFUSAL_REASONS: [&str; 6] = [
     "unsupported_media_type",
     "overloaded",
 ];
-const SCRAPE_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const DURATION_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Why spans were dropped by the trace exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The backend refused the batch with a non-retryable error.
+    Permanent,
+    /// The backend accepted the batch but rejected these spans (`partial_success`).
+    RejectedByBackend,
+    /// The queue could not be flushed within `shutdown_timeout`.
+    Shutdown,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 3] = [
+        DropReason::Permanent,
+        DropReason::RejectedByBackend,
+        DropReason::Shutdown,
+    ];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Permanent => "permanent_error",
+            DropReason::RejectedByBackend => "rejected_by_backend",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A duration histogram with fixed buckets.
+#[derive(Debug, Default)]
+struct DurationHistogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cum = 0;
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            cum += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b:?}\"}} {cum}");
+        }
+        cum += self.buckets[DURATION_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_count {cum}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum:?}");
+    }
+}
 
 type PerSignalProtocol = [[AtomicU64; 2]; 2];
 
@@ -33,12 +94,17 @@ pub struct Telemetry {
     rejected: PerSignalProtocol,
     refused: [[[AtomicU64; REFUSAL_REASONS.len()]; 2]; 2],
     expired_series: AtomicU64,
-    scrape_buckets: [AtomicU64; SCRAPE_BUCKETS.len() + 1],
-    scrape_sum_nanos: AtomicU64,
+    scrape: DurationHistogram,
+    spans_forwarded: AtomicU64,
+    spans_dropped: [AtomicU64; DropReason::ALL.len()],
+    export_retries: AtomicU64,
+    export_queue_bytes: AtomicU64,
+    export_queue_capacity: AtomicU64,
+    export: DurationHistogram,
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
-const FAMILIES: [(&str, &str, &str); 7] = [
+const FAMILIES: [(&str, &str, &str); 13] = [
     (
         "spindle_received_requests",
         "counter",
@@ -73,6 +139,36 @@ const FAMILIES: [(&str, &str, &str); 7] = [
         "spindle_scrape_duration_seconds",
         "histogram",
         "Time to render /metrics.",
+    ),
+    (
+        "spindle_exporter_sent_spans",
+        "counter",
+        "Spans the trace backend acknowledged.",
+    ),
+    (
+        "spindle_exporter_dropped_spans",
+        "counter",
+        "Spans the trace exporter dropped, by reason.",
+    ),
+    (
+        "spindle_exporter_retries",
+        "counter",
+        "Trace export attempts that failed and were retried.",
+    ),
+    (
+        "spindle_exporter_queue_bytes",
+        "gauge",
+        "Encoded bytes of spans queued or in flight to the trace backend.",
+    ),
+    (
+        "spindle_exporter_queue_capacity_bytes",
+        "gauge",
+        "Bound of the trace export queue (exporters.traces.otlp.queue_max_bytes).",
+    ),
+    (
+        "spindle_exporter_export_duration_seconds",
+        "histogram",
+        "Duration of trace export attempts.",
     ),
 ];
 
@@ -120,14 +216,38 @@ impl Telemetry {
 
     /// Records how long a scrape took to render.
     pub fn scrape_took(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = SCRAPE_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(SCRAPE_BUCKETS.len());
-        self.scrape_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.scrape_sum_nanos
-            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.scrape.observe(d);
+    }
+
+    /// Records the duration of one trace export attempt.
+    pub fn export_took(&self, d: Duration) {
+        self.export.observe(d);
+    }
+
+    /// Counts spans the backend acknowledged.
+    pub fn spans_forwarded(&self, n: u64) {
+        self.spans_forwarded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts spans dropped by the exporter.
+    pub fn spans_dropped(&self, reason: DropReason, n: u64) {
+        self.spans_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one retried export attempt.
+    pub fn export_retried(&self) {
+        self.export_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the export queue's fill and bound.
+    pub fn export_queue_bytes(&self, bytes: u64, capacity: u64) {
+        self.export_queue_bytes.store(bytes, Ordering::Relaxed);
+        self.export_queue_capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Spans forwarded so far (for tests and logs).
+    pub fn forwarded_spans(&self) -> u64 {
+        self.spans_forwarded.load(Ordering::Relaxed)
     }
 
     /// Accepted item count for a signal and protocol (for tests and logs).
@@ -190,16 +310,42 @@ impl Telemetry {
             self.expired_series.load(Ordering::Relaxed)
         );
         header(out, 6);
-        let mut cum = 0;
-        for (i, b) in SCRAPE_BUCKETS.iter().enumerate() {
-            cum += self.scrape_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "spindle_scrape_duration_seconds_bucket{{le=\"{b:?}\"}} {cum}");
+        self.scrape.render("spindle_scrape_duration_seconds", out);
+        header(out, 7);
+        let _ = writeln!(
+            out,
+            "spindle_exporter_sent_spans_total {}",
+            self.spans_forwarded.load(Ordering::Relaxed)
+        );
+        header(out, 8);
+        for r in DropReason::ALL {
+            let n = self.spans_dropped[r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "spindle_exporter_dropped_spans_total{{reason=\"{}\"}} {n}",
+                r.as_str()
+            );
         }
-        cum += self.scrape_buckets[SCRAPE_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "spindle_scrape_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "spindle_scrape_duration_seconds_count {cum}");
-        let sum = self.scrape_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "spindle_scrape_duration_seconds_sum {sum:?}");
+        header(out, 9);
+        let _ = writeln!(
+            out,
+            "spindle_exporter_retries_total {}",
+            self.export_retries.load(Ordering::Relaxed)
+        );
+        header(out, 10);
+        let _ = writeln!(
+            out,
+            "spindle_exporter_queue_bytes {}",
+            self.export_queue_bytes.load(Ordering::Relaxed)
+        );
+        header(out, 11);
+        let _ = writeln!(
+            out,
+            "spindle_exporter_queue_capacity_bytes {}",
+            self.export_queue_capacity.load(Ordering::Relaxed)
+        );
+        header(out, 12);
+        self.export.render("spindle_exporter_export_duration_seconds", out);
     }
 }
 

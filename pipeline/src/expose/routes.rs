@@ -25,6 +25,62 @@ pub struct ExposeState {
     pub telemetry: Arc<Telemetry>,
     /// Set once every receiver is bound and serving; cleared on shutdown.
     pub ready: Arc<AtomicBool>,
+    /// Scrape buffers, reused so a large scrape does not fault in fresh memory every time.
+    pub buffers: Arc<BufferPool>,
+}
+
+/// A small pool of scrape buffers. A buffer goes back to the pool when the response that
+/// carries it has been sent; at most [`BufferPool::MAX`] are kept.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: parking_lot::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// Buffers kept for reuse (one per concurrent scrape beyond that is allocated afresh).
+    pub const MAX: usize = 2;
+
+    /// An empty buffer, with the capacity of an earlier scrape when one is free.
+    pub fn take(&self) -> Vec<u8> {
+        self.free.lock().pop().unwrap_or_default()
+    }
+
+    /// Wraps a filled buffer as a response body that returns it to the pool when dropped.
+    pub fn body(self: &Arc<Self>, buf: Vec<u8>) -> bytes::Bytes {
+        bytes::Bytes::from_owner(Pooled {
+            buf,
+            pool: self.clone(),
+        })
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        // A buffer far larger than what it last held would pin memory after series expire.
+        if buf.capacity() > 2 * buf.len() + (1 << 20) {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock();
+        if free.len() < Self::MAX {
+            free.push(buf);
+        }
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buf));
+    }
 }
 
 /// The Prometheus endpoint's routes.
@@ -79,22 +135,23 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
     let format = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let gzip = wants_gzip(&headers);
     // Rendering a large store is CPU work: keep it off the async workers.
+    let pool = s.buffers.clone();
     let rendered = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
-        let mut body = Vec::with_capacity(64 * 1024);
+        let mut body = s.buffers.take();
         super::render(&s.store, &s.telemetry, format, &mut body);
         s.telemetry.scrape_took(start.elapsed());
-        if gzip {
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-            enc.write_all(&body).and_then(|_| enc.finish())
-        } else {
-            Ok(body)
+        if !gzip {
+            return Ok(body);
         }
+        let mut enc = flate2::write::GzEncoder::new(s.buffers.take(), flate2::Compression::fast());
+        let out = enc.write_all(&body).and_then(|_| enc.finish());
+        s.buffers.body(body); // the plain buffer goes straight back to the pool
+        out
     })
     .await;
     let body = match rendered {
-        Ok(Ok(b)) => b,
+        Ok(Ok(b)) => pool.body(b),
         Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("compression failed: {e}\n")).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("render failed: {e}\n")).into_response(),
     };
@@ -115,6 +172,26 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_return_to_the_pool_with_their_capacity() {
+        let pool = Arc::new(BufferPool::default());
+        let mut b = pool.take();
+        b.extend_from_slice(&[b'x'; 4096]);
+        let cap = b.capacity();
+        let body = pool.body(b);
+        assert_eq!(body.len(), 4096);
+        assert!(pool.free.lock().is_empty(), "still in use by the response");
+        drop(body);
+        let again = pool.take();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), cap, "the same allocation comes back");
+        // Oversized buffers (far larger than what they held) are not kept.
+        let mut big = Vec::with_capacity(8 << 20);
+        big.push(1u8);
+        drop(pool.body(big));
+        assert!(pool.free.lock().is_empty());
+    }
 
     #[test]
     fn negotiation() {

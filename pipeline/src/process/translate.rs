@@ -176,6 +176,60 @@ impl Samples {
     }
 }
 
+/// Building batches from other processors (span metrics): labels first, then the point.
+impl Samples {
+    /// Adds a family and returns its index.
+    pub fn add_family(&mut self, meta: FamilyMeta) -> u32 {
+        family_index(self, meta)
+    }
+
+    /// Adds a label to the point being built; `name` is sanitized.
+    pub fn add_label(&mut self, name: &str, value: &str) {
+        let name = push_sanitized_label_name(&mut self.text, name);
+        let value = push_str(&mut self.text, value);
+        self.labels.push(Label { name, value });
+    }
+
+    /// Adds a copy of an earlier point's labels to the point being built.
+    pub fn copy_labels(&mut self, labels: Span) {
+        self.labels.extend_from_within(labels.range());
+    }
+
+    /// Adds bounds and per-bucket counts for a histogram value.
+    pub fn add_buckets(&mut self, bounds: &[f64], counts: &[u64]) -> (Span, Span) {
+        let (f, c) = (self.floats.len(), self.counts.len());
+        self.floats.extend_from_slice(bounds);
+        self.counts.extend_from_slice(counts);
+        (Span::new(f, self.floats.len()), Span::new(c, self.counts.len()))
+    }
+
+    /// Finishes a point whose labels were added since index `labels_start` (see
+    /// [`Samples::labels`]); returns its label span.
+    pub fn add_point(
+        &mut self,
+        family: u32,
+        labels_start: usize,
+        temporality: Temporality,
+        value: PointValue,
+        exemplars: &[Exemplar],
+    ) -> Span {
+        finish_labels(self, labels_start);
+        let labels = Span::new(labels_start, self.labels.len());
+        let e = self.exemplars.len();
+        self.exemplars.extend_from_slice(exemplars);
+        let exemplars = Span::new(e, self.exemplars.len());
+        self.points.push(Point {
+            family,
+            labels,
+            temporality,
+            value,
+            exemplars,
+        });
+        self.outcome.accepted += 1;
+        labels
+    }
+}
+
 /// Configuration of the translation.
 #[derive(Debug, Clone, Default)]
 pub struct Translator {
@@ -720,7 +774,7 @@ fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
 
 /// Renders an attribute value as a label value: strings as is, scalars in their usual form,
 /// arrays and maps as JSON.
-fn write_any(v: &AnyValue, out: &mut String) {
+pub(crate) fn write_any(v: &AnyValue, out: &mut String) {
     use std::fmt::Write;
     match &v.value {
         Some(any_value::Value::StringValue(s)) => out.push_str(s),

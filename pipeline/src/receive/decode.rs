@@ -228,3 +228,78 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
+    };
+    use proptest::prelude::*;
+
+    fn request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
+        let point = (any::<i64>(), "[ -~]{0,12}", any::<u64>()).prop_map(|(v, attr, t)| NumberDataPoint {
+            attributes: vec![KeyValue {
+                key: "k".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(attr)),
+                }),
+                ..Default::default()
+            }],
+            time_unix_nano: t,
+            value: Some(number_data_point::Value::AsInt(v)),
+            ..Default::default()
+        });
+        let metric = ("[a-z.]{1,10}", proptest::collection::vec(point, 0..4)).prop_map(|(name, points)| Metric {
+            name,
+            data: Some(metric::Data::Gauge(Gauge { data_points: points })),
+            ..Default::default()
+        });
+        proptest::collection::vec(metric, 0..4).prop_map(|metrics| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<ExportMetricsServiceRequest>(&body, Encoding::Protobuf);
+            let _ = decode::<ExportTraceServiceRequest>(&body, Encoding::Protobuf);
+            let _ = decode::<ExportMetricsServiceRequest>(&body, Encoding::Json);
+            let _ = decode::<ExportTraceServiceRequest>(&body, Encoding::Json);
+            for enc in ["gzip", "zstd"] {
+                if let Ok(out) = decompress(bytes::Bytes::from(body.clone()), Some(enc), 1024) {
+                    prop_assert!(out.len() <= 1024);
+                }
+            }
+        }
+
+        #[test]
+        fn protobuf_and_json_round_trip(req in request()) {
+            let pb = prost::Message::encode_to_vec(&req);
+            prop_assert_eq!(&decode::<ExportMetricsServiceRequest>(&pb, Encoding::Protobuf).unwrap(), &req);
+            let json = serde_json::to_vec(&req).unwrap();
+            prop_assert_eq!(&decode::<ExportMetricsServiceRequest>(&json, Encoding::Json).unwrap(), &req);
+        }
+
+        #[test]
+        fn decompression_respects_the_cap(len in 0usize..20_000, cap in 1u64..10_000) {
+            let data = vec![7u8; len];
+            let z = zstd::encode_all(&data[..], 1).unwrap();
+            match decompress(z.into(), Some("zstd"), cap) {
+                Ok(out) => prop_assert!(out.len() as u64 <= cap && out.len() == len),
+                Err(DecodeError::TooLarge { .. }) => prop_assert!(len as u64 > cap),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+    }
+}

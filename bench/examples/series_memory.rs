@@ -1,0 +1,107 @@
+//! Memory per active series: heap bytes held by the store per counter series with 5 labels and one
+//! exemplar, counted by a global allocator wrapper. `cargo run --release -p spindle-bench --example series_memory`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Exemplar, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric,
+    number_data_point,
+};
+use spindle::process::translate::Translator;
+use spindle::store::Store;
+
+struct Counting;
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HELD.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HELD.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        HELD.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn kv(k: &str, v: String) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// 5 labels of realistic length: `method`, `route`, `status`, `region`, `pod`.
+fn batch(from: u64, n: u64) -> ExportMetricsServiceRequest {
+    let points = (from..from + n)
+        .map(|i| NumberDataPoint {
+            attributes: vec![
+                kv("method", ["GET", "POST"][(i % 2) as usize].into()),
+                kv("route", format!("/api/items/{}", i % 100)),
+                kv("status", ["200", "404", "500"][(i % 3) as usize].into()),
+                kv("region", format!("eu-west-{}", i % 3)),
+                kv("pod", format!("checkout-{i:08}")),
+            ],
+            value: Some(number_data_point::Value::AsInt(i as i64)),
+            exemplars: vec![Exemplar {
+                trace_id: [7u8; 16].to_vec(),
+                span_id: [9u8; 8].to_vec(),
+                time_unix_nano: 1,
+                value: Some(exemplar::Value::AsDouble(1.0)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "http_requests".into(),
+                    data: Some(metric::Data::Sum(Sum {
+                        data_points: points,
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        is_monotonic: true,
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn main() {
+    let series = 1_000_000u64;
+    let t = Translator::default();
+    let store = Store::new(Duration::from_secs(3600), usize::MAX, &[]);
+    let before = HELD.load(Ordering::Relaxed);
+    let mut label_bytes = 0usize;
+    for from in (0..series).step_by(10_000) {
+        store.write(t.translate(batch(from, 10_000)), Instant::now());
+    }
+    for h in store.families() {
+        label_bytes += h.lock().series().iter().map(|s| s.labels().len()).sum::<usize>();
+    }
+    let held = (HELD.load(Ordering::Relaxed) - before) as f64;
+    println!(
+        "{series} series: {:.0} heap bytes per series (of which {:.0} are the rendered label set)",
+        held / series as f64,
+        label_bytes as f64 / series as f64
+    );
+}

@@ -1,0 +1,3 @@
+//! Exporters: forwarding to other systems. [`traces`] forwards spans over OTLP.
+
+pub mod traces;

@@ -1,0 +1,257 @@
+//! Span metrics: RED metrics from spans, named like the OpenTelemetry Collector's spanmetrics
+//! connector so dashboards carry over.
+//!
+//! In: a traces request, by reference (the request itself moves on to the exporter). Out:
+//! [`SpanMetricsBatch`]: the counts (`traces_span_metrics_calls_total`, the
+//! `traces_span_metrics_duration_seconds` histogram, as delta points) to store now, and the
+//! exemplars to store once the spans they name have been forwarded. Spans of one request that
+//! share a label set are aggregated first, so the store sees one update per series per request.
+//!
+//! Each span counts with its adjusted count when its `tracestate` carries an OTel
+//! probability-sampling threshold (`ot=th:…`): `2^56 / (2^56 − T)`.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+use super::translate::{FamilyMeta, PointValue, Samples, write_any};
+use crate::config::SpanMetricsConfig;
+use crate::model::{Exemplar, MetricKind, Temporality};
+
+/// Family name of the call counter (exposed as `traces_span_metrics_calls_total`).
+pub const CALLS: &str = "traces_span_metrics_calls";
+/// Family name of the duration histogram.
+pub const DURATION: &str = "traces_span_metrics_duration_seconds";
+
+const KINDS: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
+const STATUSES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+
+/// The span-metrics processor.
+#[derive(Debug, Clone)]
+pub struct SpanMetrics {
+    config: SpanMetricsConfig,
+    /// Bit `k` set: spans of OTLP kind `k` count.
+    kinds: u8,
+}
+
+/// What one traces request contributes.
+#[derive(Debug, Default)]
+pub struct SpanMetricsBatch {
+    /// Delta updates of calls and durations, to write at once.
+    pub counts: Samples,
+    /// Zero-valued delta points carrying the exemplars, to write once the spans are forwarded.
+    pub exemplars: Samples,
+    /// Spans that were counted.
+    pub spans: u64,
+}
+
+#[derive(Debug)]
+struct Agg {
+    values: Vec<Option<String>>,
+    calls: f64,
+    counts: Vec<u64>,
+    sum: f64,
+    newest: Option<Exemplar>,
+    bucket_exemplars: Vec<Option<Exemplar>>,
+}
+
+impl SpanMetrics {
+    /// A processor with this configuration.
+    pub fn new(config: SpanMetricsConfig) -> Self {
+        let kinds = if config.span_kinds.is_empty() {
+            u8::MAX
+        } else {
+            config.span_kinds.iter().fold(0u8, |m, k| m | (1 << k.otlp()))
+        };
+        Self { config, kinds }
+    }
+
+    /// Whether span metrics are on.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// Computes the span metrics of a request.
+    pub fn process(&self, req: &ExportTraceServiceRequest) -> SpanMetricsBatch {
+        let mut aggs: Vec<Agg> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut key = String::new();
+        let mut spans = 0u64;
+        let buckets = &self.config.buckets;
+        for rs in &req.resource_spans {
+            let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+            let service = find(resource, "service.name").unwrap_or_else(|| "unknown_service".into());
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    let kind = span.kind.clamp(0, 5) as usize;
+                    if self.kinds & (1 << kind) == 0 {
+                        continue;
+                    }
+                    spans += 1;
+                    let status = span.status.as_ref().map_or(0, |s| s.code.clamp(0, 2)) as usize;
+                    let dims: Vec<Option<String>> = self
+                        .config
+                        .dimensions
+                        .iter()
+                        .map(|d| {
+                            find(&span.attributes, &d.name)
+                                .or_else(|| find(resource, &d.name))
+                                .or(d.default.clone())
+                        })
+                        .collect();
+                    key.clear();
+                    for part in [service.as_str(), &span.name, KINDS[kind], STATUSES[status]] {
+                        key.push_str(part);
+                        key.push('\0');
+                    }
+                    for d in &dims {
+                        key.push(if d.is_some() { '\u{1}' } else { '\u{2}' });
+                        key.push_str(d.as_deref().unwrap_or(""));
+                        key.push('\0');
+                    }
+                    let i = *index.entry(key.clone()).or_insert_with(|| {
+                        let mut values = vec![
+                            Some(service.clone()),
+                            Some(span.name.clone()),
+                            Some(KINDS[kind].to_string()),
+                            Some(STATUSES[status].to_string()),
+                        ];
+                        values.extend(dims);
+                        aggs.push(Agg {
+                            values,
+                            calls: 0.0,
+                            counts: vec![0; buckets.len() + 1],
+                            sum: 0.0,
+                            newest: None,
+                            bucket_exemplars: vec![None; buckets.len() + 1],
+                        });
+                        aggs.len() - 1
+                    });
+                    let agg = &mut aggs[i];
+                    let weight = adjusted_count(&span.trace_state);
+                    let secs = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
+                    let b = buckets.partition_point(|x| *x < secs);
+                    agg.calls += weight;
+                    agg.counts[b] += weight.round().max(1.0) as u64;
+                    agg.sum += secs * weight;
+                    if let Some(e) = exemplar(span, secs) {
+                        if agg.newest.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
+                            agg.newest = Some(e);
+                        }
+                        let slot = &mut agg.bucket_exemplars[b];
+                        if slot.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
+                            *slot = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(aggs, spans)
+    }
+
+    fn emit(&self, aggs: Vec<Agg>, spans: u64) -> SpanMetricsBatch {
+        let mut names = vec!["service_name", "span_name", "span_kind", "status_code"];
+        names.extend(self.config.dimensions.iter().map(|d| d.name.as_str()));
+        let mut out = SpanMetricsBatch {
+            spans,
+            ..Default::default()
+        };
+        let zero_counts = vec![0u64; self.config.buckets.len() + 1];
+        for (batch, is_exemplars) in [(&mut out.counts, false), (&mut out.exemplars, true)] {
+            if aggs.is_empty() {
+                break;
+            }
+            let calls = batch.add_family(FamilyMeta {
+                name: CALLS.into(),
+                kind: MetricKind::Counter,
+                help: "Spans received, by service, name, kind and status (weighted by adjusted count).".into(),
+                unit: String::new(),
+            });
+            let duration = batch.add_family(FamilyMeta {
+                name: DURATION.into(),
+                kind: MetricKind::Histogram,
+                help: "Span durations, by service, name, kind and status.".into(),
+                unit: "seconds".into(),
+            });
+            for agg in &aggs {
+                let start = batch.labels.len();
+                for (name, v) in names.iter().zip(&agg.values) {
+                    if let Some(v) = v {
+                        batch.add_label(name, v);
+                    }
+                }
+                let (value, exemplars): (f64, Vec<Exemplar>) = if is_exemplars {
+                    (0.0, agg.newest.into_iter().collect())
+                } else {
+                    (agg.calls, Vec::new())
+                };
+                let labels = batch.add_point(calls, start, Temporality::Delta, PointValue::Number(value), &exemplars);
+                let counts = if is_exemplars { &zero_counts } else { &agg.counts };
+                let (bounds, counts_span) = batch.add_buckets(&self.config.buckets, counts);
+                let exemplars: Vec<Exemplar> = if is_exemplars {
+                    agg.bucket_exemplars.iter().flatten().copied().collect()
+                } else {
+                    Vec::new()
+                };
+                let hist = PointValue::Histogram {
+                    count: counts.iter().sum(),
+                    sum: if is_exemplars { 0.0 } else { agg.sum },
+                    bounds,
+                    counts: counts_span,
+                };
+                let start = batch.labels.len();
+                batch.copy_labels(labels);
+                batch.add_point(duration, start, Temporality::Delta, hist, &exemplars);
+            }
+        }
+        out
+    }
+}
+
+fn find(attrs: &[KeyValue], key: &str) -> Option<String> {
+    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    let mut s = String::new();
+    write_any(v, &mut s);
+    Some(s)
+}
+
+fn exemplar(span: &OtlpSpan, secs: f64) -> Option<Exemplar> {
+    let trace_id: [u8; 16] = span.trace_id.as_slice().try_into().ok()?;
+    let span_id: [u8; 8] = span.span_id.as_slice().try_into().ok()?;
+    (trace_id != [0; 16]).then_some(Exemplar {
+        trace_id,
+        span_id,
+        value: secs,
+        time_unix_nano: span.end_time_unix_nano,
+    })
+}
+
+/// The adjusted count of a span from its W3C `tracestate`: `2^56 / (2^56 − T)` for an OTel
+/// probability-sampling threshold `ot=th:T` (1 to 14 hex digits, trailing zeros omitted), else 1.
+pub fn adjusted_count(tracestate: &str) -> f64 {
+    const MAX: u64 = 1 << 56;
+    let th = tracestate
+        .split(',')
+        .filter_map(|m| m.trim().strip_prefix("ot="))
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.strip_prefix("th:"));
+    let Some(th) = th else { return 1.0 };
+    if th.is_empty() || th.len() > 14 || !th.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return 1.0;
+    }
+    let Ok(t) = u64::from_str_radix(th, 16) else { return 1.0 };
+    let t = t << (4 * (14 - th.len()));
+    if t >= MAX { 1.0 } else { MAX as f64 / (MAX - t) as f64 }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span::SpanKind};
+
+use super::*;
+use crate::config::{Dimension, SpanKindName};
+use crate::process::translate::Point;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn span(name: &str, kind: SpanKind, millis: u64, id: u8, attrs: Vec<KeyValue>) -> OtlpSpan {
+    OtlpSpan {
+        trace_id: vec![id; 16],
+        span_id: vec![id; 8],
+        name: name.into(),
+        kind: kind as i32,
+        start_time_unix_nano: 1_000_000_000,
+        end_time_unix_nano: 1_000_000_000 + millis * 1_000_000,
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+fn request(resource: Vec<KeyValue>, spans: Vec<OtlpSpan>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn labels(s: &Samples, p: &Point) -> Vec<(String, String)> {
+    s.point_labels(p)
+        .iter()
+        .map(|l| (s.str(l.name).to_string(), s.str(l.value).to_string()))
+        .collect()
+}
+
+fn points_of<'a>(s: &'a Samples, family: &str) -> Vec<&'a Point> {
+    s.points
+        .iter()
+        .filter(|p| s.families[p.family as usize].name == family)
+        .collect()
+}
+
+#[test]
+fn adjusted_count_follows_the_probability_sampling_spec() {
+    assert_eq!(adjusted_count(""), 1.0);
+    assert_eq!(adjusted_count("ot=th:0"), 1.0);
+    assert_eq!(adjusted_count("ot=th:8"), 2.0);
+    assert_eq!(adjusted_count("ot=th:c"), 4.0);
+    assert_eq!(adjusted_count("ot=th:ff"), 256.0);
+    // 10% sampling: T = 0.9 * 2^56, written with 13 hex digits.
+    assert!((adjusted_count("ot=th:e666666666666") - 10.0).abs() < 1e-6);
+    // 1/3 sampling, the spec's rounded threshold.
+    assert!((adjusted_count("ot=th:aaab") - 3.0).abs() < 1e-3);
+    // Other members and sub-keys are ignored.
+    assert_eq!(adjusted_count("vendor=x,ot=rv:abcdef12345678;th:c"), 4.0);
+    // Malformed thresholds count 1.
+    for bad in ["ot=th:", "ot=th:xyz", "ot=th:123456789abcdef", "ot=th:8;", "th:8"] {
+        let want = if bad == "ot=th:8;" { 2.0 } else { 1.0 };
+        assert_eq!(adjusted_count(bad), want, "{bad}");
+    }
+}
+
+#[test]
+fn spans_become_calls_and_duration_histograms_aggregated_per_label_set() {
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        buckets: vec![0.01, 0.1, 1.0],
+        ..Default::default()
+    });
+    let req = request(
+        vec![kv("service.name", "checkout")],
+        vec![
+            span("GET /a", SpanKind::Server, 5, 1, vec![]),
+            span("GET /a", SpanKind::Server, 50, 2, vec![]),
+            span("GET /a", SpanKind::Client, 2000, 3, vec![]),
+        ],
+    );
+    let out = sm.process(&req);
+    assert_eq!(out.spans, 3);
+    let calls = points_of(&out.counts, CALLS);
+    assert_eq!(calls.len(), 2, "server and client are separate series");
+    let server = calls
+        .iter()
+        .find(|p| labels(&out.counts, p).contains(&("span_kind".into(), "SPAN_KIND_SERVER".into())));
+    let server = server.expect("server series");
+    assert_eq!(
+        labels(&out.counts, server),
+        vec![
+            ("service_name".to_string(), "checkout".to_string()),
+            ("span_kind".to_string(), "SPAN_KIND_SERVER".to_string()),
+            ("span_name".to_string(), "GET /a".to_string()),
+            ("status_code".to_string(), "STATUS_CODE_UNSET".to_string()),
+        ]
+    );
+    assert_eq!(server.value, PointValue::Number(2.0));
+    assert_eq!(server.temporality, Temporality::Delta);
+    let hists = points_of(&out.counts, DURATION);
+    let h = hists
+        .iter()
+        .find(|p| labels(&out.counts, p) == labels(&out.counts, server))
+        .unwrap();
+    let PointValue::Histogram { count, sum, counts, .. } = h.value else {
+        panic!("not a histogram")
+    };
+    assert_eq!(count, 2);
+    assert!((sum - 0.055).abs() < 1e-9);
+    assert_eq!(&out.counts.counts[counts.range()], &[1, 1, 0, 0]);
+    // Counts carry no exemplars: those wait for the spans to be forwarded.
+    assert!(out.counts.exemplars.is_empty());
+}
+
+#[test]
+fn exemplar_batch_is_zero_valued_and_names_the_newest_span_per_series_and_bucket() {
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        buckets: vec![0.01, 0.1],
+        ..Default::default()
+    });
+    let mut late = span("op", SpanKind::Internal, 5, 9, vec![]);
+    late.end_time_unix_nano += 1_000_000_000;
+    let req = request(
+        vec![kv("service.name", "svc")],
+        vec![
+            span("op", SpanKind::Internal, 5, 1, vec![]),
+            late,
+            span("op", SpanKind::Internal, 500, 2, vec![]),
+        ],
+    );
+    let out = sm.process(&req);
+    let ex = &out.exemplars;
+    let calls = points_of(ex, CALLS);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].value, PointValue::Number(0.0));
+    let e = &ex.exemplars[calls[0].exemplars.range()];
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].trace_id, [9; 16], "the span that ended last");
+    let h = points_of(ex, DURATION)[0];
+    let PointValue::Histogram { count, counts, .. } = h.value else {
+        panic!()
+    };
+    assert_eq!(count, 0);
+    assert!(ex.counts[counts.range()].iter().all(|c| *c == 0));
+    let mut ids: Vec<u8> = ex.exemplars[h.exemplars.range()]
+        .iter()
+        .map(|e| e.trace_id[0])
+        .collect();
+    ids.sort_unstable();
+    // Span 9 ends a second later, so it lasts 1.005 s and lands in +Inf beside span 2 (0.5 s), and
+    // is newer; span 1 alone is in the first bucket.
+    assert_eq!(ids, vec![1, 9], "the newest span of each bucket");
+}
+
+#[test]
+fn dimensions_come_from_span_then_resource_then_default() {
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        dimensions: vec![
+            Dimension {
+                name: "http.route".into(),
+                default: None,
+            },
+            Dimension {
+                name: "deployment.environment".into(),
+                default: Some("none".into()),
+            },
+            Dimension {
+                name: "tenant".into(),
+                default: Some("shared".into()),
+            },
+        ],
+        ..Default::default()
+    });
+    let req = request(
+        vec![kv("service.name", "svc"), kv("deployment.environment", "prod")],
+        vec![
+            span("a", SpanKind::Server, 1, 1, vec![kv("http.route", "/u/{id}")]),
+            span("b", SpanKind::Server, 1, 2, vec![]),
+        ],
+    );
+    let out = sm.process(&req);
+    let calls = points_of(&out.counts, CALLS);
+    let a = labels(&out.counts, calls[0]);
+    assert!(a.contains(&("http_route".into(), "/u/{id}".into())), "{a:?}");
+    assert!(a.contains(&("deployment_environment".into(), "prod".into())), "{a:?}");
+    assert!(a.contains(&("tenant".into(), "shared".into())), "{a:?}");
+    let b = labels(&out.counts, calls[1]);
+    assert!(
+        !b.iter().any(|(k, _)| k == "http_route"),
+        "no default: label left out: {b:?}"
+    );
+}
+
+#[test]
+fn span_kind_filter_status_and_adjusted_count_weighting() {
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        span_kinds: vec![SpanKindName::Server],
+        ..Default::default()
+    });
+    let mut sampled = span("a", SpanKind::Server, 1, 1, vec![]);
+    sampled.trace_state = "ot=th:c".into();
+    sampled.status = Some(Status {
+        code: 2,
+        ..Default::default()
+    });
+    let req = request(
+        vec![kv("service.name", "svc")],
+        vec![sampled, span("b", SpanKind::Client, 1, 2, vec![])],
+    );
+    let out = sm.process(&req);
+    assert_eq!(out.spans, 1, "client span filtered out");
+    let calls = points_of(&out.counts, CALLS);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].value, PointValue::Number(4.0), "25% sampling counts 4");
+    assert!(labels(&out.counts, calls[0]).contains(&("status_code".into(), "STATUS_CODE_ERROR".into())));
+    let h = points_of(&out.counts, DURATION)[0];
+    let PointValue::Histogram { count, .. } = h.value else {
+        panic!()
+    };
+    assert_eq!(count, 4);
+}
+
+#[test]
+fn missing_service_name_is_unknown_service() {
+    let sm = SpanMetrics::new(SpanMetricsConfig::default());
+    let out = sm.process(&request(vec![], vec![span("a", SpanKind::Server, 1, 1, vec![])]));
+    let calls = points_of(&out.counts, CALLS);
+    assert!(labels(&out.counts, calls[0]).contains(&("service_name".into(), "unknown_service".into())));
+}

@@ -1,0 +1,133 @@
+//! The `spindle` binary: `validate`, `print-config`, and a real run that logs its addresses and
+//! stops cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_spindle");
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("spindle-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn validate_accepts_a_good_file() {
+    let p = write(
+        "good.yaml",
+        "prometheus:\n  series_ttl: 1m\n  promote_resource_attributes: [deployment.environment]\n",
+    );
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_path_and_exits_2() {
+    let p = write(
+        "bad.yaml",
+        "receivers:\n  otlp:\n    grpc:\n      listen: 127.0.0.1:9464\n      lisen: x\nprometheus:\n  series_ttl: 10ms\nexporters:\n  logs: {}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in ["receivers.otlp.grpc.lisen", "exporters.logs"] {
+        assert!(err.contains(&format!("{path}: unknown key")), "{path} missing:\n{err}");
+    }
+    assert!(err.contains("hint:"), "{err}");
+    // The semantic problems come in the same run.
+    assert!(
+        err.contains("receivers.otlp.grpc.listen: address 127.0.0.1:9464"),
+        "{err}"
+    );
+    assert!(err.contains("prometheus.series_ttl:"), "{err}");
+}
+
+#[test]
+fn print_config_shows_every_key_and_applies_env_overrides() {
+    let out = Command::new(BIN)
+        .arg("print-config")
+        .env("SPINDLE__PROMETHEUS__SERIES_TTL", "2m")
+        .env_remove("SPINDLE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "listen: 127.0.0.1:4317",
+        "listen: 127.0.0.1:4318",
+        "listen: 127.0.0.1:9464",
+        "series_ttl: 2m",
+    ] {
+        assert!(text.contains(key), "{key} missing:\n{text}");
+    }
+    // What it prints is itself a valid config.
+    let p = write("printed.yaml", &text);
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn runs_logs_its_addresses_and_stops_on_sigterm() {
+    let p = write(
+        "run.yaml",
+        "receivers:\n  otlp:\n    grpc: {listen: 127.0.0.1:0}\n    http: {listen: 127.0.0.1:0}\nprometheus:\n  listen: 127.0.0.1:0\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&p)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let line = lines
+            .next()
+            .expect("spindle exited before logging its addresses")
+            .unwrap();
+        for what in [
+            "OTLP/gRPC receiver listening",
+            "OTLP/HTTP receiver listening",
+            "Prometheus endpoint listening",
+        ] {
+            if line.contains(what) {
+                assert!(line.contains("127.0.0.1:"), "{line}");
+                seen.push(what);
+            }
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "spindle did not stop within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
