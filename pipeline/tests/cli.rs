@@ -131,3 +131,21 @@ fn runs_logs_its_addresses_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_readme_config_block_is_exactly_the_embedded_defaults() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.starts_with("receivers:"))
+        .expect("README has a config block starting with `receivers:`");
+    let parsed = spindle::config::Config::from_yaml_with_env(block, Vec::<(String, String)>::new())
+        .unwrap_or_else(|e| panic!("README config block is invalid: {e}"));
+    assert_eq!(
+        parsed,
+        spindle::config::Config::default(),
+        "README config block differs from the defaults"
+    );
+}

@@ -73,17 +73,22 @@ impl Downstream {
 
     /// Serves on `addr` (port 0 for any) until `stop` is cancelled; returns the bound address.
     async fn serve(&self, addr: SocketAddr, stop: CancellationToken) -> SocketAddr {
+        self.serve_with(addr, stop, tonic::transport::Server::builder()).await
+    }
+
+    async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        stop: CancellationToken,
+        mut builder: tonic::transport::Server,
+    ) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let svc = TraceServiceServer::new(self.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                ),
-        );
+        tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.cancelled_owned(),
+        ));
         addr
     }
 
@@ -494,4 +499,61 @@ async fn without_an_exporter_span_metrics_still_work_and_exemplars_name_received
         .collect();
     assert!(ids.iter().all(|i| sent.contains(i)));
     r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_endpoint_is_reached_over_tls_with_a_configured_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let ca_file = std::env::temp_dir().join(format!("spindle-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+    let tls =
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));
+    let down = Downstream::new(Behaviour::Ok);
+    let stop = CancellationToken::new();
+    let builder = tonic::transport::Server::builder().tls_config(tls).unwrap();
+    let addr = down
+        .serve_with("127.0.0.1:0".parse().unwrap(), stop.clone(), builder)
+        .await;
+    let r = spindle(None, |c| {
+        c.exporters.traces.otlp.endpoint = Some(format!("https://localhost:{}", addr.port()));
+        c.exporters.traces.otlp.ca_file = Some(ca_file.display().to_string());
+    })
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
+        .await
+        .unwrap();
+    client.export(spans(0, 7)).await.unwrap();
+    down.wait_for(7, Duration::from_secs(10)).await;
+    r.shutdown().await.unwrap();
+
+    // Without the CA the server is not trusted: nothing is delivered, the batch waits for retry.
+    let down2 = Downstream::new(Behaviour::Ok);
+    let builder = tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem)),
+        )
+        .unwrap();
+    let addr2 = down2
+        .serve_with("127.0.0.1:0".parse().unwrap(), stop.clone(), builder)
+        .await;
+    let r = spindle(None, |c| {
+        c.exporters.traces.otlp.endpoint = Some(format!("https://localhost:{}", addr2.port()))
+    })
+    .await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
+        .await
+        .unwrap();
+    client.export(spans(0, 3)).await.unwrap();
+    wait_until("a failed TLS attempt", Duration::from_secs(10), async || {
+        metric_value(&openmetrics(&r).await, "spindle_exporter_retries_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert!(
+        down2.received.lock().is_empty(),
+        "an untrusted server must not receive spans"
+    );
+    let _ = std::fs::remove_file(&ca_file);
+    stop.cancel();
 }

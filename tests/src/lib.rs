@@ -5,14 +5,13 @@
 //! (`SPINDLE_PYTHON`, default `<workspace>/target/pyvenv/bin/python`), and the Debian `prometheus`
 //! package (`prometheus`, `promtool`). What goes out: a running in-process Spindle on port 0, the
 //! JSON summaries the Python peers print, `/metrics` bodies in both exposition formats and a
-//! small lenient parser for them, a [`Prometheus`] server guard, and a [`downstream::Downstream`]
-//! OTLP trace backend that records what Spindle forwards.
+//! small lenient parser for them, a [`Prometheus`] server guard, and an [`otlp_sink::OtlpSink`]
+//! OTLP receiver that records what Spindle (or an instrumented service) exports.
 //!
 //! A missing peer is a test failure with a message that says to run `scripts/test`, never a skip.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-pub mod downstream;
 pub mod otlp_sink;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,20 +1,31 @@
 //! A reusable OTLP receiver for tests: a trace backend (or metrics destination) that records
 //! every export request it gets.
 //!
-//! What comes in: OTLP/gRPC `TraceService`/`MetricsService` exports and OTLP/HTTP `POST
-//! /v1/traces` and `/v1/metrics` (protobuf, optionally gzip), on `127.0.0.1:0`. What goes out:
-//! the recorded requests, flattened views ([`OtlpSink::spans`], [`OtlpSink::trace_ids`],
-//! [`OtlpSink::metric_names`]) and async [`OtlpSink::wait_for`] helpers that poll with a bounded
-//! deadline. [`OtlpSink::set_reply`] makes it refuse exports, to test retries and back-pressure.
+//! It plays the role Tempo, Jaeger or an OTel Collector plays behind an exporter — Spindle's
+//! `exporters.traces.otlp`, or an instrumented service's OTLP SDK.
+//!
+//! What comes in: OTLP/gRPC `TraceService`/`MetricsService` exports (gzip or zstd) and OTLP/HTTP
+//! `POST /v1/traces` and `/v1/metrics` (protobuf, optionally gzip), on `127.0.0.1:0` or on given
+//! addresses ([`SinkOptions`]: a test can reserve a port, point an exporter at it, and start the
+//! sink later). What goes out: the recorded requests, flattened views ([`OtlpSink::spans`],
+//! [`OtlpSink::trace_ids`], [`OtlpSink::span_keys`], [`OtlpSink::metric_names`]), request counts
+//! ([`OtlpSink::requests`], [`OtlpSink::refused`]) and async [`OtlpSink::wait_for`] helpers that
+//! poll with a bounded deadline.
+//!
+//! To test retries and back-pressure it can refuse exports — gRPC `UNAVAILABLE` / HTTP 503, a
+//! retryable answer in the OTLP spec — for its first N requests ([`SinkOptions::fail_first`]) or
+//! from a chosen moment on ([`OtlpSink::set_reply`]). A refused request records nothing.
 //!
 //! At most [`MAX_RECORDED`] requests are kept; later ones are answered but only counted.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -30,6 +41,22 @@ use tokio::task::JoinHandle;
 
 /// How many export requests are kept (later ones are only counted).
 pub const MAX_RECORDED: usize = 10_000;
+
+/// Largest export request the sink decodes (gRPC message or HTTP body), 64 MiB.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// How to start an [`OtlpSink`]; `SinkOptions::default()` is what [`OtlpSink::start`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// Address of the OTLP/gRPC listener; `None` means `127.0.0.1:0` (any free port).
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address of the OTLP/HTTP listener; `None` means `127.0.0.1:0` (any free port).
+    pub http_addr: Option<SocketAddr>,
+    /// Refuse this many first export requests (any signal, either protocol) as
+    /// [`SinkReply::Unavailable`] does, recording nothing, then answer as [`OtlpSink::set_reply`]
+    /// says.
+    pub fail_first: u64,
+}
 
 /// How a request reached the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +128,9 @@ pub const SPAN_KIND_CLIENT: i32 = 3;
 struct State {
     received: Mutex<Vec<Received>>,
     overflow: Mutex<u64>,
-    refused: Mutex<u64>,
+    requests: AtomicU64,
+    refused: AtomicU64,
+    fail_first: u64,
     reply: Mutex<SinkReply>,
     notify: Notify,
 }
@@ -111,6 +140,23 @@ impl State {
         self.reply.lock().map(|r| r.clone()).unwrap_or(SinkReply::Accept)
     }
 
+    /// Counts an export request and decides whether to take it: `Err(reason)` when it is one of
+    /// the first `fail_first` or the reply is [`SinkReply::Unavailable`] (then it is counted as
+    /// refused).
+    fn admit(&self) -> Result<(), String> {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        let reason = if n < self.fail_first {
+            format!("sink failing request {} of the first {}", n + 1, self.fail_first)
+        } else if self.reply() == SinkReply::Unavailable {
+            "sink set to refuse".to_owned()
+        } else {
+            return Ok(());
+        };
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        Err(reason)
+    }
+
     fn record(&self, item: Received) {
         if let Ok(mut received) = self.received.lock() {
             if received.len() < MAX_RECORDED {
@@ -118,13 +164,6 @@ impl State {
             } else if let Ok(mut o) = self.overflow.lock() {
                 *o += 1;
             }
-        }
-        self.notify.notify_waiters();
-    }
-
-    fn refuse(&self) {
-        if let Ok(mut r) = self.refused.lock() {
-            *r += 1;
         }
         self.notify.notify_waiters();
     }
@@ -158,10 +197,7 @@ impl TraceService for GrpcTraces {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if self.0.reply() == SinkReply::Unavailable {
-            self.0.refuse();
-            return Err(tonic::Status::unavailable("sink set to refuse"));
-        }
+        self.0.admit().map_err(tonic::Status::unavailable)?;
         self.0
             .record(Received::Traces(SinkProtocol::Grpc, request.into_inner()));
         Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -176,10 +212,7 @@ impl MetricsService for GrpcMetrics {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        if self.0.reply() == SinkReply::Unavailable {
-            self.0.refuse();
-            return Err(tonic::Status::unavailable("sink set to refuse"));
-        }
+        self.0.admit().map_err(tonic::Status::unavailable)?;
         self.0
             .record(Received::Metrics(SinkProtocol::Grpc, request.into_inner()));
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
@@ -211,14 +244,8 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 async fn http_export(state: Arc<State>, traces: bool, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if state.reply() == SinkReply::Unavailable {
-        state.refuse();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "sink set to refuse",
-        )
-            .into_response();
+    if let Err(reason) = state.admit() {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], reason).into_response();
     }
     let bytes = match decode_body(&headers, &body) {
         Ok(b) => b,
@@ -242,6 +269,14 @@ async fn http_export(state: Arc<State>, traces: bool, headers: HeaderMap, body: 
         }
     };
     ([(header::CONTENT_TYPE, "application/x-protobuf")], reply).into_response()
+}
+
+/// Binds a sink listener on `addr`, or on `127.0.0.1:0` when `None`.
+async fn bind(addr: Option<SocketAddr>, what: &str) -> tokio::net::TcpListener {
+    let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|err| panic!("sink cannot listen for {what} on {addr}: {err}"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -268,35 +303,46 @@ fn attr(attrs: &[KeyValue], key: &str) -> String {
 }
 
 impl OtlpSink {
-    /// Starts the gRPC and HTTP receivers on `127.0.0.1:0`.
+    /// Starts the gRPC and HTTP receivers on `127.0.0.1:0`, accepting every request.
     ///
     /// # Panics
     /// When a listener cannot be bound.
     pub async fn start() -> OtlpSink {
+        Self::start_with(SinkOptions::default()).await
+    }
+
+    /// Starts the gRPC and HTTP receivers as `options` say.
+    ///
+    /// # Panics
+    /// When a listener cannot be bound (the message names the address).
+    pub async fn start_with(options: SinkOptions) -> OtlpSink {
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             overflow: Mutex::new(0),
-            refused: Mutex::new(0),
+            requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            fail_first: options.fail_first,
             reply: Mutex::new(SinkReply::Accept),
             notify: Notify::new(),
         });
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sink gRPC");
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sink HTTP");
+        let grpc = bind(options.grpc_addr, "gRPC").await;
+        let http = bind(options.http_addr, "HTTP").await;
         let grpc_addr = grpc.local_addr().expect("sink gRPC addr");
         let http_addr = http.local_addr().expect("sink HTTP addr");
 
+        use tonic::codec::CompressionEncoding::{Gzip, Zstd};
         let server = tonic::transport::Server::builder()
             .add_service(
                 TraceServiceServer::new(GrpcTraces(state.clone()))
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    .accept_compressed(Gzip)
+                    .accept_compressed(Zstd)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(
                 MetricsServiceServer::new(GrpcMetrics(state.clone()))
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    .accept_compressed(Gzip)
+                    .accept_compressed(Zstd)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
             );
         let grpc_task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
@@ -313,7 +359,8 @@ impl OtlpSink {
             .route(
                 "/v1/metrics",
                 axum::routing::post(move |h: HeaderMap, b: Bytes| http_export(s2.clone(), false, h, b)),
-            );
+            )
+            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES));
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http, router).await;
         });
@@ -353,9 +400,16 @@ impl OtlpSink {
         self.state.overflow.lock().map(|o| *o).unwrap_or(0)
     }
 
-    /// Requests refused because of [`SinkReply::Unavailable`].
+    /// Export requests answered so far (any signal, either protocol), refused and malformed ones
+    /// included.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Export requests refused so far, by [`SinkOptions::fail_first`] or
+    /// [`SinkReply::Unavailable`].
     pub fn refused(&self) -> u64 {
-        self.state.refused.lock().map(|o| *o).unwrap_or(0)
+        self.state.refused.load(Ordering::SeqCst)
     }
 
     /// Recorded trace export requests.
@@ -420,6 +474,11 @@ impl OtlpSink {
         self.spans().into_iter().map(|s| s.trace_id).collect()
     }
 
+    /// The distinct `(trace_id, span_id)` pairs of all recorded spans.
+    pub fn span_keys(&self) -> BTreeSet<(String, String)> {
+        self.spans().into_iter().map(|s| (s.trace_id, s.span_id)).collect()
+    }
+
     /// The distinct metric names of all recorded metrics exports.
     pub fn metric_names(&self) -> BTreeSet<String> {
         self.metric_requests()
@@ -452,7 +511,7 @@ impl OtlpSink {
     /// Waits until the recorded spans satisfy `ready`, for at most `timeout`, and returns them.
     ///
     /// # Panics
-    /// On timeout, with `what` and the spans recorded so far.
+    /// On timeout, with `what`, the request counts and the spans recorded so far.
     pub async fn wait_for_spans(
         &self,
         timeout: Duration,
@@ -473,7 +532,9 @@ impl OtlpSink {
             })
             .collect();
         panic!(
-            "timed out after {timeout:?} waiting for {what}; {} spans recorded:\n{}",
+            "timed out after {timeout:?} waiting for {what}; {} requests ({} refused), {} spans recorded:\n{}",
+            self.requests(),
+            self.refused(),
             spans.len(),
             listing.join("\n")
         );
@@ -543,6 +604,47 @@ mod tests {
         let status = client.export(request("x")).await.expect_err("refused");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(sink.refused(), 1);
+        assert_eq!(sink.requests(), 3);
         assert_eq!(sink.spans().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn starts_on_a_given_address_and_fails_its_first_requests() {
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+        let addr = reserved.local_addr().expect("reserved addr");
+        drop(reserved);
+        let sink = OtlpSink::start_with(SinkOptions {
+            grpc_addr: Some(addr),
+            fail_first: 2,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(sink.grpc_addr, addr);
+        assert_eq!(sink.grpc_endpoint(), format!("http://{addr}"));
+
+        let mut client = TraceServiceClient::connect(sink.grpc_endpoint())
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            let status = client.export(request("svc")).await.expect_err("one of the first 2");
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+        }
+        // HTTP shares the count: the third request is accepted whatever its protocol.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/traces", sink.http_endpoint()))
+            .header("content-type", "application/x-protobuf")
+            .body(request("http-svc").encode_to_vec())
+            .send()
+            .await
+            .expect("HTTP export");
+        assert_eq!(resp.status(), 200);
+        client.export(request("svc")).await.expect("accepted after the first 2");
+
+        assert_eq!((sink.requests(), sink.refused()), (4, 2));
+        let keys = sink.span_keys();
+        assert_eq!(keys.len(), 1, "the same span twice is one key: {keys:?}");
+        assert!(keys.contains(&("ab".repeat(16), "01".repeat(8))));
+        let services: Vec<_> = sink.spans().into_iter().map(|s| s.service_name).collect();
+        assert_eq!(services, ["http-svc", "svc"], "refused requests record nothing");
     }
 }

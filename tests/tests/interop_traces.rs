@@ -1,8 +1,8 @@
 //! Trace forwarding and span metrics with real peers.
 //!
 //! The OpenTelemetry Python SDK (`tests/python/send_spans.py`, over OTLP/gRPC or OTLP/HTTP) sends
-//! spans to an in-process Spindle whose `exporters.traces.otlp` points at a [`Downstream`] OTLP
-//! trace receiver in this test suite. Shows:
+//! spans to an in-process Spindle whose `exporters.traces.otlp` points at an [`OtlpSink`] — the
+//! suite's OTLP receiver, here playing the downstream trace backend. Shows:
 //! - every span the SDK sent arrives downstream exactly once, with its trace id, span id, name,
 //!   kind, status and service unchanged;
 //! - `traces_span_metrics_calls_total` and the duration histogram count exactly what was sent per
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use spindle::app::Running;
 use spindle::config::{DurationStr, OtlpProtocol};
-use spindle_e2e::downstream::{Downstream, DownstreamOptions, ReceivedSpan};
+use spindle_e2e::otlp_sink::{OtlpSink, SinkOptions, SinkSpan};
 use spindle_e2e::{
     Exposition, Prometheus, Protocol, fetch_openmetrics, free_port, parse_exposition, run_python, start_spindle,
     unix_now, url_encode,
@@ -135,8 +135,11 @@ fn value(exp: &Exposition, name: &str) -> Option<f64> {
 /// Waits until the downstream has at least `n` spans and Spindle's export queue is empty (every
 /// accepted batch acknowledged), then returns the final exposition and the downstream's spans.
 /// Once the queue is empty nothing more is sent, so the span list is final.
-async fn wait_forwarded(spindle: &Running, down: &Downstream, n: usize) -> (Exposition, Vec<ReceivedSpan>) {
-    down.wait_for(n, FORWARD_TIMEOUT).await;
+async fn wait_forwarded(spindle: &Running, down: &OtlpSink, n: usize) -> (Exposition, Vec<SinkSpan>) {
+    down.wait_for_spans(FORWARD_TIMEOUT, &format!("at least {n} spans downstream"), |spans| {
+        spans.len() >= n
+    })
+    .await;
     let deadline = Instant::now() + FORWARD_TIMEOUT;
     loop {
         let exp = parse_exposition(&fetch_openmetrics(spindle.prometheus_addr).await);
@@ -174,7 +177,7 @@ fn status_name(code: i32) -> &'static str {
 }
 
 /// Every span the SDK sent arrived exactly once, unchanged, and nothing else arrived.
-fn assert_received_exactly_once(sent: &SentSpans, received: &[ReceivedSpan]) {
+fn assert_received_exactly_once(sent: &SentSpans, received: &[SinkSpan]) {
     let mut seen = BTreeMap::new();
     for r in received {
         *seen.entry((r.trace_id.clone(), r.span_id.clone())).or_insert(0u32) += 1;
@@ -202,8 +205,8 @@ fn assert_received_exactly_once(sent: &SentSpans, received: &[ReceivedSpan]) {
             (
                 r.name.as_str(),
                 kind_name(r.kind),
-                status_name(r.status),
-                r.service.as_str()
+                status_name(r.status_code),
+                r.service_name.as_str()
             ),
             (
                 s.name.as_str(),
@@ -285,8 +288,8 @@ fn assert_span_metrics(exp: &Exposition, sent: &SentSpans, forwarded: &BTreeSet<
 
 /// SDK over `protocol` → Spindle → downstream: every span once, span metrics and exemplars right.
 async fn sdk_spans_arrive_once(protocol: Protocol, service: &str) {
-    let down = Downstream::start().await;
-    let spindle = spindle_forwarding_to(down.endpoint()).await;
+    let down = OtlpSink::start().await;
+    let spindle = spindle_forwarding_to(down.grpc_endpoint()).await;
     let sent = send_spans(&spindle, protocol, service, 30, 5).await;
 
     let (exp, received) = wait_forwarded(&spindle, &down, sent.spans.len()).await;
@@ -300,7 +303,7 @@ async fn sdk_spans_arrive_once(protocol: Protocol, service: &str) {
         checked > sent.counts().len(),
         "exemplars on counters and buckets ({checked})"
     );
-    assert_eq!(down.failed_requests(), 0);
+    assert_eq!(down.refused(), 0);
     spindle.shutdown().await.expect("spindle shuts down cleanly");
 }
 
@@ -316,16 +319,16 @@ async fn python_sdk_spans_over_http_arrive_once_with_span_metrics_and_forwarded_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_downstream_failing_its_first_requests_loses_nothing() {
-    let down = Downstream::start_with(DownstreamOptions {
+    let down = OtlpSink::start_with(SinkOptions {
         fail_first: 3,
         ..Default::default()
     })
     .await;
-    let spindle = spindle_forwarding_to(down.endpoint()).await;
+    let spindle = spindle_forwarding_to(down.grpc_endpoint()).await;
     let sent = send_spans(&spindle, Protocol::Grpc, "traces-flaky", 20, 4).await;
 
     let (exp, received) = wait_forwarded(&spindle, &down, sent.spans.len()).await;
-    assert_eq!(down.failed_requests(), 3, "the downstream failed its first 3 requests");
+    assert_eq!(down.refused(), 3, "the downstream failed its first 3 requests");
     assert_received_exactly_once(&sent, &received);
     let retries = value(&exp, "spindle_exporter_retries_total").unwrap_or(0.0);
     assert!(retries >= 3.0, "spindle_exporter_retries_total = {retries}, want ≥ 3");
@@ -380,8 +383,8 @@ async fn a_downstream_that_is_down_while_the_sdk_sends_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let down = Downstream::start_with(DownstreamOptions {
-        addr: Some(addr),
+    let down = OtlpSink::start_with(SinkOptions {
+        grpc_addr: Some(addr),
         ..Default::default()
     })
     .await;
@@ -397,8 +400,8 @@ async fn a_downstream_that_is_down_while_the_sdk_sends_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_returns_span_metric_exemplars_of_forwarded_traces() {
-    let down = Downstream::start().await;
-    let spindle = spindle_forwarding_to(down.endpoint()).await;
+    let down = OtlpSink::start().await;
+    let spindle = spindle_forwarding_to(down.grpc_endpoint()).await;
     let prom = Prometheus::start(spindle.prometheus_addr).await;
     let sent = send_spans(&spindle, Protocol::Grpc, "traces-prom", 20, 4).await;
     let (_, received) = wait_forwarded(&spindle, &down, sent.spans.len()).await;

@@ -118,24 +118,30 @@ impl SpanMetrics {
                         key.push_str(d.as_deref().unwrap_or(""));
                         key.push('\0');
                     }
-                    let i = *index.entry(key.clone()).or_insert_with(|| {
-                        let mut values = vec![
-                            Some(service.clone()),
-                            Some(span.name.clone()),
-                            Some(KINDS[kind].to_string()),
-                            Some(STATUSES[status].to_string()),
-                        ];
-                        values.extend(dims);
-                        aggs.push(Agg {
-                            values,
-                            calls: 0.0,
-                            counts: vec![0; buckets.len() + 1],
-                            sum: 0.0,
-                            newest: None,
-                            bucket_exemplars: vec![None; buckets.len() + 1],
-                        });
-                        aggs.len() - 1
-                    });
+                    // Look up before inserting: most spans hit an existing label set, and the key
+                    // is only copied for new ones.
+                    let i = match index.get(key.as_str()) {
+                        Some(&i) => i,
+                        None => {
+                            let mut values = vec![
+                                Some(service.clone()),
+                                Some(span.name.clone()),
+                                Some(KINDS[kind].to_string()),
+                                Some(STATUSES[status].to_string()),
+                            ];
+                            values.extend(dims);
+                            aggs.push(Agg {
+                                values,
+                                calls: 0.0,
+                                counts: vec![0; buckets.len() + 1],
+                                sum: 0.0,
+                                newest: None,
+                                bucket_exemplars: vec![None; buckets.len() + 1],
+                            });
+                            index.insert(key.clone(), aggs.len() - 1);
+                            aggs.len() - 1
+                        }
+                    };
                     let agg = &mut aggs[i];
                     let weight = adjusted_count(&span.trace_state);
                     let secs = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
