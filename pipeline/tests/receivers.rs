@@ -310,10 +310,13 @@ async fn grpc_gzip_partial_success_and_oversize() {
     assert_eq!(ps.rejected_data_points, 1);
     assert!(ps.error_message.contains("non-negative"), "{}", ps.error_message);
 
-    // Larger than the decoded-size cap: refused, not retryable.
+    // Larger than the decoded-size cap: refused, not retryable — compressed or not.
     let big: Vec<Metric> = (0..200).map(|i| counter(&format!("m{i}"), i)).collect();
-    let err = client.export(request(big)).await.unwrap_err();
+    let err = client.export(request(big.clone())).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let mut plain = MetricsServiceClient::connect(format!("http://{}", r.grpc_addr)).await.unwrap();
+    let err = plain.export(request(big)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "uncompressed: {err}");
     let text = scrape(&r).await;
     assert!(text.contains("g_total{job=\"svc\",route=\"/a\"} 5.0"), "{text}");
     assert!(text.contains("g2_total{job=\"svc\",route=\"/a\"} 2.0"), "{text}");

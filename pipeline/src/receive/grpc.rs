@@ -66,8 +66,25 @@ pub async fn serve<C: Consumer>(
         .max_decoding_message_size(limit);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(too_large_is_resource_exhausted))
         .add_service(metrics)
         .add_service(traces)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await
+}
+
+/// tonic refuses an uncompressed message over the size cap with `OUT_OF_RANGE`, which OTLP clients
+/// retry; the same request compressed gets `RESOURCE_EXHAUSTED`. Make both the latter, which
+/// (without `RetryInfo`) tells the client not to retry.
+fn too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+    if out_of_range && too_large {
+        resp.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
 }
