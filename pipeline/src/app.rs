@@ -1,7 +1,8 @@
 //! Wiring: builds the components from a [`Config`], binds every listener, runs the servers and
 //! the expiry task, and drains in order on shutdown.
 //!
-//! Data path: receivers → [`Pipeline`] (translate → store) → `/metrics`.
+//! Data path: receivers → [`Pipeline`] (translate → store) → `/metrics` and, when configured,
+//! Prometheus remote write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::export::remote_write;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::routes::{self, ExposeState};
 use crate::model::Outcome;
@@ -116,6 +118,7 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     receivers: Stage,
     exporter: Option<(Stage, Duration)>,
+    remote_write: Option<(Stage, Duration)>,
     rest: Stage,
 }
 
@@ -226,6 +229,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         telemetry.clone(),
     );
 
+    let rw = &config.exporters.remote_write;
+    let remote_write_stage = match &rw.endpoint {
+        Some(endpoint) => {
+            let mut stage = Stage::new();
+            let handle = remote_write::spawn(rw, endpoint, store.clone(), telemetry.clone(), stage.token.clone())
+                .context("cannot build the remote-write exporter (`exporters.remote_write`)")?;
+            stage
+                .tasks
+                .spawn(async move { handle.await.context("remote-write exporter panicked") });
+            tracing::info!(%endpoint, interval = %rw.interval, "pushing metrics with Prometheus remote write");
+            // The exporter bounds its own flush (plus one request in flight); allow a little more.
+            Some((stage, rw.shutdown_timeout.0 + rw.timeout.0 + Duration::from_secs(5)))
+        }
+        None => None,
+    };
+
     let grpc_l = bind(otlp.grpc.listen, "receivers.otlp.grpc.listen").await?;
     let http_l = bind(otlp.http.listen, "receivers.otlp.http.listen").await?;
     let prom_l = bind(config.prometheus.listen, "prometheus.listen").await?;
@@ -296,6 +315,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready,
         receivers,
         exporter: exporter_stage,
+        remote_write: remote_write_stage,
         rest,
     })
 }
@@ -321,7 +341,9 @@ impl Running {
     }
 
     /// Stops in order — receivers (letting in-flight requests finish), then the trace export queue
-    /// (flushed for at most `shutdown_timeout`), then the Prometheus endpoint — and waits for all.
+    /// (flushed for at most `shutdown_timeout`; it publishes the last exemplars), then remote
+    /// write (a last snapshot, flushed for at most its `shutdown_timeout`), then the Prometheus
+    /// endpoint — and waits for all.
     ///
     /// # Errors
     /// The first task failure seen while draining.
@@ -336,7 +358,11 @@ impl Running {
             Some((stage, limit)) => stage.stop(*limit, "trace exporter").await,
             None => Ok(()),
         };
+        let remote_write = match &mut self.remote_write {
+            Some((stage, limit)) => stage.stop(*limit, "remote-write exporter").await,
+            None => Ok(()),
+        };
         let rest = self.rest.stop(Duration::from_secs(5), "Prometheus endpoint").await;
-        receivers.and(exporter).and(rest)
+        receivers.and(exporter).and(remote_write).and(rest)
     }
 }

@@ -125,6 +125,55 @@ impl SpanKindName {
 pub struct ExportersConfig {
     /// `exporters.traces`.
     pub traces: TraceExportersConfig,
+    /// `exporters.remote_write`: periodic Prometheus remote write of the series store.
+    pub remote_write: RemoteWriteConfig,
+}
+
+/// `exporters.remote_write`: every `interval`, a snapshot of the series store (the samples and
+/// exemplars a scrape shows) is pushed with Prometheus remote write 1.0 (protobuf + snappy) to
+/// Prometheus, Mimir, Thanos Receive, VictoriaMetrics or anything else that speaks it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// Receiver URL, e.g. `http://prometheus:9090/api/v1/write` (Prometheus started with
+    /// `--web.enable-remote-write-receiver`) or `http://mimir:8080/api/v1/push`. `https://` uses
+    /// TLS with the system roots. Default: none — nothing is pushed.
+    pub endpoint: Option<String>,
+    /// How often a snapshot is taken and pushed. Default `15s`.
+    pub interval: DurationStr,
+    /// Timeout of one request attempt. Default `10s`.
+    pub timeout: DurationStr,
+    /// Headers sent with every request, e.g. `{authorization: "Basic …"}` or
+    /// `{X-Scope-OrgID: tenant}`. Default: none.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Most samples in one request (an exemplar counts as a sample). Default `2000`.
+    pub max_samples_per_request: usize,
+    /// Bound of the request queue in compressed bytes. When a new snapshot does not fit, the
+    /// oldest queued snapshot's requests are dropped and counted. Default `64MiB`.
+    pub queue_max_bytes: ByteSize,
+    /// First retry delay; doubles per attempt with ±20% jitter. Default `100ms`.
+    pub retry_initial_backoff: DurationStr,
+    /// Longest retry delay (a receiver's `Retry-After` may ask for more). Default `5s`.
+    pub retry_max_backoff: DurationStr,
+    /// On shutdown, a last snapshot is queued and the queue flushed for at most this long;
+    /// what is left is dropped and counted. Default `10s`.
+    pub shutdown_timeout: DurationStr,
+}
+
+impl Default for RemoteWriteConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            interval: DurationStr(Duration::from_secs(15)),
+            timeout: DurationStr(Duration::from_secs(10)),
+            headers: Default::default(),
+            max_samples_per_request: 2000,
+            queue_max_bytes: ByteSize(64 << 20),
+            retry_initial_backoff: DurationStr(Duration::from_millis(100)),
+            retry_max_backoff: DurationStr(Duration::from_secs(5)),
+            shutdown_timeout: DurationStr(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// `exporters.traces`.
@@ -646,6 +695,7 @@ impl Config {
                 hint: "e.g. initial `100ms`, max `5s`".into(),
             });
         }
+        out.extend(self.exporters.remote_write.validate());
         for (i, attr) in self.prometheus.promote_resource_attributes.iter().enumerate() {
             if attr.is_empty() {
                 out.push(Problem {
@@ -661,6 +711,81 @@ impl Config {
     /// The configuration as YAML (every key, with its current value).
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl RemoteWriteConfig {
+    /// Checks `exporters.remote_write`; every problem with its key path and a hint.
+    fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let p = |key: &str, message: String, hint: &str| Problem {
+            path: format!("exporters.remote_write.{key}"),
+            message,
+            hint: hint.into(),
+        };
+        if let Some(ep) = &self.endpoint {
+            let ok = ep
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                out.push(p(
+                    "endpoint",
+                    format!("`{ep}` is not an http:// or https:// URL with a host"),
+                    "e.g. `http://127.0.0.1:9090/api/v1/write` (Prometheus) or `http://mimir:8080/api/v1/push`",
+                ));
+            }
+        }
+        if self.interval.0 < Duration::from_secs(1) {
+            out.push(p(
+                "interval",
+                format!("{} is too short", self.interval),
+                "use at least `1s`; `15s` matches a typical scrape interval",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            out.push(p("timeout", "must be greater than zero".into(), "e.g. `10s`"));
+        }
+        if self.shutdown_timeout.0.is_zero() {
+            out.push(p("shutdown_timeout", "must be greater than zero".into(), "e.g. `10s`"));
+        }
+        if self.max_samples_per_request == 0 {
+            out.push(p(
+                "max_samples_per_request",
+                "must be greater than zero".into(),
+                "e.g. `2000`",
+            ));
+        }
+        if self.queue_max_bytes.0 < 1 << 20 {
+            out.push(p(
+                "queue_max_bytes",
+                format!("{} is too small to hold a request", self.queue_max_bytes),
+                "use at least `1MiB`; a few snapshots' worth, e.g. `64MiB`",
+            ));
+        }
+        if self.retry_initial_backoff.0 > self.retry_max_backoff.0 {
+            out.push(p(
+                "retry_initial_backoff",
+                "is longer than retry_max_backoff".into(),
+                "e.g. initial `100ms`, max `5s`",
+            ));
+        }
+        for (k, v) in &self.headers {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                out.push(p(
+                    &format!("headers.{k}"),
+                    "is not a valid HTTP header name".into(),
+                    "use letters, digits and `-`, e.g. `X-Scope-OrgID`",
+                ));
+            } else if http::HeaderValue::from_str(v).is_err() {
+                out.push(p(
+                    &format!("headers.{k}"),
+                    "is not a valid HTTP header value".into(),
+                    "use visible ASCII without line breaks",
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -813,6 +938,42 @@ mod tests {
         let c = Config::default();
         let again = parse(&c.to_yaml()).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn remote_write_keys_parse_and_every_problem_is_reported() {
+        let c = parse(
+            "exporters:\n  remote_write:\n    endpoint: http://127.0.0.1:9090/api/v1/write\n    interval: 5s\n    max_samples_per_request: 500\n    headers: {X-Scope-OrgID: team-a}\n",
+        )
+        .unwrap();
+        let rw = &c.exporters.remote_write;
+        assert_eq!(rw.endpoint.as_deref(), Some("http://127.0.0.1:9090/api/v1/write"));
+        assert_eq!(rw.interval.0, Duration::from_secs(5));
+        assert_eq!(rw.max_samples_per_request, 500);
+        assert_eq!(rw.headers["X-Scope-OrgID"], "team-a");
+        assert_eq!(
+            Config::default().exporters.remote_write.endpoint,
+            None,
+            "off by default"
+        );
+
+        let p = problems(
+            "exporters:\n  remote_write:\n    endpoint: prometheus:9090\n    interval: 100ms\n    timeout: 0s\n    max_samples_per_request: 0\n    queue_max_bytes: 1KiB\n    retry_initial_backoff: 10s\n    retry_max_backoff: 1s\n    headers: {\"bad header\": x}\n    flush: 1s\n",
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "exporters.remote_write.flush",
+            "exporters.remote_write.endpoint",
+            "exporters.remote_write.interval",
+            "exporters.remote_write.timeout",
+            "exporters.remote_write.max_samples_per_request",
+            "exporters.remote_write.queue_max_bytes",
+            "exporters.remote_write.retry_initial_backoff",
+            "exporters.remote_write.headers.bad header",
+        ] {
+            assert!(paths.contains(&want), "{want} missing: {paths:?}");
+        }
+        assert!(p.iter().all(|p| !p.hint.is_empty()), "{p:?}");
     }
 
     #[test]

@@ -24,6 +24,17 @@ enum Command {
     Validate,
     /// Print the effective configuration (defaults, file and environment overrides) as YAML.
     PrintConfig,
+    /// Probe a running Spindle: exit 0 when `GET /healthz` answers 200 within the timeout, else 1.
+    /// For container health checks (the runtime image has no curl).
+    Healthcheck {
+        /// URL to probe. Default: `/healthz` on the configured `prometheus.listen` address
+        /// (`0.0.0.0`/`::` become loopback), so it follows `--config` and `SPINDLE__*` overrides.
+        #[arg(long)]
+        url: Option<String>,
+        /// Longest the whole probe may take, e.g. `2s`, `500ms`.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -50,6 +61,22 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
+            }
+        }
+        Some(Command::Healthcheck { url, timeout }) => {
+            let url = match url {
+                Some(u) => u,
+                None => match load(cli.config.as_deref()) {
+                    Ok(c) => healthz_url(c.prometheus.listen),
+                    Err(_) => return ExitCode::FAILURE,
+                },
+            };
+            match healthcheck(&url, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Some(Command::PrintConfig) => match load(cli.config.as_deref()) {
@@ -79,6 +106,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `http://ADDR/healthz` for a listen address; an unspecified IP is probed on loopback.
+fn healthz_url(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/healthz", std::net::SocketAddr::new(ip, listen.port()))
+}
+
+/// One `GET url` bounded by `timeout`; `Ok` only for HTTP 200.
+fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        let resp = tokio::time::timeout(timeout, client.get(url).send())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
+        let status = resp.status();
+        anyhow::ensure!(status == reqwest::StatusCode::OK, "answered HTTP {status}");
+        Ok(())
+    })
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

@@ -51,6 +51,34 @@ impl DropReason {
     }
 }
 
+/// Why the remote-write exporter dropped samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteWriteDropReason {
+    /// A newer snapshot did not fit in `queue_max_bytes`, so older queued requests were dropped.
+    QueueFull,
+    /// The receiver refused the request with a non-retryable status (4xx other than 429).
+    Permanent,
+    /// The queue could not be flushed within `shutdown_timeout`.
+    Shutdown,
+}
+
+impl RemoteWriteDropReason {
+    const ALL: [RemoteWriteDropReason; 3] = [
+        RemoteWriteDropReason::QueueFull,
+        RemoteWriteDropReason::Permanent,
+        RemoteWriteDropReason::Shutdown,
+    ];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RemoteWriteDropReason::QueueFull => "queue_full",
+            RemoteWriteDropReason::Permanent => "permanent_error",
+            RemoteWriteDropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// A duration histogram with fixed buckets.
 #[derive(Debug, Default)]
 struct DurationHistogram {
@@ -101,10 +129,17 @@ pub struct Telemetry {
     export_queue_bytes: AtomicU64,
     export_queue_capacity: AtomicU64,
     export: DurationHistogram,
+    rw_sent_samples: AtomicU64,
+    rw_sent_exemplars: AtomicU64,
+    rw_dropped: [AtomicU64; RemoteWriteDropReason::ALL.len()],
+    rw_retries: AtomicU64,
+    rw_queue_bytes: AtomicU64,
+    rw_queue_capacity: AtomicU64,
+    rw_request: DurationHistogram,
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
-const FAMILIES: [(&str, &str, &str); 13] = [
+const FAMILIES: [(&str, &str, &str); 20] = [
     (
         "spindle_received_requests",
         "counter",
@@ -169,6 +204,41 @@ const FAMILIES: [(&str, &str, &str); 13] = [
         "spindle_exporter_export_duration_seconds",
         "histogram",
         "Duration of trace export attempts.",
+    ),
+    (
+        "spindle_remote_write_sent_samples",
+        "counter",
+        "Samples the remote-write receiver acknowledged.",
+    ),
+    (
+        "spindle_remote_write_sent_exemplars",
+        "counter",
+        "Exemplars the remote-write receiver acknowledged.",
+    ),
+    (
+        "spindle_remote_write_dropped_samples",
+        "counter",
+        "Samples (and exemplars) the remote-write exporter dropped, by reason.",
+    ),
+    (
+        "spindle_remote_write_retries",
+        "counter",
+        "Remote-write requests that failed and were retried.",
+    ),
+    (
+        "spindle_remote_write_queue_bytes",
+        "gauge",
+        "Compressed bytes of remote-write requests waiting to be sent.",
+    ),
+    (
+        "spindle_remote_write_queue_capacity_bytes",
+        "gauge",
+        "Bound of the remote-write queue (exporters.remote_write.queue_max_bytes).",
+    ),
+    (
+        "spindle_remote_write_request_duration_seconds",
+        "histogram",
+        "Duration of remote-write request attempts.",
     ),
 ];
 
@@ -243,6 +313,48 @@ impl Telemetry {
     pub fn export_queue_bytes(&self, bytes: u64, capacity: u64) {
         self.export_queue_bytes.store(bytes, Ordering::Relaxed);
         self.export_queue_capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Counts samples and exemplars a remote-write receiver acknowledged.
+    pub fn remote_write_sent(&self, samples: u64, exemplars: u64) {
+        self.rw_sent_samples.fetch_add(samples, Ordering::Relaxed);
+        self.rw_sent_exemplars.fetch_add(exemplars, Ordering::Relaxed);
+    }
+
+    /// Counts samples (exemplars included) the remote-write exporter dropped.
+    pub fn remote_write_dropped(&self, reason: RemoteWriteDropReason, n: u64) {
+        self.rw_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one retried remote-write request.
+    pub fn remote_write_retried(&self) {
+        self.rw_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the remote-write queue's fill and bound.
+    pub fn remote_write_queue_bytes(&self, bytes: u64, capacity: u64) {
+        self.rw_queue_bytes.store(bytes, Ordering::Relaxed);
+        self.rw_queue_capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Records the duration of one remote-write request attempt.
+    pub fn remote_write_took(&self, d: Duration) {
+        self.rw_request.observe(d);
+    }
+
+    /// Samples a remote-write receiver acknowledged so far (for tests and logs).
+    pub fn remote_write_sent_samples(&self) -> u64 {
+        self.rw_sent_samples.load(Ordering::Relaxed)
+    }
+
+    /// Samples the remote-write exporter dropped for `reason` so far (for tests and logs).
+    pub fn remote_write_dropped_samples(&self, reason: RemoteWriteDropReason) -> u64 {
+        self.rw_dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Remote-write retries so far (for tests and logs).
+    pub fn remote_write_retries(&self) -> u64 {
+        self.rw_retries.load(Ordering::Relaxed)
     }
 
     /// Spans forwarded so far (for tests and logs).
@@ -346,6 +458,37 @@ impl Telemetry {
         );
         header(out, 12);
         self.export.render("spindle_exporter_export_duration_seconds", out);
+        let counter = |out: &mut String, i: usize, v: &AtomicU64| {
+            header(out, i);
+            let _ = writeln!(out, "{}_total {}", FAMILIES[i].0, v.load(Ordering::Relaxed));
+        };
+        counter(out, 13, &self.rw_sent_samples);
+        counter(out, 14, &self.rw_sent_exemplars);
+        header(out, 15);
+        for r in RemoteWriteDropReason::ALL {
+            let n = self.rw_dropped[r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "spindle_remote_write_dropped_samples_total{{reason=\"{}\"}} {n}",
+                r.as_str()
+            );
+        }
+        counter(out, 16, &self.rw_retries);
+        header(out, 17);
+        let _ = writeln!(
+            out,
+            "spindle_remote_write_queue_bytes {}",
+            self.rw_queue_bytes.load(Ordering::Relaxed)
+        );
+        header(out, 18);
+        let _ = writeln!(
+            out,
+            "spindle_remote_write_queue_capacity_bytes {}",
+            self.rw_queue_capacity.load(Ordering::Relaxed)
+        );
+        header(out, 19);
+        self.rw_request
+            .render("spindle_remote_write_request_duration_seconds", out);
     }
 }
 
@@ -369,6 +512,14 @@ mod tests {
         );
         assert!(om.contains("spindle_active_series 42"));
         assert!(om.contains("spindle_scrape_duration_seconds_bucket{le=\"0.005\"} 1"));
+        t.remote_write_sent(10, 2);
+        t.remote_write_dropped(RemoteWriteDropReason::QueueFull, 3);
+        let mut om = String::new();
+        t.render(Format::OpenMetrics, 42, &mut om);
+        assert!(om.contains("spindle_remote_write_sent_samples_total 10"), "{om}");
+        assert!(om.contains("spindle_remote_write_sent_exemplars_total 2"), "{om}");
+        assert!(om.contains("spindle_remote_write_dropped_samples_total{reason=\"queue_full\"} 3"));
+        assert!(om.contains("spindle_remote_write_request_duration_seconds_count 0"));
         let mut text = String::new();
         t.render(Format::Text, 42, &mut text);
         assert!(text.contains("# TYPE spindle_received_items_total counter"), "{text}");

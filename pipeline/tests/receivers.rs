@@ -314,7 +314,9 @@ async fn grpc_gzip_partial_success_and_oversize() {
     let big: Vec<Metric> = (0..200).map(|i| counter(&format!("m{i}"), i)).collect();
     let err = client.export(request(big.clone())).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
-    let mut plain = MetricsServiceClient::connect(format!("http://{}", r.grpc_addr)).await.unwrap();
+    let mut plain = MetricsServiceClient::connect(format!("http://{}", r.grpc_addr))
+        .await
+        .unwrap();
     let err = plain.export(request(big)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "uncompressed: {err}");
     let text = scrape(&r).await;

@@ -686,7 +686,6 @@ impl Prometheus {
     /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
     pub async fn start(target: SocketAddr) -> Self {
         let binary = peer_binary("prometheus");
-        let dir = tempfile::tempdir().expect("tempdir");
         let protocols = if supports_scrape_protocols(&binary) {
             "    scrape_protocols: [OpenMetricsText1.0.0, PrometheusText0.0.4]\n"
         } else {
@@ -697,16 +696,40 @@ impl Prometheus {
              scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{protocols}    \
              static_configs:\n      - targets: ['{target}']\n"
         );
+        Self::launch(&binary, &config, &[]).await
+    }
+
+    /// Starts Prometheus as a remote-write receiver (`--web.enable-remote-write-receiver`, with
+    /// exemplar storage) that scrapes nothing, and waits until it is ready. Push to
+    /// [`Prometheus::remote_write_url`].
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_remote_write_receiver() -> Self {
+        let binary = peer_binary("prometheus");
+        let config = "global:\n  evaluation_interval: 1s\nscrape_configs: []\n";
+        Self::launch(&binary, config, &["--web.enable-remote-write-receiver"]).await
+    }
+
+    /// The remote-write endpoint, `http://{addr}/api/v1/write` (accepting only when started with
+    /// [`Prometheus::start_remote_write_receiver`]).
+    pub fn remote_write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr)
+    }
+
+    async fn launch(binary: &Path, config: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--enable-feature=exemplar-storage")
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

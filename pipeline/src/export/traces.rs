@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_types::StatusExt;
 
+use super::{jitter, retry_after};
 use crate::config::{Compression, OtlpExporterConfig, OtlpProtocol};
 use crate::process::translate::Samples;
 use crate::receive::status::Refusal;
@@ -270,15 +271,6 @@ impl Worker {
     }
 }
 
-/// `d` scaled by a random factor in [0.8, 1.2].
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    let r = (h.finish() % 4001) as f64 / 10_000.0; // 0.0 ..= 0.4
-    d.mul_f64(0.8 + r)
-}
-
 enum Client {
     Grpc {
         grpc: Box<tonic::client::Grpc<tonic::transport::Channel>>,
@@ -417,12 +409,7 @@ impl Client {
                     }
                 };
                 let status = resp.status();
-                let after = resp
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let after = retry_after(resp.headers());
                 let bytes = resp.bytes().await.unwrap_or_default();
                 if status.is_success() {
                     let r = ExportTraceServiceResponse::decode(bytes)
@@ -523,17 +510,6 @@ mod tests {
         match classify_grpc(&with_info) {
             Attempt::Retry { after, .. } => assert_eq!(after, Some(Duration::from_secs(3))),
             other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(
-                j >= Duration::from_millis(800) && j <= Duration::from_millis(1200),
-                "{j:?}"
-            );
         }
     }
 

@@ -84,7 +84,8 @@ fn too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
     if out_of_range && too_large {
-        resp.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     resp
 }

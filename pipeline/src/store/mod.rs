@@ -362,6 +362,52 @@ pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// Parses a label set rendered by [`render_labels`] (`name="escaped value",…`, as
+/// [`Series::labels`] returns it) back into `(name, value)` pairs, undoing
+/// [`escape_label_value`]; the inverse used by exporters that need labels as pairs (remote write).
+///
+/// Returns `None` when `rendered` is not in that form — never for label sets the store rendered.
+pub fn parse_labels(rendered: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = rendered;
+    while !rest.is_empty() {
+        let eq = rest.iter().position(|&c| c == b'=')?;
+        let name = std::str::from_utf8(&rest[..eq]).ok()?;
+        rest = rest[eq + 1..].strip_prefix(b"\"")?;
+        let mut value = Vec::new();
+        let mut i = 0;
+        loop {
+            match *rest.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    value.push(match *rest.get(i + 1)? {
+                        b'\\' => b'\\',
+                        b'"' => b'"',
+                        b'n' => b'\n',
+                        _ => return None,
+                    });
+                    i += 2;
+                }
+                c => {
+                    value.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out.push((name.to_owned(), String::from_utf8(value).ok()?));
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix(b",") {
+            if r.is_empty() {
+                return None;
+            }
+            rest = r;
+        } else if !rest.is_empty() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 fn newest(exs: &[Exemplar]) -> Option<&Exemplar> {
     exs.iter().max_by_key(|e| e.time_unix_nano)
 }

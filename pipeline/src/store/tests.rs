@@ -903,6 +903,61 @@ impl Model {
     }
 }
 
+#[test]
+fn parse_labels_undoes_rendering() {
+    let mut out = Vec::new();
+    let pairs = [
+        ("a", "plain"),
+        ("b", "back\\slash \"quoted\"\nnew line"),
+        ("c", ""),
+        ("d", "ünï=,{}"),
+    ];
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_label_value(v, &mut out);
+        out.push(b'"');
+    }
+    let parsed = parse_labels(&out).unwrap();
+    let want: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(parsed, want);
+    assert_eq!(parse_labels(b"").unwrap(), vec![]);
+    for bad in [
+        &b"a"[..],
+        b"a=x",
+        b"a=\"x",
+        b"a=\"x\",",
+        b"a=\"x\"b=\"y\"",
+        b"a=\"\\q\"",
+    ] {
+        assert_eq!(parse_labels(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+proptest! {
+    /// Any label set the store renders parses back to the same pairs.
+    #[test]
+    fn rendered_labels_parse_back(
+        pairs in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,8}", "\\PC{0,12}|[\\\\\"\n,=a]{0,6}", 0..6)
+    ) {
+        let mut out = Vec::new();
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"=\"");
+            escape_label_value(v, &mut out);
+            out.push(b'"');
+        }
+        let want: Vec<(String, String)> = pairs.into_iter().collect();
+        prop_assert_eq!(parse_labels(&out), Some(want));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
