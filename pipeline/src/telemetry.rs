@@ -34,15 +34,14 @@ pub enum DropReason {
     Shutdown,
 }
 
-impl DropReason {
-    const ALL: [DropReason; 3] = [
+impl Reason for DropReason {
+    const ALL: &'static [Self] = &[
         DropReason::Permanent,
         DropReason::RejectedByBackend,
         DropReason::Shutdown,
     ];
 
-    /// The `reason` label value.
-    pub const fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             DropReason::Permanent => "permanent_error",
             DropReason::RejectedByBackend => "rejected_by_backend",
@@ -62,20 +61,133 @@ pub enum RemoteWriteDropReason {
     Shutdown,
 }
 
-impl RemoteWriteDropReason {
-    const ALL: [RemoteWriteDropReason; 3] = [
+impl Reason for RemoteWriteDropReason {
+    const ALL: &'static [Self] = &[
         RemoteWriteDropReason::QueueFull,
         RemoteWriteDropReason::Permanent,
         RemoteWriteDropReason::Shutdown,
     ];
 
-    /// The `reason` label value.
-    pub const fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             RemoteWriteDropReason::QueueFull => "queue_full",
             RemoteWriteDropReason::Permanent => "permanent_error",
             RemoteWriteDropReason::Shutdown => "shutdown",
         }
+    }
+}
+
+/// A closed set of `reason` label values for an exporter's drops.
+pub trait Reason: Copy + Into<usize> + 'static {
+    /// Every value, in label order.
+    const ALL: &'static [Self];
+    /// The `reason` label value.
+    fn as_str(self) -> &'static str;
+}
+
+impl From<DropReason> for usize {
+    fn from(r: DropReason) -> usize {
+        r as usize
+    }
+}
+
+impl From<RemoteWriteDropReason> for usize {
+    fn from(r: RemoteWriteDropReason) -> usize {
+        r as usize
+    }
+}
+
+/// Most drop reasons any exporter has.
+const MAX_REASONS: usize = 3;
+
+/// What every exporter reports: items sent, items dropped by reason, retried attempts, queue fill
+/// and bound, and attempt durations.
+#[derive(Debug)]
+pub struct ExporterStats<R> {
+    sent: AtomicU64,
+    dropped: [AtomicU64; MAX_REASONS],
+    retries: AtomicU64,
+    queue_bytes: AtomicU64,
+    queue_capacity: AtomicU64,
+    attempts: DurationHistogram,
+    reason: std::marker::PhantomData<R>,
+}
+
+impl<R> Default for ExporterStats<R> {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            dropped: Default::default(),
+            retries: AtomicU64::new(0),
+            queue_bytes: AtomicU64::new(0),
+            queue_capacity: AtomicU64::new(0),
+            attempts: DurationHistogram::default(),
+            reason: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<R: Reason> ExporterStats<R> {
+    /// Counts items the receiving end acknowledged.
+    pub fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts dropped items.
+    pub fn dropped(&self, reason: R, n: u64) {
+        self.dropped[reason.into()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one failed attempt that will be retried.
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the queue's fill and bound, in bytes.
+    pub fn queue(&self, bytes: u64, capacity: u64) {
+        self.queue_bytes.store(bytes, Ordering::Relaxed);
+        self.queue_capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Records the duration of one attempt.
+    pub fn took(&self, d: Duration) {
+        self.attempts.observe(d);
+    }
+
+    /// Items sent so far (for tests and logs).
+    pub fn sent_total(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Items dropped for `reason` so far (for tests and logs).
+    pub fn dropped_total(&self, reason: R) -> u64 {
+        self.dropped[reason.into()].load(Ordering::Relaxed)
+    }
+
+    /// Retried attempts so far (for tests and logs).
+    pub fn retries_total(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Renders the six families whose [`FAMILIES`] indexes are `f` (sent, dropped, retries, queue
+    /// bytes, queue capacity, attempt duration).
+    fn render(&self, f: [usize; 6], header: &dyn Fn(&mut String, usize), out: &mut String) {
+        let name = |i: usize| FAMILIES[f[i]].0;
+        header(out, f[0]);
+        let _ = writeln!(out, "{}_total {}", name(0), self.sent.load(Ordering::Relaxed));
+        header(out, f[1]);
+        for r in R::ALL {
+            let n = self.dropped[(*r).into()].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{}_total{{reason=\"{}\"}} {n}", name(1), r.as_str());
+        }
+        header(out, f[2]);
+        let _ = writeln!(out, "{}_total {}", name(2), self.retries.load(Ordering::Relaxed));
+        header(out, f[3]);
+        let _ = writeln!(out, "{} {}", name(3), self.queue_bytes.load(Ordering::Relaxed));
+        header(out, f[4]);
+        let _ = writeln!(out, "{} {}", name(4), self.queue_capacity.load(Ordering::Relaxed));
+        header(out, f[5]);
+        self.attempts.render(name(5), out);
     }
 }
 
@@ -123,19 +235,11 @@ pub struct Telemetry {
     refused: [[[AtomicU64; REFUSAL_REASONS.len()]; 2]; 2],
     expired_series: AtomicU64,
     scrape: DurationHistogram,
-    spans_forwarded: AtomicU64,
-    spans_dropped: [AtomicU64; DropReason::ALL.len()],
-    export_retries: AtomicU64,
-    export_queue_bytes: AtomicU64,
-    export_queue_capacity: AtomicU64,
-    export: DurationHistogram,
-    rw_sent_samples: AtomicU64,
+    /// The trace exporter's stats.
+    pub traces: ExporterStats<DropReason>,
+    /// The remote-write exporter's stats (samples).
+    pub remote_write: ExporterStats<RemoteWriteDropReason>,
     rw_sent_exemplars: AtomicU64,
-    rw_dropped: [AtomicU64; RemoteWriteDropReason::ALL.len()],
-    rw_retries: AtomicU64,
-    rw_queue_bytes: AtomicU64,
-    rw_queue_capacity: AtomicU64,
-    rw_request: DurationHistogram,
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
@@ -211,11 +315,6 @@ const FAMILIES: [(&str, &str, &str); 20] = [
         "Samples the remote-write receiver acknowledged.",
     ),
     (
-        "spindle_remote_write_sent_exemplars",
-        "counter",
-        "Exemplars the remote-write receiver acknowledged.",
-    ),
-    (
         "spindle_remote_write_dropped_samples",
         "counter",
         "Samples (and exemplars) the remote-write exporter dropped, by reason.",
@@ -239,6 +338,11 @@ const FAMILIES: [(&str, &str, &str); 20] = [
         "spindle_remote_write_request_duration_seconds",
         "histogram",
         "Duration of remote-write request attempts.",
+    ),
+    (
+        "spindle_remote_write_sent_exemplars",
+        "counter",
+        "Exemplars the remote-write receiver acknowledged.",
     ),
 ];
 
@@ -289,77 +393,10 @@ impl Telemetry {
         self.scrape.observe(d);
     }
 
-    /// Records the duration of one trace export attempt.
-    pub fn export_took(&self, d: Duration) {
-        self.export.observe(d);
-    }
-
-    /// Counts spans the backend acknowledged.
-    pub fn spans_forwarded(&self, n: u64) {
-        self.spans_forwarded.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts spans dropped by the exporter.
-    pub fn spans_dropped(&self, reason: DropReason, n: u64) {
-        self.spans_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one retried export attempt.
-    pub fn export_retried(&self) {
-        self.export_retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sets the export queue's fill and bound.
-    pub fn export_queue_bytes(&self, bytes: u64, capacity: u64) {
-        self.export_queue_bytes.store(bytes, Ordering::Relaxed);
-        self.export_queue_capacity.store(capacity, Ordering::Relaxed);
-    }
-
     /// Counts samples and exemplars a remote-write receiver acknowledged.
     pub fn remote_write_sent(&self, samples: u64, exemplars: u64) {
-        self.rw_sent_samples.fetch_add(samples, Ordering::Relaxed);
+        self.remote_write.sent(samples);
         self.rw_sent_exemplars.fetch_add(exemplars, Ordering::Relaxed);
-    }
-
-    /// Counts samples (exemplars included) the remote-write exporter dropped.
-    pub fn remote_write_dropped(&self, reason: RemoteWriteDropReason, n: u64) {
-        self.rw_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one retried remote-write request.
-    pub fn remote_write_retried(&self) {
-        self.rw_retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sets the remote-write queue's fill and bound.
-    pub fn remote_write_queue_bytes(&self, bytes: u64, capacity: u64) {
-        self.rw_queue_bytes.store(bytes, Ordering::Relaxed);
-        self.rw_queue_capacity.store(capacity, Ordering::Relaxed);
-    }
-
-    /// Records the duration of one remote-write request attempt.
-    pub fn remote_write_took(&self, d: Duration) {
-        self.rw_request.observe(d);
-    }
-
-    /// Samples a remote-write receiver acknowledged so far (for tests and logs).
-    pub fn remote_write_sent_samples(&self) -> u64 {
-        self.rw_sent_samples.load(Ordering::Relaxed)
-    }
-
-    /// Samples the remote-write exporter dropped for `reason` so far (for tests and logs).
-    pub fn remote_write_dropped_samples(&self, reason: RemoteWriteDropReason) -> u64 {
-        self.rw_dropped[reason as usize].load(Ordering::Relaxed)
-    }
-
-    /// Remote-write retries so far (for tests and logs).
-    pub fn remote_write_retries(&self) -> u64 {
-        self.rw_retries.load(Ordering::Relaxed)
-    }
-
-    /// Spans forwarded so far (for tests and logs).
-    pub fn forwarded_spans(&self) -> u64 {
-        self.spans_forwarded.load(Ordering::Relaxed)
     }
 
     /// Accepted item count for a signal and protocol (for tests and logs).
@@ -423,72 +460,15 @@ impl Telemetry {
         );
         header(out, 6);
         self.scrape.render("spindle_scrape_duration_seconds", out);
-        header(out, 7);
-        let _ = writeln!(
-            out,
-            "spindle_exporter_sent_spans_total {}",
-            self.spans_forwarded.load(Ordering::Relaxed)
-        );
-        header(out, 8);
-        for r in DropReason::ALL {
-            let n = self.spans_dropped[r as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "spindle_exporter_dropped_spans_total{{reason=\"{}\"}} {n}",
-                r.as_str()
-            );
-        }
-        header(out, 9);
-        let _ = writeln!(
-            out,
-            "spindle_exporter_retries_total {}",
-            self.export_retries.load(Ordering::Relaxed)
-        );
-        header(out, 10);
-        let _ = writeln!(
-            out,
-            "spindle_exporter_queue_bytes {}",
-            self.export_queue_bytes.load(Ordering::Relaxed)
-        );
-        header(out, 11);
-        let _ = writeln!(
-            out,
-            "spindle_exporter_queue_capacity_bytes {}",
-            self.export_queue_capacity.load(Ordering::Relaxed)
-        );
-        header(out, 12);
-        self.export.render("spindle_exporter_export_duration_seconds", out);
-        let counter = |out: &mut String, i: usize, v: &AtomicU64| {
-            header(out, i);
-            let _ = writeln!(out, "{}_total {}", FAMILIES[i].0, v.load(Ordering::Relaxed));
-        };
-        counter(out, 13, &self.rw_sent_samples);
-        counter(out, 14, &self.rw_sent_exemplars);
-        header(out, 15);
-        for r in RemoteWriteDropReason::ALL {
-            let n = self.rw_dropped[r as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "spindle_remote_write_dropped_samples_total{{reason=\"{}\"}} {n}",
-                r.as_str()
-            );
-        }
-        counter(out, 16, &self.rw_retries);
-        header(out, 17);
-        let _ = writeln!(
-            out,
-            "spindle_remote_write_queue_bytes {}",
-            self.rw_queue_bytes.load(Ordering::Relaxed)
-        );
-        header(out, 18);
-        let _ = writeln!(
-            out,
-            "spindle_remote_write_queue_capacity_bytes {}",
-            self.rw_queue_capacity.load(Ordering::Relaxed)
-        );
+        self.traces.render([7, 8, 9, 10, 11, 12], &header, out);
+        self.remote_write.render([13, 14, 15, 16, 17, 18], &header, out);
         header(out, 19);
-        self.rw_request
-            .render("spindle_remote_write_request_duration_seconds", out);
+        let _ = writeln!(
+            out,
+            "{}_total {}",
+            FAMILIES[19].0,
+            self.rw_sent_exemplars.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -513,7 +493,7 @@ mod tests {
         assert!(om.contains("spindle_active_series 42"));
         assert!(om.contains("spindle_scrape_duration_seconds_bucket{le=\"0.005\"} 1"));
         t.remote_write_sent(10, 2);
-        t.remote_write_dropped(RemoteWriteDropReason::QueueFull, 3);
+        t.remote_write.dropped(RemoteWriteDropReason::QueueFull, 3);
         let mut om = String::new();
         t.render(Format::OpenMetrics, 42, &mut om);
         assert!(om.contains("spindle_remote_write_sent_samples_total 10"), "{om}");

@@ -27,7 +27,7 @@ use super::{jitter, retry_after};
 use crate::config::{Compression, OtlpExporterConfig, OtlpProtocol};
 use crate::process::translate::Samples;
 use crate::receive::status::Refusal;
-use crate::telemetry::{DropReason, Telemetry};
+use crate::telemetry::{DropReason, Reason, Telemetry};
 
 /// Errors building the exporter from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,8 @@ impl TraceExporter {
             exemplars,
         });
         self.telemetry
-            .export_queue_bytes(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
+            .traces
+            .queue(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
         self.queue.notify.notify_one();
         Ok(())
     }
@@ -152,7 +153,7 @@ pub fn spawn(
         capacity: config.queue_max_bytes.0,
         notify: Notify::new(),
     });
-    telemetry.export_queue_bytes(0, queue.capacity);
+    telemetry.traces.queue(0, queue.capacity);
     let worker = Worker {
         queue: queue.clone(),
         client,
@@ -234,7 +235,7 @@ impl Worker {
         let outcome = loop {
             let start = Instant::now();
             let attempt = self.client.export(body.clone()).await;
-            self.telemetry.export_took(start.elapsed());
+            self.telemetry.traces.took(start.elapsed());
             match attempt {
                 Attempt::Sent { rejected } => break Ok(rejected),
                 Attempt::Permanent(why) => break Err((DropReason::Permanent, why)),
@@ -244,7 +245,7 @@ impl Worker {
                     if deadline.is_some_and(|d| Instant::now() + wait > d) {
                         break Err((DropReason::Shutdown, why));
                     }
-                    self.telemetry.export_retried();
+                    self.telemetry.traces.retried();
                     tracing::debug!(%why, ?wait, "trace export failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -252,9 +253,9 @@ impl Worker {
         };
         match outcome {
             Ok(rejected) => {
-                self.telemetry.spans_forwarded(spans.saturating_sub(rejected));
+                self.telemetry.traces.sent(spans.saturating_sub(rejected));
                 if rejected > 0 {
-                    self.telemetry.spans_dropped(DropReason::RejectedByBackend, rejected);
+                    self.telemetry.traces.dropped(DropReason::RejectedByBackend, rejected);
                 }
                 for e in exemplars {
                     (self.on_forwarded)(e);
@@ -262,12 +263,13 @@ impl Worker {
             }
             Err((reason, why)) => {
                 tracing::warn!(spans, %why, reason = reason.as_str(), "dropping trace batch");
-                self.telemetry.spans_dropped(reason, spans);
+                self.telemetry.traces.dropped(reason, spans);
             }
         }
         self.queue.release(bytes);
         self.telemetry
-            .export_queue_bytes(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
+            .traces
+            .queue(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
     }
 }
 

@@ -138,7 +138,7 @@ pub fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, RemoteWriteError> {
     let client = Client::new(config, endpoint)?;
     let queue = Arc::new(Queue::new(config.queue_max_bytes.0));
-    telemetry.remote_write_queue_bytes(0, queue.capacity);
+    telemetry.remote_write.queue(0, queue.capacity);
     let sender = Sender {
         queue: queue.clone(),
         client,
@@ -229,10 +229,12 @@ impl Snapshots {
                 "remote-write queue full; dropped the oldest queued snapshot"
             );
             self.telemetry
-                .remote_write_dropped(RemoteWriteDropReason::QueueFull, dropped);
+                .remote_write
+                .dropped(RemoteWriteDropReason::QueueFull, dropped);
         }
         self.telemetry
-            .remote_write_queue_bytes(self.queue.bytes(), self.queue.capacity);
+            .remote_write
+            .queue(self.queue.bytes(), self.queue.capacity);
     }
 }
 
@@ -279,14 +281,16 @@ impl Sender {
                         "remote-write queue not flushed in time; dropping the rest"
                     );
                     self.telemetry
-                        .remote_write_dropped(RemoteWriteDropReason::Shutdown, left);
+                        .remote_write
+                        .dropped(RemoteWriteDropReason::Shutdown, left);
                 }
                 break;
             }
             match self.queue.pop() {
                 Some(req) => {
                     self.telemetry
-                        .remote_write_queue_bytes(self.queue.bytes(), self.queue.capacity);
+                        .remote_write
+                        .queue(self.queue.bytes(), self.queue.capacity);
                     self.send(req).await;
                 }
                 None if self.flushing.is_cancelled() => break,
@@ -299,7 +303,8 @@ impl Sender {
             }
         }
         self.telemetry
-            .remote_write_queue_bytes(self.queue.bytes(), self.queue.capacity);
+            .remote_write
+            .queue(self.queue.bytes(), self.queue.capacity);
     }
 
     /// Sends one request, retrying until it is accepted, refused for good, or shutdown's
@@ -309,7 +314,7 @@ impl Sender {
         loop {
             let start = Instant::now();
             let attempt = self.client.send(req.body.clone()).await;
-            self.telemetry.remote_write_took(start.elapsed());
+            self.telemetry.remote_write.took(start.elapsed());
             let (after, why) = match attempt {
                 Attempt::Sent => {
                     self.telemetry.remote_write_sent(req.samples, req.exemplars);
@@ -318,7 +323,8 @@ impl Sender {
                 Attempt::Permanent(why) => {
                     tracing::warn!(samples = req.samples, %why, "remote-write receiver refused a request; dropping it");
                     self.telemetry
-                        .remote_write_dropped(RemoteWriteDropReason::Permanent, req.samples);
+                        .remote_write
+                        .dropped(RemoteWriteDropReason::Permanent, req.samples);
                     return;
                 }
                 Attempt::Retry { after, why } => (after, why),
@@ -328,10 +334,11 @@ impl Sender {
             if self.deadline.get().is_some_and(|d| Instant::now() + wait > *d) {
                 tracing::warn!(samples = req.samples, %why, "remote write failed during shutdown; dropping the request");
                 self.telemetry
-                    .remote_write_dropped(RemoteWriteDropReason::Shutdown, req.samples);
+                    .remote_write
+                    .dropped(RemoteWriteDropReason::Shutdown, req.samples);
                 return;
             }
-            self.telemetry.remote_write_retried();
+            self.telemetry.remote_write.retried();
             tracing::debug!(%why, ?wait, "remote write failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
