@@ -334,3 +334,66 @@ async fn readyz_and_healthz() {
     }
     r.shutdown().await.unwrap();
 }
+
+/// Values a peer controls must never panic or abort the process: extreme exponential-histogram
+/// offsets and bucket counts near `u64::MAX` are refused or saturate, and Spindle keeps serving.
+#[tokio::test]
+async fn hostile_histogram_values_do_not_crash_the_process() {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
+    };
+    let r = spindle(|_| {}).await;
+    let expo = |name: &str, offset: i32, counts: Vec<u64>, temporality: AggregationTemporality| Metric {
+        name: name.into(),
+        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+            aggregation_temporality: temporality as i32,
+            data_points: vec![ExponentialHistogramDataPoint {
+                count: u64::MAX,
+                sum: Some(1.0),
+                scale: 20,
+                positive: Some(Buckets {
+                    offset,
+                    bucket_counts: counts.clone(),
+                }),
+                negative: Some(Buckets {
+                    offset,
+                    bucket_counts: counts,
+                }),
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    };
+    let big = |name: &str, counts: Vec<u64>| Metric {
+        name: name.into(),
+        data: Some(metric::Data::Histogram(Histogram {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            data_points: vec![HistogramDataPoint {
+                count: u64::MAX,
+                sum: Some(1.0),
+                explicit_bounds: vec![1.0],
+                bucket_counts: counts,
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let req = request(vec![
+            expo("e1", i32::MAX, vec![1, 1], AggregationTemporality::Delta),
+            expo("e2", i32::MIN, vec![1, 1], AggregationTemporality::Cumulative),
+            expo("e3", 0, vec![u64::MAX, u64::MAX], AggregationTemporality::Delta),
+            big("h1", vec![u64::MAX, u64::MAX]),
+            counter("alive", 1),
+        ]);
+        let resp = post(&r, "/v1/metrics", "application/x-protobuf", None, req.encode_to_vec()).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let text = scrape(&r).await;
+    assert!(text.contains("alive_total{job=\"svc\",route=\"/a\"} 1.0"), "{text}");
+    assert!(
+        !text.contains("e1_bucket") && !text.contains("e2_bucket"),
+        "out-of-range offsets are rejected:\n{text}"
+    );
+    r.shutdown().await.unwrap();
+}

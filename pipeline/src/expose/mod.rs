@@ -75,10 +75,10 @@ fn write_series<E: Encoder>(enc: &E, out: &mut Vec<u8>, meta: &FamilyMeta, s: &S
         }
         SeriesValue::Histogram(h) => {
             // `_count` equals the `+Inf` bucket even when a sender's count and buckets disagree.
-            let total = h.count.max(h.counts.iter().sum());
+            let total = h.count.max(h.counts.iter().fold(0u64, |a, c| a.saturating_add(*c)));
             let mut cum = 0u64;
             for (i, c) in h.counts.iter().enumerate() {
-                cum += c;
+                cum = cum.saturating_add(*c);
                 let (le, v) = match h.bounds.get(i) {
                     Some(b) => (*b, cum),
                     None => (f64::INFINITY, total),

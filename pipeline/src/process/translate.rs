@@ -623,6 +623,16 @@ fn exponential_point(
             format!("exponential histogram scale {} outside [-10, 20]", dp.scale)
         });
     }
+    for side in [&dp.positive, &dp.negative].into_iter().flatten() {
+        if !finite_bucket_range(dp.scale, side.offset, side.bucket_counts.len()) {
+            return ctx.reject(out, || {
+                format!(
+                    "exponential histogram buckets from offset {} lie outside the float range",
+                    side.offset
+                )
+            });
+        }
+    }
     let labels = match ctx.labels(&dp.attributes, out, s) {
         Ok(l) => l,
         Err(e) => return ctx.reject(out, || e),
@@ -646,6 +656,15 @@ fn exponential_point(
         negative: Span::new(n0, out.counts.len()),
     });
     ctx.push(out, labels, t, value, ex);
+}
+
+/// Whether buckets `offset .. offset + len` at `scale` all have finite bounds: bucket `i` spans
+/// `(2^(i·2^-scale), 2^((i+1)·2^-scale)]`, and `f64` covers `2^-1075 .. 2^1024`. This also keeps every
+/// index arithmetic on stored histograms well inside `i32`.
+fn finite_bucket_range(scale: i32, offset: i32, len: usize) -> bool {
+    let at_scale = |exp: i64| if scale >= 0 { exp << scale } else { exp >> -scale };
+    let (lo, hi) = (i64::from(offset), i64::from(offset) + len as i64);
+    lo >= at_scale(-1075) && hi < at_scale(1024)
 }
 
 fn summary_point(ctx: &PointCtx<'_>, dp: pm::SummaryDataPoint, out: &mut Samples, s: &mut Scratch) {

@@ -26,7 +26,7 @@ impl Buckets {
         let mut out = vec![0u64; (last - first + 1) as usize];
         for (i, c) in self.counts.iter().enumerate() {
             let idx = ((self.offset + i as i32) >> by) - first;
-            out[idx as usize] += c;
+            out[idx as usize] = out[idx as usize].saturating_add(*c);
         }
         self.offset = first;
         self.counts = out;
@@ -61,7 +61,8 @@ impl Buckets {
         let mut out = vec![0u64; (hi - lo) as usize];
         for b in [&*self, other] {
             for (i, c) in b.counts.iter().enumerate() {
-                out[(b.offset - lo) as usize + i] += c;
+                let slot = &mut out[(b.offset - lo) as usize + i];
+                *slot = slot.saturating_add(*c);
             }
         }
         self.offset = lo;
@@ -134,9 +135,9 @@ impl ExpHistogram {
         d.downscale(by);
         self.positive.add(&d.positive);
         self.negative.add(&d.negative);
-        self.count += d.count;
+        self.count = self.count.saturating_add(d.count);
         self.sum += d.sum;
-        self.zero_count += d.zero_count;
+        self.zero_count = self.zero_count.saturating_add(d.zero_count);
         self.zero_threshold = self.zero_threshold.max(d.zero_threshold);
         for (_, e) in d.exemplars {
             self.offer_exemplar(e);
@@ -192,7 +193,7 @@ impl ExpHistogram {
         let n = &self.negative;
         for (i, c) in n.counts.iter().enumerate().rev() {
             let idx = n.offset + i as i32;
-            cum += c;
+            cum = cum.saturating_add(*c);
             out.push((-lower_boundary(idx, self.scale), cum, ex(Slot::Negative(idx))));
         }
         // Positive buckets that end at or below the zero threshold lie inside the zero bucket.
@@ -203,12 +204,12 @@ impl ExpHistogram {
             .iter()
             .enumerate()
             .take_while(|(i, _)| upper(*i) <= self.zero_threshold);
-        let (folded, skip) = inside.fold((0u64, 0usize), |(c, n), (_, x)| (c + x, n + 1));
-        cum += self.zero_count + folded;
+        let (folded, skip) = inside.fold((0u64, 0usize), |(c, n), (_, x)| (c.saturating_add(*x), n + 1));
+        cum = cum.saturating_add(self.zero_count).saturating_add(folded);
         out.push((self.zero_threshold, cum, ex(Slot::Zero)));
         for (i, c) in p.counts.iter().enumerate().skip(skip) {
             let idx = p.offset + i as i32;
-            cum += c;
+            cum = cum.saturating_add(*c);
             out.push((upper(i), cum, ex(Slot::Positive(idx))));
         }
         out.push((f64::INFINITY, cum.max(self.count), None));

@@ -525,9 +525,9 @@ fn update_value(v: &mut SeriesValue, p: &Point, batch: &Samples, last_bounds: &m
             let c = &batch.counts[counts.range()];
             if delta {
                 for (a, b) in h.counts.iter_mut().zip(c) {
-                    *a += b;
+                    *a = a.saturating_add(*b);
                 }
-                h.count += count;
+                h.count = h.count.saturating_add(*count);
                 h.sum += sum;
             } else {
                 h.counts.copy_from_slice(c);

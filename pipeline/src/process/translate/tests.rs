@@ -1040,3 +1040,22 @@ fn scope_schema_url_and_attributes_become_labels() {
     assert_eq!(label(&s, p, "otel_scope_name"), Some("lib"));
     assert_eq!(label(&s, p, "k"), Some("v"));
 }
+
+#[test]
+fn exponential_bucket_ranges_must_have_finite_bounds() {
+    use super::finite_bucket_range as ok;
+    // Scale 0: bucket i spans (2^i, 2^(i+1)]; the last finite upper bound is 2^1023.
+    assert!(ok(0, 1022, 1));
+    assert!(!ok(0, 1023, 1), "upper bound 2^1024 is +Inf");
+    assert!(ok(0, -1075, 1));
+    assert!(!ok(0, -1076, 1));
+    // Scale 20 multiplies the index range by 2^20; scale -2 divides it by 4.
+    assert!(ok(20, (1023 << 20) - 5, 5));
+    assert!(
+        !ok(20, i32::MAX, 2),
+        "offsets near i32::MAX are refused, not overflowed"
+    );
+    assert!(!ok(20, i32::MIN, 2));
+    assert!(ok(-2, 255, 0));
+    assert!(!ok(-2, 256, 0));
+}
