@@ -147,7 +147,7 @@ impl SpanMetrics {
                     let secs = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
                     let b = buckets.partition_point(|x| *x < secs);
                     agg.calls += weight;
-                    agg.counts[b] += weight.round().max(1.0) as u64;
+                    agg.counts[b] = agg.counts[b].saturating_add(weight.round().max(1.0) as u64);
                     agg.sum += secs * weight;
                     if let Some(e) = exemplar(span, secs) {
                         if agg.newest.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
@@ -209,7 +209,7 @@ impl SpanMetrics {
                     Vec::new()
                 };
                 let hist = PointValue::Histogram {
-                    count: counts.iter().sum(),
+                    count: counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
                     sum: if is_exemplars { 0.0 } else { agg.sum },
                     bounds,
                     counts: counts_span,

@@ -242,3 +242,35 @@ fn missing_service_name_is_unknown_service() {
     let calls = points_of(&out.counts, CALLS);
     assert!(labels(&out.counts, calls[0]).contains(&("service_name".into(), "unknown_service".into())));
 }
+
+#[test]
+fn extreme_sampling_weights_saturate_instead_of_overflowing() {
+    let sm = SpanMetrics::new(SpanMetricsConfig::default());
+    let spans: Vec<OtlpSpan> = (0..600u32)
+        .map(|i| {
+            // Two durations, so two buckets saturate and their total must too.
+            let mut s = span(
+                "a",
+                SpanKind::Server,
+                if i % 2 == 0 { 1 } else { 3000 },
+                (i % 250) as u8 + 1,
+                vec![],
+            );
+            s.trace_state = "ot=th:ffffffffffffff".into(); // adjusted count 2^56
+            s
+        })
+        .collect();
+    let out = sm.process(&request(vec![kv("service.name", "svc")], spans));
+    let h = points_of(&out.counts, DURATION)[0];
+    let PointValue::Histogram { count, counts, .. } = h.value else {
+        panic!()
+    };
+    assert_eq!(
+        out.counts.counts[counts.range()]
+            .iter()
+            .filter(|c| **c == u64::MAX)
+            .count(),
+        2
+    );
+    assert_eq!(count, u64::MAX);
+}
