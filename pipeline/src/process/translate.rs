@@ -580,7 +580,12 @@ fn histogram_point(ctx: &PointCtx<'_>, dp: pm::HistogramDataPoint, t: Temporalit
             )
         });
     }
-    if dp.explicit_bounds.iter().any(|b| b.is_nan()) || dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1]) {
+    if dp.explicit_bounds.iter().any(|b| !b.is_finite()) {
+        return ctx.reject(out, || {
+            "histogram bounds must be finite (the +Inf bucket is implicit)".into()
+        });
+    }
+    if dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1]) {
         return ctx.reject(out, || "histogram bounds are not strictly increasing".into());
     }
     let labels = match ctx.labels(&dp.attributes, out, s) {
@@ -621,6 +626,14 @@ fn exponential_point(
     if !(-10..=20).contains(&dp.scale) {
         return ctx.reject(out, || {
             format!("exponential histogram scale {} outside [-10, 20]", dp.scale)
+        });
+    }
+    if !(dp.zero_threshold >= 0.0 && dp.zero_threshold.is_finite()) {
+        return ctx.reject(out, || {
+            format!(
+                "exponential histogram zero_threshold {} is not a finite non-negative number",
+                dp.zero_threshold
+            )
         });
     }
     for side in [&dp.positive, &dp.negative].into_iter().flatten() {
