@@ -118,4 +118,5 @@ async fn main() {
         total as f64 / wall
     );
     let _ = child.kill();
+    let _ = child.wait();
 }

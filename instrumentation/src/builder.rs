@@ -15,7 +15,7 @@ use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{MeterProviderBuilder, PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::metrics::{MeterProviderBuilder, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
@@ -27,6 +27,10 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::error::{InitError, ShutdownError, Signal};
+use crate::exemplars::{
+    DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, ExemplarStore, OTEL_METRICS_EXEMPLAR_FILTER,
+};
+use crate::otlp::{OtlpMetricExporter, Transport};
 use crate::resource::{parse_resource_attributes, random_instance_id, unknown_service};
 use crate::sampler::{DEFAULT_THRESHOLD_PRECISION, MAX_THRESHOLD_PRECISION, SamplerConfig};
 use crate::throttle::ExportLogThrottle;
@@ -105,6 +109,8 @@ pub struct Builder {
     fmt_writer: Option<BoxMakeWriter>,
     span_exporter: Option<SpanExporterHook>,
     metric_exporter: Option<MetricExporterHook>,
+    metrics_capture: Option<crate::otlp::OtlpMetricsCapture>,
+    exemplar_filter: Option<ExemplarFilter>,
     env: EnvLookup,
 }
 
@@ -159,6 +165,8 @@ impl Builder {
             fmt_writer: None,
             span_exporter: None,
             metric_exporter: None,
+            metrics_capture: None,
+            exemplar_filter: None,
             env: Arc::new(|name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())),
         }
     }
@@ -307,6 +315,22 @@ impl Builder {
         self
     }
 
+    /// Sends metrics nowhere: the OTLP requests (with their exemplars) go into `capture`; for
+    /// tests. Unlike [`Builder::with_metric_exporter`], whose SDK data types cannot carry
+    /// exemplars, this shows exactly what would be sent.
+    pub fn with_otlp_metrics_capture(mut self, capture: crate::otlp::OtlpMetricsCapture) -> Self {
+        self.metrics_capture = Some(capture);
+        self
+    }
+
+    /// Sets the exemplar filter, overriding [`OTEL_METRICS_EXEMPLAR_FILTER`]. Default:
+    /// [`DEFAULT_EXEMPLAR_FILTER`] (`trace_based`). Exemplars are exported by this crate's OTLP
+    /// exporter (not through [`Builder::with_metric_exporter`]).
+    pub fn with_exemplar_filter(mut self, filter: ExemplarFilter) -> Self {
+        self.exemplar_filter = Some(filter);
+        self
+    }
+
     /// Reads environment variables through `lookup` instead of the process environment (tests,
     /// or configuration from elsewhere). Empty values count as unset.
     pub fn with_env_lookup(mut self, lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
@@ -362,6 +386,14 @@ impl Builder {
             },
         };
         let interval = self.metric_export_interval()?;
+        let exemplar_filter = match self.exemplar_filter {
+            Some(f) => f,
+            None => match self.env(OTEL_METRICS_EXEMPLAR_FILTER) {
+                Some(v) => ExemplarFilter::parse(OTEL_METRICS_EXEMPLAR_FILTER, &v)?,
+                None => DEFAULT_EXEMPLAR_FILTER,
+            },
+        };
+        let exemplar_store = Arc::new(ExemplarStore::new(exemplar_filter));
         let throttle = ExportLogThrottle::new(self.export_error_log_interval.unwrap_or(interval));
         let ansi = self.fmt_writer.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let writer = self.fmt_writer.take_writer();
@@ -410,7 +442,7 @@ impl Builder {
         // gRPC exporters run on a runtime of their own, so they work whatever runtime (or none)
         // the service uses, and shutting down never waits on the service's own worker threads.
         let needs_runtime = (self.span_exporter.is_none() && traces_protocol == Protocol::Grpc)
-            || (self.metric_exporter.is_none() && metrics_protocol == Protocol::Grpc);
+            || (self.metric_exporter.is_none() && self.metrics_capture.is_none());
         let runtime = if needs_runtime {
             Some(
                 tokio::runtime::Builder::new_multi_thread()
@@ -452,32 +484,33 @@ impl Builder {
         let tracer_provider = traces.build();
 
         let mut metrics = SdkMeterProvider::builder().with_resource(resource);
-        metrics = match self.metric_exporter {
-            Some(hook) => hook(metrics, interval),
-            None => {
-                let exporter = match metrics_protocol {
-                    Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .with_temporality(Temporality::Cumulative)
-                        .with_endpoint(metrics_endpoint)
-                        .build(),
-                    Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_temporality(Temporality::Cumulative)
-                        .with_endpoint(metrics_endpoint)
-                        .build(),
+        metrics = match (self.metric_exporter, self.metrics_capture) {
+            (Some(hook), _) => hook(metrics, interval),
+            (None, Some(capture)) => {
+                let exporter = OtlpMetricExporter::new(Arc::clone(&exemplar_store), Transport::Capture(capture));
+                metrics.with_reader(PeriodicReader::builder(exporter).with_interval(interval).build())
+            }
+            (None, None) => {
+                let transport = match runtime.as_ref().map(|rt| rt.handle().clone()) {
+                    Some(handle) => match metrics_protocol {
+                        Protocol::Grpc => OtlpMetricExporter::grpc(&metrics_endpoint, handle),
+                        Protocol::HttpProtobuf => OtlpMetricExporter::http(&metrics_endpoint, handle),
+                    },
+                    None => Err("no exporter runtime".to_owned()),
                 };
-                let exporter = match exporter {
-                    Ok(e) => e,
-                    Err(source) => {
+                let transport = match transport {
+                    Ok(t) => t,
+                    Err(reason) => {
                         let _ = tracer_provider.shutdown();
                         return Err(InitError::Exporter {
                             signal: "metrics",
-                            source,
+                            source: opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
+                                "{metrics_endpoint}: {reason}"
+                            )),
                         });
                     }
                 };
+                let exporter = OtlpMetricExporter::new(Arc::clone(&exemplar_store), transport);
                 metrics.with_reader(PeriodicReader::builder(exporter).with_interval(interval).build())
             }
         };
@@ -491,7 +524,8 @@ impl Builder {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_filter(traces_filter.and(excluded));
-        let metrics_layer = tracing_opentelemetry::MetricsLayer::new(meter_provider.clone());
+        let exemplar_provider = ExemplarMeterProvider::new(meter_provider.clone(), exemplar_store);
+        let metrics_layer = tracing_opentelemetry::MetricsLayer::new(exemplar_provider.clone());
         let subscriber = tracing_subscriber::registry()
             .with(fmt_layer)
             .with(otel_layer)
@@ -501,6 +535,7 @@ impl Builder {
             guard: Guard {
                 tracer_provider: Some(tracer_provider),
                 meter_provider: Some(meter_provider),
+                exemplar_provider: Some(exemplar_provider),
                 runtime,
                 done: false,
             },
@@ -523,7 +558,7 @@ impl Builder {
         if let Some(tp) = &guard.tracer_provider {
             global::set_tracer_provider(tp.clone());
         }
-        if let Some(mp) = &guard.meter_provider {
+        if let Some(mp) = &guard.exemplar_provider {
             global::set_meter_provider(mp.clone());
         }
         global::set_text_map_propagator(TraceContextPropagator::new());
@@ -708,6 +743,7 @@ pub struct Instrumentation {
 pub struct Guard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    exemplar_provider: Option<ExemplarMeterProvider>,
     runtime: Option<tokio::runtime::Runtime>,
     done: bool,
 }
@@ -727,6 +763,7 @@ impl Guard {
         Self {
             tracer_provider: None,
             meter_provider: None,
+            exemplar_provider: None,
             runtime: None,
             done: false,
         }
@@ -742,11 +779,18 @@ impl Guard {
         self.meter_provider.as_ref()
     }
 
-    /// A meter of this guard's provider (scope [`crate::SCOPE_NAME`]); a no-op meter when the
-    /// SDK is disabled. [`crate::meter()`] is the same after [`Builder::try_init`].
+    /// The meter provider whose counters and histograms record exemplars (`None` when the SDK
+    /// is disabled); installed globally by [`Builder::try_init`].
+    pub fn exemplar_meter_provider(&self) -> Option<&ExemplarMeterProvider> {
+        self.exemplar_provider.as_ref()
+    }
+
+    /// A meter of this guard's provider (scope [`crate::SCOPE_NAME`]) whose counters and
+    /// histograms record exemplars; a no-op meter when the SDK is disabled. [`crate::meter()`] is
+    /// the same after [`Builder::try_init`].
     pub fn meter(&self) -> opentelemetry::metrics::Meter {
         use opentelemetry::metrics::MeterProvider as _;
-        match &self.meter_provider {
+        match &self.exemplar_provider {
             Some(mp) => mp.meter_with_scope(crate::scope()),
             None => opentelemetry::metrics::noop::NoopMeterProvider::new().meter_with_scope(crate::scope()),
         }

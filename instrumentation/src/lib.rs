@@ -39,6 +39,7 @@
 //! | [`OTEL_EXPORTER_OTLP_PROTOCOL`] (and `_TRACES_`/`_METRICS_` variants) | `grpc` or `http/protobuf` | `grpc` |
 //! | [`OTEL_TRACES_SAMPLER`], [`OTEL_TRACES_SAMPLER_ARG`] | sampler name and ratio | `parentbased_always_on` |
 //! | [`OTEL_METRIC_EXPORT_INTERVAL`] | milliseconds between metric exports | 60000 |
+//! | [`OTEL_METRICS_EXEMPLAR_FILTER`] | `always_on`, `always_off` or `trace_based`: which measurements of counters and histograms carry exemplars ([`exemplars`]) | `trace_based` |
 //! | [`RUST_LOG`] | log filter directives (logs only; spans: [`Builder::with_traces_filter`]) | `info` |
 //!
 //! A value that cannot be used is an [`InitError`] naming the variable, never a panic.
@@ -47,7 +48,9 @@
 
 mod builder;
 mod error;
+pub mod exemplars;
 pub mod http;
+mod otlp;
 mod resource;
 pub mod sampler;
 mod throttle;
@@ -61,7 +64,9 @@ pub use builder::{
     OTEL_TARGETS_EXCLUDED, Protocol,
 };
 pub use error::{InitError, ShutdownError, Signal};
+pub use exemplars::{DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, OTEL_METRICS_EXEMPLAR_FILTER};
 pub use http::{HttpLayer, HttpService, UNMATCHED_ROUTE, inject_context};
+pub use otlp::OtlpMetricsCapture;
 pub use sampler::{DEFAULT_THRESHOLD_PRECISION, SamplerConfig};
 
 /// `true` turns the SDK off: logs still go to stderr, nothing is exported.
