@@ -270,6 +270,8 @@ impl RecordOnDone {
         if let Some(e) = error_type {
             attrs.push(KeyValue::new("error.type", e));
         }
+        // Recorded inside the request span, so the measurement carries its exemplar.
+        let _entered = span.enter();
         self.metrics.duration.record(seconds, &attrs);
     }
 }

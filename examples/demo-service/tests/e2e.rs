@@ -6,13 +6,16 @@
 //! Asserted: Spindle's OpenMetrics `/metrics` shows `http_server_request_duration_seconds` with
 //! `http_route` templates (never a raw path), `http_server_active_requests` and the custom
 //! metric, with `job` = each service's name; the sink holds one trace that spans both processes,
-//! the frontend's client span being the parent of the backend's server span.
+//! the frontend's client span being the parent of the backend's server span; the latency histogram
+//! and the custom counter carry exemplars (recorded inside request spans) that name traces the
+//! backend received, and a real Prometheus with exemplar storage returns them.
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
 use spindle_e2e::otlp_sink::{OtlpSink, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SinkSpan};
-use spindle_e2e::{start_spindle, wait_for_openmetrics};
+use spindle_e2e::{Prometheus, start_spindle, wait_for_openmetrics};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -260,6 +263,71 @@ async fn two_instances_metrics_on_spindle_and_one_trace_across_both() {
         "the backend's #[instrument] span joins the trace"
     );
     assert_ne!(client_span.service_instance_id, server_span.service_instance_id);
+
+    // Exemplars at the source: the latency histogram and the custom counter are recorded inside
+    // request spans, so Spindle shows exemplars on them — and each names a trace the trace backend
+    // received.
+    let lookups = "demo_user_lookups_total";
+    let exp = wait_for_openmetrics(
+        spindle.prometheus_addr,
+        "exemplars on the demo's latency buckets and counter",
+        duration,
+        |exp| {
+            let has = |name: &str, job: &str| exp.find(name, &[("job", job)]).iter().any(|s| s.exemplar.is_some());
+            has(duration, "demo-frontend") && has(duration, "demo-backend") && has(lookups, "demo-backend")
+        },
+    )
+    .await;
+    let exemplar_traces: BTreeSet<String> = [duration, lookups]
+        .iter()
+        .flat_map(|name| exp.find(name, &[]))
+        .filter_map(|s| s.exemplar.as_ref())
+        .map(|e| e.labels.get("trace_id").cloned().unwrap_or_default())
+        .collect();
+    assert!(exemplar_traces.iter().all(|t| t.len() == 32), "{exemplar_traces:?}");
+    sink.wait_for_spans(
+        Duration::from_secs(15),
+        "every exemplar's trace at the trace backend",
+        |spans| exemplar_traces.iter().all(|t| spans.iter().any(|s| &s.trace_id == t)),
+    )
+    .await;
+
+    // A real Prometheus with exemplar storage scrapes Spindle and returns those exemplars.
+    let prom = Prometheus::start(spindle.prometheus_addr).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let path = format!(
+        "/api/v1/query_exemplars?query=http_server_request_duration_seconds_bucket&start={:.3}&end={:.3}",
+        now - 600.0,
+        now + 120.0
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let from_prometheus: BTreeSet<String> = loop {
+        let answer = prom.api(&path).await;
+        let ids: BTreeSet<String> = answer["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        if !ids.is_empty() {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exemplars from Prometheus: {answer}\n{}",
+            prom.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let received: BTreeSet<String> = sink.spans().into_iter().map(|s| s.trace_id).collect();
+    assert!(
+        from_prometheus.is_subset(&received),
+        "Prometheus exemplars {from_prometheus:?} name traces the backend never received"
+    );
 
     spindle.shutdown().await.expect("spindle shuts down");
 }
