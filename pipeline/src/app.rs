@@ -1,7 +1,7 @@
 //! Wiring: builds the components from a [`Config`], binds every listener, runs the servers and
 //! the expiry task, and drains in order on shutdown.
 //!
-//! Data path: receivers → [`Pipeline`] (translate → store) → `/metrics` and, when configured,
+//! Data path: receivers → [`Pipeline`] (enrich → translate → store) → `/metrics` and, when configured,
 //! Prometheus remote write.
 
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use crate::export::remote_write;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::routes::{self, ExposeState};
 use crate::model::Outcome;
+use crate::process::enrich::{CatalogHandle, Enricher};
 use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::status::Refusal;
@@ -35,6 +36,7 @@ pub struct Pipeline {
     store: Arc<Store>,
     span_metrics: Option<SpanMetrics>,
     exporter: Option<TraceExporter>,
+    enricher: Option<Enricher>,
 }
 
 impl Pipeline {
@@ -51,12 +53,23 @@ impl Pipeline {
             store,
             span_metrics,
             exporter,
+            enricher: None,
         }
+    }
+
+    /// The same pipeline, enriching every request with `enricher` before anything else reads it
+    /// (a no-op enricher is dropped, so it costs nothing).
+    pub fn with_enricher(mut self, enricher: Enricher) -> Self {
+        self.enricher = (!enricher.is_noop()).then_some(enricher);
+        self
     }
 }
 
 impl Consumer for Pipeline {
-    fn consume_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Outcome, Refusal> {
+    fn consume_metrics(&self, mut req: ExportMetricsServiceRequest) -> Result<Outcome, Refusal> {
+        if let Some(e) = &self.enricher {
+            e.metrics(&mut req);
+        }
         let samples = self.translator.translate(req);
         Ok(self.store.write(samples, Instant::now()))
     }
@@ -76,6 +89,9 @@ impl Consumer for Pipeline {
                     });
                 }
             }
+        }
+        if let Some(e) = &self.enricher {
+            e.traces(&mut req);
         }
         let metrics = self
             .span_metrics
@@ -215,12 +231,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => (None, None),
     };
-    let pipeline = Arc::new(Pipeline::new(
-        Translator::new(config.prometheus.promote_resource_attributes.clone()),
-        store.clone(),
-        Some(SpanMetrics::new(config.processors.span_metrics.clone())),
-        exporter,
-    ));
+    let enricher = Enricher::new(&config.processors.enrich).context("cannot build `processors.enrich`")?;
+    let catalog = enricher.catalog();
+    let pipeline = Arc::new(
+        Pipeline::new(
+            Translator::new(config.prometheus.promote_resource_attributes.clone()),
+            store.clone(),
+            Some(SpanMetrics::new(config.processors.span_metrics.clone())),
+            exporter,
+        )
+        .with_enricher(enricher),
+    );
     let otlp = &config.receivers.otlp;
     let shared = Shared::new(
         pipeline,
@@ -301,6 +322,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
+    if let (Some(handle), Some(c)) = (catalog, &config.processors.enrich.catalog) {
+        let every = c.reload_interval.0;
+        let (token, tel) = (rest.token.clone(), telemetry.clone());
+        rest.tasks
+            .spawn(async move { reload_catalog(handle, every, tel, token).await });
+    }
+
     ready.store(true, Ordering::Release);
     tracing::info!(%grpc_addr, "OTLP/gRPC receiver listening");
     tracing::info!(%http_addr, "OTLP/HTTP receiver listening");
@@ -318,6 +346,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         remote_write: remote_write_stage,
         rest,
     })
+}
+
+/// Re-reads the service catalog every `every` until cancelled. Requests keep using the current
+/// catalog meanwhile; a bad file keeps the old one, is counted and logged once (until it changes).
+async fn reload_catalog(
+    handle: Arc<CatalogHandle>,
+    every: Duration,
+    telemetry: Arc<Telemetry>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let h = handle.clone();
+                match tokio::task::spawn_blocking(move || h.reload()).await {
+                    Ok(Some(Ok(services))) => {
+                        telemetry.catalog_reload(true);
+                        tracing::info!(path = handle.path(), services, "service catalog reloaded");
+                    }
+                    Ok(Some(Err(e))) => {
+                        telemetry.catalog_reload(false);
+                        tracing::warn!(error = %e, "service catalog not reloaded; keeping the previous one");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "service catalog reload task failed"),
+                }
+            }
+        }
+    }
 }
 
 impl Running {

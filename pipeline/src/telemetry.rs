@@ -240,10 +240,12 @@ pub struct Telemetry {
     /// The remote-write exporter's stats (samples).
     pub remote_write: ExporterStats<RemoteWriteDropReason>,
     rw_sent_exemplars: AtomicU64,
+    /// Catalog reloads: `[ok, error]`.
+    catalog_reloads: [AtomicU64; 2],
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
-const FAMILIES: [(&str, &str, &str); 20] = [
+const FAMILIES: [(&str, &str, &str); 21] = [
     (
         "spindle_received_requests",
         "counter",
@@ -344,6 +346,11 @@ const FAMILIES: [(&str, &str, &str); 20] = [
         "counter",
         "Exemplars the remote-write receiver acknowledged.",
     ),
+    (
+        "spindle_enrich_catalog_reloads",
+        "counter",
+        "Service-catalog reloads after the file changed, by result (ok, or error: the old catalog stays).",
+    ),
 ];
 
 fn idx(s: Signal, p: Protocol) -> (usize, usize) {
@@ -397,6 +404,19 @@ impl Telemetry {
     pub fn remote_write_sent(&self, samples: u64, exemplars: u64) {
         self.remote_write.sent(samples);
         self.rw_sent_exemplars.fetch_add(exemplars, Ordering::Relaxed);
+    }
+
+    /// Counts one catalog reload: `ok` when the new catalog is live, else the old one stayed.
+    pub fn catalog_reload(&self, ok: bool) {
+        self.catalog_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Catalog reloads so far: `(ok, error)`.
+    pub fn catalog_reloads(&self) -> (u64, u64) {
+        (
+            self.catalog_reloads[0].load(Ordering::Relaxed),
+            self.catalog_reloads[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Accepted item count for a signal and protocol (for tests and logs).
@@ -469,6 +489,15 @@ impl Telemetry {
             FAMILIES[19].0,
             self.rw_sent_exemplars.load(Ordering::Relaxed)
         );
+        header(out, 20);
+        for (i, result) in ["ok", "error"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}_total{{result=\"{result}\"}} {}",
+                FAMILIES[20].0,
+                self.catalog_reloads[i].load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Pure, synchronous transforms over owned batches.
 //!
-//! [`translate`] turns OTLP metrics into Prometheus samples. Later stages (enrichment,
-//! cardinality limits, span metrics) sit here too; none of them does I/O.
+//! [`enrich`] edits attributes first; [`translate`] turns OTLP metrics into Prometheus samples;
+//! [`span_metrics`] derives RED metrics from spans. None of them does I/O (the enrichment catalog
+//! is reloaded by a task in `app`).
 
+pub mod enrich;
 pub mod span_metrics;
 pub mod translate;
