@@ -1,18 +1,15 @@
 //! Traces: span-metrics update cost, and forwarding throughput end to end — OTLP/gRPC with gzip
 //! into Spindle, span metrics on, OTLP/gRPC with gzip out to a downstream that counts spans.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use spindle::config::{Config, SpanMetricsConfig};
 use spindle::process::span_metrics::SpanMetrics;
 use spindle::store::Store;
-use spindle_bench::traces_request;
+use spindle_bench::{CountingBackend, traces_request};
 use tonic::codec::CompressionEncoding;
 
 fn span_metrics(c: &mut Criterion) {
@@ -32,42 +29,14 @@ fn span_metrics(c: &mut Criterion) {
     g.finish();
 }
 
-#[derive(Clone, Default)]
-struct Counting(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Counting {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = req
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
 fn forwarding(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let counted = Counting::default();
+    let counted = CountingBackend::default();
     let (spindle, mut client) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let down = listener.local_addr().expect("addr");
-        let svc = TraceServiceServer::new(counted.clone()).accept_compressed(CompressionEncoding::Gzip);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let down = counted.start().await;
         let mut config = Config::default();
         config.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().expect("addr");
         config.receivers.otlp.http.listen = "127.0.0.1:0".parse().expect("addr");
@@ -89,14 +58,14 @@ fn forwarding(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let target = counted.0.load(Ordering::Relaxed) + 100_000;
+                    let target = counted.spans() + 100_000;
                     for req in &batches {
                         // Overloaded answers are retried, as an SDK would.
                         while client.export(req.clone()).await.is_err() {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
-                    while counted.0.load(Ordering::Relaxed) < target {
+                    while counted.spans() < target {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
                 }

@@ -6,36 +6,12 @@
 //! `cargo build --release -p spindle && cargo run --release -p spindle-bench --example trace_load [spans]`
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use spindle_bench::traces_request;
+use spindle_bench::{CountingBackend, traces_request};
 use tonic::codec::CompressionEncoding;
-
-#[derive(Clone, Default)]
-struct Counting(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Counting {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = req
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -58,15 +34,8 @@ fn free_port() -> u16 {
 #[tokio::main]
 async fn main() {
     let total: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
-    let counted = Counting::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let down = listener.local_addr().expect("addr");
-    let svc = TraceServiceServer::new(counted.clone()).accept_compressed(CompressionEncoding::Gzip);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let counted = CountingBackend::default();
+    let down = counted.start().await;
     let (grpc, http, prom) = (free_port(), free_port(), free_port());
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/spindle");
     let mut child = Command::new(bin)
@@ -89,14 +58,10 @@ async fn main() {
     for b in &batches[..5] {
         let _ = client.export(b.clone()).await;
     }
-    while counted.0.load(Ordering::Relaxed) < 5_000 {
+    while counted.spans() < 5_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (cpu0, t0, n0) = (
-        cpu_seconds(child.id()),
-        Instant::now(),
-        counted.0.load(Ordering::Relaxed),
-    );
+    let (cpu0, t0, n0) = (cpu_seconds(child.id()), Instant::now(), counted.spans());
     let mut sent = 0;
     let mut i = 0;
     while sent < total {
@@ -108,7 +73,7 @@ async fn main() {
         sent += 1000;
         i += 1;
     }
-    while counted.0.load(Ordering::Relaxed) < n0 + total {
+    while counted.spans() < n0 + total {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let (cpu, wall) = (cpu_seconds(child.id()) - cpu0, t0.elapsed().as_secs_f64());

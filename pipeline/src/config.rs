@@ -815,17 +815,11 @@ impl Config {
         }
         let ex = &self.exporters.traces.otlp;
         if let Some(ep) = &ex.endpoint {
-            let ok = ep
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-            if ok.is_none() {
-                out.push(Problem {
-                    path: "exporters.traces.otlp.endpoint".into(),
-                    message: format!("`{ep}` is not an http:// or https:// URL with a host"),
-                    hint: "e.g. `http://127.0.0.1:4317` for gRPC or `http://127.0.0.1:4318` for http/protobuf".into(),
-                });
-            }
+            out.extend(endpoint_problem(
+                "exporters.traces.otlp.endpoint",
+                ep,
+                "e.g. `http://127.0.0.1:4317` for gRPC or `http://127.0.0.1:4318` for http/protobuf",
+            ));
             if let Some(ca) = &ex.ca_file
                 && std::fs::metadata(ca).is_err()
             {
@@ -853,13 +847,12 @@ impl Config {
                 hint: "make the queue several times the largest request".into(),
             });
         }
-        if ex.retry_initial_backoff.0 > ex.retry_max_backoff.0 {
-            out.push(Problem {
-                path: "exporters.traces.otlp.retry_initial_backoff".into(),
-                message: "is longer than retry_max_backoff".into(),
-                hint: "e.g. initial `100ms`, max `5s`".into(),
-            });
-        }
+        out.extend(backoff_problem(
+            "exporters.traces.otlp",
+            ex.retry_initial_backoff,
+            ex.retry_max_backoff,
+        ));
+        out.extend(header_problems("exporters.traces.otlp", &ex.headers));
         out.extend(self.exporters.remote_write.validate());
         for (i, attr) in self.prometheus.promote_resource_attributes.iter().enumerate() {
             if attr.is_empty() {
@@ -1028,17 +1021,11 @@ impl RemoteWriteConfig {
             hint: hint.into(),
         };
         if let Some(ep) = &self.endpoint {
-            let ok = ep
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-            if ok.is_none() {
-                out.push(p(
-                    "endpoint",
-                    format!("`{ep}` is not an http:// or https:// URL with a host"),
-                    "e.g. `http://127.0.0.1:9090/api/v1/write` (Prometheus) or `http://mimir:8080/api/v1/push`",
-                ));
-            }
+            out.extend(endpoint_problem(
+                "exporters.remote_write.endpoint",
+                ep,
+                "e.g. `http://127.0.0.1:9090/api/v1/write` (Prometheus) or `http://mimir:8080/api/v1/push`",
+            ));
         }
         if self.interval.0 < Duration::from_secs(1) {
             out.push(p(
@@ -1067,30 +1054,62 @@ impl RemoteWriteConfig {
                 "use at least `1MiB`; a few snapshots' worth, e.g. `64MiB`",
             ));
         }
-        if self.retry_initial_backoff.0 > self.retry_max_backoff.0 {
-            out.push(p(
-                "retry_initial_backoff",
-                "is longer than retry_max_backoff".into(),
-                "e.g. initial `100ms`, max `5s`",
-            ));
-        }
-        for (k, v) in &self.headers {
-            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                out.push(p(
-                    &format!("headers.{k}"),
-                    "is not a valid HTTP header name".into(),
-                    "use letters, digits and `-`, e.g. `X-Scope-OrgID`",
-                ));
-            } else if http::HeaderValue::from_str(v).is_err() {
-                out.push(p(
-                    &format!("headers.{k}"),
-                    "is not a valid HTTP header value".into(),
-                    "use visible ASCII without line breaks",
-                ));
-            }
-        }
+        out.extend(backoff_problem(
+            "exporters.remote_write",
+            self.retry_initial_backoff,
+            self.retry_max_backoff,
+        ));
+        out.extend(header_problems("exporters.remote_write", &self.headers));
         out
     }
+}
+
+/// An exporter endpoint must be an `http://` or `https://` URL with a host.
+fn endpoint_problem(path: &str, endpoint: &str, hint: &str) -> Option<Problem> {
+    let ok = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    ok.is_none().then(|| Problem {
+        path: path.into(),
+        message: format!("`{endpoint}` is not an http:// or https:// URL with a host"),
+        hint: hint.into(),
+    })
+}
+
+/// An exporter's first retry delay must not exceed its longest one.
+fn backoff_problem(prefix: &str, initial: DurationStr, max: DurationStr) -> Option<Problem> {
+    (initial.0 > max.0).then(|| Problem {
+        path: format!("{prefix}.retry_initial_backoff"),
+        message: "is longer than retry_max_backoff".into(),
+        hint: "e.g. initial `100ms`, max `5s`".into(),
+    })
+}
+
+/// Every configured header must be a valid HTTP header name and value.
+fn header_problems(prefix: &str, headers: &std::collections::BTreeMap<String, String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        let problem = if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            (
+                "is not a valid HTTP header name",
+                "use letters, digits and `-`, e.g. `X-Scope-OrgID`",
+            )
+        } else if http::HeaderValue::from_str(v).is_err() {
+            (
+                "is not a valid HTTP header value",
+                "use visible ASCII without line breaks",
+            )
+        } else {
+            continue;
+        };
+        out.push(Problem {
+            path: format!("{prefix}.headers.{k}"),
+            message: problem.0.into(),
+            hint: problem.1.into(),
+        });
+    }
+    out
 }
 
 /// Sets `segs` in `doc` to the YAML scalar `value`, creating mappings along the way.
@@ -1206,6 +1225,22 @@ mod tests {
         assert!(p[0].message.contains("invalid duration"), "{}", p[0].message);
         let p = problems("receivers:\n  otlp:\n    grpc:\n      listen: nowhere\n");
         assert_eq!(p[0].path, "receivers.otlp.grpc.listen");
+    }
+
+    #[test]
+    fn both_exporters_share_endpoint_backoff_and_header_checks() {
+        let p = problems(
+            "exporters:\n  traces:\n    otlp:\n      endpoint: tempo:4317\n      headers: {\"bad key\": x}\n      retry_initial_backoff: 10s\n      retry_max_backoff: 1s\n  remote_write:\n    endpoint: ftp://x\n    headers: {\"bad key\": x}\n    retry_initial_backoff: 10s\n    retry_max_backoff: 1s\n",
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        for prefix in ["exporters.traces.otlp", "exporters.remote_write"] {
+            for key in ["endpoint", "headers.bad key", "retry_initial_backoff"] {
+                assert!(
+                    paths.contains(&format!("{prefix}.{key}").as_str()),
+                    "{prefix}.{key} missing: {paths:?}"
+                );
+            }
+        }
     }
 
     #[test]
