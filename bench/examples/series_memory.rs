@@ -1,8 +1,6 @@
 //! Memory per active series: heap bytes held by the store per counter series with 5 labels and one
 //! exemplar, counted by a global allocator wrapper. `cargo run --release -p spindle-bench --example series_memory`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -13,27 +11,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use spindle::process::translate::Translator;
 use spindle::store::Store;
-
-struct Counting;
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HELD.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HELD.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        HELD.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use spindle_bench::CountingAlloc;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: CountingAlloc = CountingAlloc;
 
 fn kv(k: &str, v: String) -> KeyValue {
     KeyValue {
@@ -90,7 +71,7 @@ fn main() {
     let series = 1_000_000u64;
     let t = Translator::default();
     let store = Store::new(Duration::from_secs(3600), usize::MAX, &[]);
-    let before = HELD.load(Ordering::Relaxed);
+    let before = CountingAlloc::held();
     let mut label_bytes = 0usize;
     for from in (0..series).step_by(10_000) {
         store.write(t.translate(batch(from, 10_000)), Instant::now());
@@ -98,7 +79,7 @@ fn main() {
     for h in store.families() {
         label_bytes += h.lock().series().iter().map(|s| s.labels().len()).sum::<usize>();
     }
-    let held = (HELD.load(Ordering::Relaxed) - before) as f64;
+    let held = (CountingAlloc::held() - before) as f64;
     println!(
         "{series} series: {:.0} heap bytes per series (of which {:.0} are the rendered label set)",
         held / series as f64,

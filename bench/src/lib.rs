@@ -256,3 +256,33 @@ impl CountingBackend {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+static HELD: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+/// A global allocator that counts the heap bytes held, for the memory examples: declare
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;` and read [`CountingAlloc::held`].
+#[derive(Debug)]
+pub struct CountingAlloc;
+
+impl CountingAlloc {
+    /// Heap bytes currently held through this allocator.
+    pub fn held() -> isize {
+        HELD.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is updated.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        HELD.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        HELD.fetch_sub(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        HELD.fetch_add(new as isize - l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}

@@ -21,9 +21,10 @@ use crate::export::remote_write;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::routes::{self, ExposeState};
 use crate::model::Outcome;
+use crate::process::cardinality::Limiter;
 use crate::process::enrich::{CatalogHandle, Enricher};
 use crate::process::span_metrics::SpanMetrics;
-use crate::process::translate::Translator;
+use crate::process::translate::{Samples, Translator};
 use crate::receive::status::Refusal;
 use crate::receive::{Consumer, Shared, grpc, http};
 use crate::store::Store;
@@ -37,6 +38,18 @@ pub struct Pipeline {
     span_metrics: Option<SpanMetrics>,
     exporter: Option<TraceExporter>,
     enricher: Option<Enricher>,
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// Writes translated metrics: through the cardinality limiter (when there is one), then into the
+/// store, both on the store's clock so they expire series in step. `admit` is false for batches
+/// that must not create series (span-metric exemplars published after their counts).
+pub fn write_metrics(store: &Store, limiter: Option<&Limiter>, mut batch: Samples, admit: bool) -> Outcome {
+    let now = Instant::now();
+    if let Some(l) = limiter {
+        l.limit(&mut batch, store.tick(now), admit);
+    }
+    store.write(batch, now)
 }
 
 impl Pipeline {
@@ -54,7 +67,18 @@ impl Pipeline {
             span_metrics,
             exporter,
             enricher: None,
+            limiter: None,
         }
+    }
+
+    /// The same pipeline, passing every metrics batch through `limiter` before the store.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    fn write(&self, batch: Samples, admit: bool) -> Outcome {
+        write_metrics(&self.store, self.limiter.as_deref(), batch, admit)
     }
 
     /// The same pipeline, enriching every request with `enricher` before anything else reads it
@@ -71,7 +95,7 @@ impl Consumer for Pipeline {
             e.metrics(&mut req);
         }
         let samples = self.translator.translate(req);
-        Ok(self.store.write(samples, Instant::now()))
+        Ok(self.write(samples, true))
     }
 
     fn consume_traces(&self, mut req: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
@@ -99,18 +123,21 @@ impl Consumer for Pipeline {
             .filter(|sm| sm.enabled())
             .map(|sm| sm.process(&req));
         let (counts, exemplars) = metrics.map(|m| (m.counts, m.exemplars)).unzip();
-        match &self.exporter {
+        let exemplars = match &self.exporter {
             // Queue first: when the queue refuses, nothing has been counted and the client retries.
-            Some(exporter) => exporter.try_enqueue(req, out.accepted, exemplars.unwrap_or_default())?,
-            // No backend: exemplars name spans Spindle received.
-            None => {
-                if let Some(e) = exemplars {
-                    self.store.write(e, Instant::now());
-                }
+            Some(exporter) => {
+                exporter.try_enqueue(req, out.accepted, exemplars.unwrap_or_default())?;
+                None
             }
-        }
+            // No backend: exemplars name spans Spindle received.
+            None => exemplars,
+        };
         if let Some(c) = counts {
-            self.store.write(c, Instant::now());
+            self.write(c, true);
+        }
+        // After the counts, so the cardinality limiter sends each exemplar where its count went.
+        if let Some(e) = exemplars {
+            self.write(e, false);
         }
         Ok(out)
     }
@@ -207,15 +234,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &reserved,
     ));
 
+    let limiter = Arc::new(
+        Limiter::new(
+            &config.processors.cardinality,
+            config.prometheus.max_series,
+            telemetry.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("cannot build `processors.cardinality`")?,
+    );
+
     let mut receivers = Stage::new();
     let mut rest = Stage::new();
     let ex = &config.exporters.traces.otlp;
     let (exporter, exporter_stage) = match &ex.endpoint {
         Some(endpoint) => {
             let mut stage = Stage::new();
-            let st = store.clone();
+            let (st, lim) = (store.clone(), limiter.clone());
             let on_forwarded = Box::new(move |exemplars| {
-                st.write(exemplars, Instant::now());
+                write_metrics(&st, Some(&lim), exemplars, false);
             });
             let (exporter, handle) = traces::spawn(ex, endpoint, telemetry.clone(), on_forwarded, stage.token.clone())
                 .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
@@ -240,7 +277,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Some(SpanMetrics::new(config.processors.span_metrics.clone())),
             exporter,
         )
-        .with_enricher(enricher),
+        .with_enricher(enricher)
+        .with_limiter(limiter.clone()),
     );
     let otlp = &config.receivers.otlp;
     let shared = Shared::new(
@@ -296,6 +334,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         telemetry: telemetry.clone(),
         ready: ready.clone(),
         buffers: Default::default(),
+        limiter: limiter.clone(),
     };
     rest.tasks.spawn(async move {
         axum::serve(prom_l, routes::router(state))
@@ -305,7 +344,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let c = rest.token.clone();
-    let (st, tel) = (store.clone(), telemetry.clone());
+    let (st, tel, lim) = (store.clone(), telemetry.clone(), limiter.clone());
+    let ttl = config.prometheus.series_ttl.0.as_secs().min(u32::MAX as u64) as u32;
     let every = sweep_interval(config.prometheus.series_ttl.0);
     rest.tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -314,8 +354,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tokio::select! {
                 _ = c.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    let st = st.clone();
-                    let n = tokio::task::spawn_blocking(move || st.expire(Instant::now())).await.unwrap_or(0);
+                    let (st, lim) = (st.clone(), lim.clone());
+                    let n = tokio::task::spawn_blocking(move || {
+                        let now = Instant::now();
+                        let n = st.expire(now);
+                        lim.expire(st.tick(now), ttl);
+                        n
+                    })
+                    .await
+                    .unwrap_or(0);
                     tel.expired(n);
                 }
             }

@@ -8,7 +8,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+
 use crate::model::{Format, Protocol, Signal};
+use crate::process::cardinality::RejectReason;
 
 const SIGNALS: [Signal; 2] = [Signal::Metrics, Signal::Traces];
 const PROTOCOLS: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
@@ -242,10 +247,26 @@ pub struct Telemetry {
     rw_sent_exemplars: AtomicU64,
     /// Catalog reloads: `[ok, error]`.
     catalog_reloads: [AtomicU64; 2],
+    cardinality: CardinalityStats,
+}
+
+/// Most series `spindle_cardinality_folded_points_total` has (one per metric and reason); folds of
+/// further metrics are counted under `metric="_other"`.
+pub const MAX_FOLDED_SERIES: usize = 1000;
+
+/// What the cardinality limiter did.
+#[derive(Debug, Default)]
+struct CardinalityStats {
+    /// `(metric, reason)` → folded points.
+    folded: Mutex<BTreeMap<(Box<str>, &'static str), u64>>,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// `(label, normalizer kind)` → values rewritten; labels come from the configuration.
+    normalized: Mutex<BTreeMap<(Box<str>, &'static str), u64>>,
+    streams: AtomicU64,
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
-const FAMILIES: [(&str, &str, &str); 21] = [
+const FAMILIES: [(&str, &str, &str); 25] = [
     (
         "spindle_received_requests",
         "counter",
@@ -351,6 +372,26 @@ const FAMILIES: [(&str, &str, &str); 21] = [
         "counter",
         "Service-catalog reloads after the file changed, by result (ok, or error: the old catalog stays).",
     ),
+    (
+        "spindle_cardinality_folded_points",
+        "counter",
+        "Data points folded into their metric's overflow series, by metric and reason.",
+    ),
+    (
+        "spindle_cardinality_rejected_points",
+        "counter",
+        "Data points the cardinality limiter rejected (reported in partial_success), by reason.",
+    ),
+    (
+        "spindle_cardinality_normalized_values",
+        "counter",
+        "Label values rewritten by processors.cardinality.normalize, by label and kind.",
+    ),
+    (
+        "spindle_cardinality_stream_states",
+        "gauge",
+        "Cumulative streams whose last report is kept to fold or merge them exactly.",
+    ),
 ];
 
 fn idx(s: Signal, p: Protocol) -> (usize, usize) {
@@ -417,6 +458,47 @@ impl Telemetry {
             self.catalog_reloads[0].load(Ordering::Relaxed),
             self.catalog_reloads[1].load(Ordering::Relaxed),
         )
+    }
+
+    /// Counts points folded into `metric`'s overflow series for `reason`.
+    pub fn cardinality_folded(&self, metric: &str, reason: &'static str, n: u64) {
+        let mut m = self.cardinality.folded.lock();
+        let known = m.contains_key(&(Box::from(metric), reason));
+        let metric = if known || m.len() < MAX_FOLDED_SERIES {
+            metric
+        } else {
+            "_other"
+        };
+        *m.entry((metric.into(), reason)).or_default() += n;
+    }
+
+    /// Counts points the cardinality limiter rejected.
+    pub fn cardinality_rejected(&self, reason: RejectReason, n: u64) {
+        self.cardinality.rejected[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts label values a normalizer rewrote.
+    pub fn cardinality_normalized(&self, label: &str, kind: &'static str, n: u64) {
+        *self
+            .cardinality
+            .normalized
+            .lock()
+            .entry((label.into(), kind))
+            .or_default() += n;
+    }
+
+    /// Sets the number of kept stream states.
+    pub fn cardinality_streams(&self, n: usize) {
+        self.cardinality.streams.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Points folded so far for `metric` and `reason` (for tests).
+    pub fn folded_points(&self, metric: &str, reason: &str) -> u64 {
+        let m = self.cardinality.folded.lock();
+        m.iter()
+            .filter(|((name, r), _)| &**name == metric && *r == reason)
+            .map(|(_, v)| *v)
+            .sum()
     }
 
     /// Accepted item count for a signal and protocol (for tests and logs).
@@ -498,6 +580,39 @@ impl Telemetry {
                 self.catalog_reloads[i].load(Ordering::Relaxed)
             );
         }
+        let mut escaped = Vec::new();
+        header(out, 21);
+        for ((metric, reason), n) in self.cardinality.folded.lock().iter() {
+            escaped.clear();
+            crate::store::escape_label_value(metric, &mut escaped);
+            let _ = writeln!(
+                out,
+                "{}_total{{metric=\"{}\",reason=\"{reason}\"}} {n}",
+                FAMILIES[21].0,
+                String::from_utf8_lossy(&escaped)
+            );
+        }
+        header(out, 22);
+        for r in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "{}_total{{reason=\"{}\"}} {}",
+                FAMILIES[22].0,
+                r.as_str(),
+                self.cardinality.rejected[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        header(out, 23);
+        for ((label, kind), n) in self.cardinality.normalized.lock().iter() {
+            let _ = writeln!(out, "{}_total{{label=\"{label}\",kind=\"{kind}\"}} {n}", FAMILIES[23].0);
+        }
+        header(out, 24);
+        let _ = writeln!(
+            out,
+            "{} {}",
+            FAMILIES[24].0,
+            self.cardinality.streams.load(Ordering::Relaxed)
+        );
     }
 }
 

@@ -15,17 +15,22 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// Runs `spindle validate --config <path>`.
+fn validate(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn validate_accepts_a_good_file() {
     let p = write(
         "good.yaml",
         "prometheus:\n  series_ttl: 1m\n  promote_resource_attributes: [deployment.environment]\n",
     );
-    let out = Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = validate(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
@@ -36,11 +41,7 @@ fn validate_reports_every_problem_with_its_path_and_exits_2() {
         "bad.yaml",
         "receivers:\n  otlp:\n    grpc:\n      listen: 127.0.0.1:9464\n      lisen: x\nprometheus:\n  series_ttl: 10ms\nexporters:\n  logs: {}\n",
     );
-    let out = Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = validate(&p);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for path in ["receivers.otlp.grpc.lisen", "exporters.logs"] {
@@ -53,6 +54,26 @@ fn validate_reports_every_problem_with_its_path_and_exits_2() {
         "{err}"
     );
     assert!(err.contains("prometheus.series_ttl:"), "{err}");
+}
+
+#[test]
+fn validate_catches_contradictory_cardinality_limits_with_a_hint() {
+    let p = write(
+        "limits.yaml",
+        "processors:\n  cardinality:\n    max_series: 1000\n    metrics: [{match: 'http_*', max_series: 5000}]\n    normalize: [{labels: [path], kind: regex, pattern: '[', replacement: x}]\n",
+    );
+    let out = validate(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("processors.cardinality.metrics[0].max_series: 5000 is above the global series limit (1000)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("processors.cardinality.normalize[0].pattern: does not compile"),
+        "{err}"
+    );
+    assert_eq!(err.matches("hint:").count(), 2, "{err}");
 }
 
 #[test]
@@ -75,11 +96,7 @@ fn print_config_shows_every_key_and_applies_env_overrides() {
     }
     // What it prints is itself a valid config.
     let p = write("printed.yaml", &text);
-    let out = Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = validate(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -2,42 +2,24 @@
 //! and a span-metrics dimension; the service catalog reloads without a restart, and a broken
 //! catalog file keeps the previous one and is counted.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{kv, spindle};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 use prost::Message;
-use spindle::app::{Running, start};
+use spindle::app::Running;
 use spindle::config::{
-    CatalogConfig, Config, Dimension, DurationStr, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
+    CatalogConfig, Dimension, DurationStr, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
-
-async fn spindle(tweak: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.receivers.otlp.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.prometheus.listen = "127.0.0.1:0".parse().unwrap();
-    tweak(&mut c);
-    assert_eq!(c.validate(), vec![], "test config must validate");
-    start(c).await.unwrap()
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 fn resource() -> Option<Resource> {
     Some(Resource {

@@ -1,5 +1,6 @@
-//! Whatever a peer sends, the metrics path (translate → store → render) neither panics nor emits a
-//! histogram whose `le` bounds go backwards. Random requests with extreme values: integers at their
+//! Whatever a peer sends, the metrics path (translate → store → render, and with the cardinality
+//! limiter folding everything into overflow series) neither panics nor emits a histogram whose `le`
+//! bounds go backwards. Random requests with extreme values: integers at their
 //! limits, NaN and infinities, any scale and offset, huge counts, mismatched bucket lists.
 
 use std::time::{Duration, Instant};
@@ -11,8 +12,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use proptest::prelude::*;
+use spindle::app::write_metrics;
+use spindle::config::CardinalityConfig;
 use spindle::expose::render;
 use spindle::model::Format;
+use spindle::process::cardinality::Limiter;
 use spindle::process::translate::Translator;
 use spindle::store::Store;
 use spindle::telemetry::Telemetry;
@@ -151,20 +155,29 @@ proptest! {
     #[test]
     fn hostile_requests_never_panic_and_render_valid_buckets(reqs in proptest::collection::vec(request(), 1..4)) {
         let store = Store::new(Duration::from_secs(60), 10_000, &[]);
+        // A second store behind a limiter that folds every series: cumulative points become
+        // increments against the stream's previous report.
+        let folded = Store::new(Duration::from_secs(60), 10_000, &[]);
+        let cfg = CardinalityConfig { max_series_per_metric: 1, ..Default::default() };
+        let limiter = Limiter::new(&cfg, 10_000, Default::default()).unwrap();
         let t = Translator::default();
         for r in reqs {
             // Twice: deltas accumulate, cumulative points replace.
-            store.write(t.translate(r.clone()), Instant::now());
-            store.write(t.translate(r), Instant::now());
+            for _ in 0..2 {
+                store.write(t.translate(r.clone()), Instant::now());
+                write_metrics(&folded, Some(&limiter), t.translate(r.clone()), true);
+            }
         }
         let telemetry = Telemetry::default();
-        for format in [Format::OpenMetrics, Format::Text] {
-            let mut out = Vec::new();
-            render(&store, &telemetry, format, &mut out);
-            let text = String::from_utf8(out).expect("UTF-8 output");
-            prop_assert!(buckets_are_ordered(&text).is_ok(), "{:?}\n{text}", buckets_are_ordered(&text));
+        for s in [&store, &folded] {
+            for format in [Format::OpenMetrics, Format::Text] {
+                let mut out = Vec::new();
+                render(s, &telemetry, format, &mut out);
+                let text = String::from_utf8(out).expect("UTF-8 output");
+                prop_assert!(buckets_are_ordered(&text).is_ok(), "{:?}\n{text}", buckets_are_ordered(&text));
+            }
+            s.expire(Instant::now() + Duration::from_secs(120));
+            prop_assert_eq!(s.series_count(), 0);
         }
-        store.expire(Instant::now() + Duration::from_secs(120));
-        prop_assert_eq!(store.series_count(), 0);
     }
 }

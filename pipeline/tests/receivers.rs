@@ -1,13 +1,15 @@
 //! OTLP receivers end to end, in-process on port 0: success in both encodings and both protocols,
 //! `partial_success`, and every documented refusal with its status, message and counted metric.
 
+mod common;
+
 use std::io::Write;
 
+use common::kv;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     metric, number_data_point,
@@ -19,22 +21,7 @@ use spindle::app::{Running, start};
 use spindle::config::{ByteSize, Config};
 
 async fn spindle(tweak: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.receivers.otlp.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.prometheus.listen = "127.0.0.1:0".parse().unwrap();
-    tweak(&mut c);
-    start(c).await.unwrap()
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
+    start(common::config(tweak)).await.unwrap()
 }
 
 fn counter(name: &str, value: i64) -> Metric {

@@ -4,16 +4,18 @@
 //! a full queue makes receivers answer "overloaded"; permanent errors drop and count; exemplars
 //! only ever name forwarded spans; shutdown flushes the queue.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::kv;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use parking_lot::Mutex;
@@ -114,27 +116,15 @@ impl Downstream {
 }
 
 async fn spindle(downstream: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.receivers.otlp.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.prometheus.listen = "127.0.0.1:0".parse().unwrap();
-    let ex = &mut c.exporters.traces.otlp;
-    ex.endpoint = downstream.map(|a| format!("http://{a}"));
-    ex.batch_timeout = DurationStr(Duration::from_millis(10));
-    ex.retry_initial_backoff = DurationStr(Duration::from_millis(20));
-    ex.retry_max_backoff = DurationStr(Duration::from_millis(200));
-    tweak(&mut c);
+    let c = common::config(|c| {
+        let ex = &mut c.exporters.traces.otlp;
+        ex.endpoint = downstream.map(|a| format!("http://{a}"));
+        ex.batch_timeout = DurationStr(Duration::from_millis(10));
+        ex.retry_initial_backoff = DurationStr(Duration::from_millis(20));
+        ex.retry_max_backoff = DurationStr(Duration::from_millis(200));
+        tweak(c);
+    });
     start(c).await.unwrap()
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 /// `n` server spans of service `svc`, each in its own trace; trace ids start at `first`.
@@ -498,6 +488,10 @@ async fn without_an_exporter_span_metrics_still_work_and_exemplars_name_received
         .map(|s| s.trace_id.clone().try_into().unwrap())
         .collect();
     assert!(ids.iter().all(|i| sent.contains(i)));
+    // Exemplars go to the series their counts created (they are written after the counts).
+    assert!(!text.contains("otel_metric_overflow"), "{text}");
+    let calls = "traces_span_metrics_calls_total{service_name=\"svc\",span_kind=\"SPAN_KIND_SERVER\",span_name=\"GET /users/{id}\",status_code=\"STATUS_CODE_UNSET\"} 5.0 # {trace_id=";
+    assert!(text.contains(calls), "{text}");
     r.shutdown().await.unwrap();
 }
 
@@ -555,5 +549,79 @@ async fn https_endpoint_is_reached_over_tls_with_a_configured_ca() {
         "an untrusted server must not receive spans"
     );
     let _ = std::fs::remove_file(&ca_file);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn span_metrics_past_the_limit_fold_with_exemplars_of_forwarded_spans() {
+    let down = Downstream::new(Behaviour::Ok);
+    let stop = CancellationToken::new();
+    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
+    let r = spindle(Some(addr), |c| c.processors.cardinality.max_series_per_metric = 4).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
+        .await
+        .unwrap();
+    // 20 spans, each with its own name: 3 series per metric are admitted, 17 spans fold.
+    let mut req = spans(0, 20);
+    for (i, s) in req.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {
+        s.name = format!("op-{i:02}");
+    }
+    client.export(req.clone()).await.unwrap();
+    down.wait_for(20, Duration::from_secs(10)).await;
+    let overflow = "traces_span_metrics_calls_total{otel_metric_overflow=\"true\"}";
+    let mut text = String::new();
+    wait_until("overflow series with an exemplar", Duration::from_secs(5), async || {
+        text = openmetrics(&r).await;
+        !exemplar_trace_ids(&text, overflow).is_empty()
+    })
+    .await;
+    assert_eq!(metric_value(&text, overflow), Some(17.0), "{text}");
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("traces_span_metrics_calls_total{"))
+        .map(|l| {
+            l.split("} ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 20.0, "every span counted once:\n{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("traces_span_metrics_calls_total{"))
+            .count(),
+        4
+    );
+    // The overflow series' exemplars name spans that folded, and that the backend received.
+    let folded: HashSet<[u8; 16]> = req.resource_spans[0].scope_spans[0]
+        .spans
+        .iter()
+        .filter(|s| !text.contains(&format!("span_name=\"{}\"", s.name)))
+        .map(|s| s.trace_id.clone().try_into().unwrap())
+        .collect();
+    assert_eq!(folded.len(), 17);
+    let forwarded: HashSet<[u8; 16]> = down.trace_ids().into_iter().collect();
+    for prefix in [
+        overflow,
+        "traces_span_metrics_duration_seconds_bucket{otel_metric_overflow=\"true\"",
+    ] {
+        let ids = exemplar_trace_ids(&text, prefix);
+        assert!(!ids.is_empty(), "no exemplar on {prefix}:\n{text}");
+        for id in ids {
+            assert!(folded.contains(&id) && forwarded.contains(&id), "{prefix}: {id:?}");
+        }
+    }
+    assert!(
+        text.contains(
+            "spindle_cardinality_folded_points_total{metric=\"traces_span_metrics_calls\",reason=\"max_series_per_metric\"} 17"
+        ),
+        "{text}"
+    );
+    r.shutdown().await.unwrap();
     stop.cancel();
 }

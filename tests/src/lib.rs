@@ -158,6 +158,53 @@ pub async fn run_process(program: &Path, args: &[&str], stdin: Option<&[u8]>) ->
     )
 }
 
+/// An OpenMetrics exposition as `prometheus_client`'s strict parser (`parse_openmetrics.py`) read it.
+#[derive(Debug, Deserialize)]
+pub struct ParsedOpenMetrics {
+    /// Families in exposition order.
+    pub families: Vec<ParsedFamily>,
+}
+
+/// One family as `prometheus_client` read it.
+#[derive(Debug, Deserialize)]
+pub struct ParsedFamily {
+    /// Family name (counters without `_total`).
+    pub name: String,
+    /// `counter`, `gauge`, `histogram`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its samples.
+    pub samples: Vec<ParsedSample>,
+}
+
+/// One sample as `prometheus_client` read it.
+#[derive(Debug, Deserialize)]
+pub struct ParsedSample {
+    /// Sample name (`foo_total`, `foo_bucket`, …).
+    pub name: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// The value (a number, or a string for special values).
+    pub value: serde_json::Value,
+    /// The exemplar, if any.
+    pub exemplar: Option<ParsedExemplar>,
+}
+
+/// An exemplar as `prometheus_client` read it.
+#[derive(Debug, Deserialize)]
+pub struct ParsedExemplar {
+    /// Exemplar labels (`trace_id`, `span_id`).
+    pub labels: HashMap<String, String>,
+    /// Timestamp in seconds.
+    pub timestamp: Option<f64>,
+}
+
+/// Parses `text` with `prometheus_client`'s strict OpenMetrics parser; panics when it refuses it.
+pub async fn parse_with_prometheus_client(text: &str) -> ParsedOpenMetrics {
+    let out = run_python("parse_openmetrics.py", &[], Some(text.as_bytes())).await;
+    serde_json::from_str(&out.stdout).expect("parse_openmetrics.py JSON")
+}
+
 /// Runs a Python peer script from `tests/python/` with the peers' interpreter ([`python()`]).
 ///
 /// # Panics

@@ -738,12 +738,19 @@ async fn every_metric_the_dashboards_and_alerts_query_is_produced_by_spindle() {
         }
     }
     assert!(exprs.len() >= 20 && rule_exprs >= 15, "too few queries found");
-    // The cardinality limiter (otel_metric_overflow="true" series, spindle_cardinality_*) lands
-    // with issue 5; until then the cardinality alerts use spindle_active_series and
-    // spindle_rejected_items_total, which exist today, so no exception is needed here.
 
-    // Spindle, fed what the demo services send: their metrics and their spans.
-    let spindle = start_spindle(|_| {}).await;
+    // Spindle, fed what the demo services send: their metrics and their spans; one metric is
+    // limited to its overflow series so the cardinality panels and alerts have something to show.
+    let spindle = start_spindle(|c| {
+        c.processors.cardinality.metrics = vec![spindle::config::MetricOverride {
+            pattern: "demo_slow_calls_total".into(),
+            max_series: Some(1),
+            max_label_values: None,
+            allow_labels: None,
+            deny_labels: None,
+        }];
+    })
+    .await;
     let endpoint = format!("http://{}", spindle.grpc_addr);
     let mut metrics = MetricsServiceClient::connect(endpoint.clone()).await.expect("connect");
     let mut traces = TraceServiceClient::connect(endpoint).await.expect("connect");
@@ -773,6 +780,9 @@ async fn every_metric_the_dashboards_and_alerts_query_is_produced_by_spindle() {
                         "http_server_request_duration_seconds_bucket",
                         &[("job", "demo-backend")],
                     )
+                    .is_empty()
+                && !exp
+                    .find("demo_slow_calls_total", &[("otel_metric_overflow", "true")])
                     .is_empty()
         },
     )

@@ -6,13 +6,10 @@
 //! negotiation must follow the `Accept` header Prometheus really sends, and gzip must be served
 //! when asked for.
 
-use std::collections::HashMap;
-
-use serde::Deserialize;
 use spindle::app::Running;
 use spindle_e2e::{
-    OPENMETRICS_ACCEPT, Protocol, SendOptions, SentSummary, get, parse_exposition, peer_binary, run_process,
-    run_python, send_metrics, start_spindle, wait_for_openmetrics,
+    OPENMETRICS_ACCEPT, ParsedSample, Protocol, SendOptions, SentSummary, get, parse_exposition,
+    parse_with_prometheus_client, peer_binary, run_process, send_metrics, start_spindle, wait_for_openmetrics,
 };
 
 /// The `Accept` header Prometheus 2.x sends when OpenMetrics is enabled (exemplar storage on).
@@ -37,33 +34,6 @@ async fn spindle_with_sdk_data(service: &str) -> (Running, SentSummary) {
     (spindle, sent)
 }
 
-#[derive(Debug, Deserialize)]
-struct Parsed {
-    families: Vec<Family>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Family {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
-    samples: Vec<ParsedSample>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ParsedSample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: serde_json::Value,
-    exemplar: Option<ParsedExemplar>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ParsedExemplar {
-    labels: HashMap<String, String>,
-    timestamp: Option<f64>,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn openmetrics_parses_with_prometheus_client_and_keeps_exemplars() {
     let (spindle, sent) = spindle_with_sdk_data("expo-om").await;
@@ -78,8 +48,7 @@ async fn openmetrics_parses_with_prometheus_client_and_keeps_exemplars() {
     let text = scrape.text();
     assert!(text.ends_with("# EOF\n"), "OpenMetrics must end with `# EOF\\n`");
 
-    let out = run_python("parse_openmetrics.py", &[], Some(text.as_bytes())).await;
-    let parsed: Parsed = serde_json::from_str(&out.stdout).expect("parse_openmetrics.py JSON");
+    let parsed = parse_with_prometheus_client(&text).await;
     let family = |name: &str| {
         parsed.families.iter().find(|f| f.name == name).unwrap_or_else(|| {
             panic!(

@@ -13,6 +13,7 @@ use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::model::Format;
+use crate::process::cardinality::Limiter;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -27,6 +28,8 @@ pub struct ExposeState {
     pub ready: Arc<AtomicBool>,
     /// Scrape buffers, reused so a large scrape does not fault in fresh memory every time.
     pub buffers: Arc<BufferPool>,
+    /// The cardinality limiter, for `/api/v1/cardinality`.
+    pub limiter: Arc<Limiter>,
 }
 
 /// A small pool of scrape buffers. A buffer goes back to the pool when the response that
@@ -89,7 +92,37 @@ pub fn router(state: ExposeState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/cardinality", get(cardinality))
         .with_state(state)
+}
+
+/// Query of `/api/v1/cardinality`.
+#[derive(Debug, serde::Deserialize)]
+struct CardinalityQuery {
+    /// How many metrics (and labels per metric) to list. Default 20.
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/cardinality[?limit=N]`: the limiter's report as JSON.
+async fn cardinality(
+    State(s): State<ExposeState>,
+    query: Result<axum::extract::Query<CardinalityQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(q) => q.limit.unwrap_or(20).clamp(1, 1000),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{}; use `?limit=N` (1 to 1000)\n", e.body_text()),
+            )
+                .into_response();
+        }
+    };
+    let report = tokio::task::spawn_blocking(move || s.limiter.report(&s.store, limit)).await;
+    match report {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "report failed\n").into_response(),
+    }
 }
 
 async fn readyz(State(s): State<ExposeState>) -> Response {

@@ -27,7 +27,8 @@ pub struct Span {
 }
 
 impl Span {
-    fn new(start: usize, end: usize) -> Self {
+    /// The range `start..end`.
+    pub fn new(start: usize, end: usize) -> Self {
         Span {
             start: start as u32,
             end: end as u32,

@@ -48,6 +48,34 @@ impl Buckets {
         by
     }
 
+    /// `self - other` bucket by bucket; `None` when a bucket of `other` is larger.
+    fn minus(&self, other: &Buckets) -> Option<Buckets> {
+        let get = |b: &Buckets, i: i64| {
+            let k = i - b.offset as i64;
+            if k >= 0 {
+                b.counts.get(k as usize).copied().unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        let first = other.offset as i64;
+        if other
+            .counts
+            .iter()
+            .enumerate()
+            .any(|(k, c)| get(self, first + k as i64) < *c)
+        {
+            return None;
+        }
+        let counts: Vec<u64> = (0..self.counts.len() as i64)
+            .map(|k| self.counts[k as usize] - get(other, self.offset as i64 + k))
+            .collect();
+        Some(Buckets {
+            offset: self.offset,
+            counts,
+        })
+    }
+
     fn add(&mut self, other: &Buckets) {
         if other.counts.is_empty() {
             return;
@@ -142,6 +170,33 @@ impl ExpHistogram {
         for (_, e) in d.exemplars {
             self.offer_exemplar(e);
         }
+    }
+
+    /// The increment from an earlier cumulative report `prev` to this one, at the coarser of the two
+    /// scales (so merging it elsewhere stays exact). `None` when this report is not a continuation
+    /// of `prev` (a reset: a count went down, or the zero bucket was resized).
+    pub fn delta_since(&self, prev: &ExpHistogram) -> Option<ExpHistogram> {
+        if self.count < prev.count || self.zero_count < prev.zero_count || self.zero_threshold != prev.zero_threshold {
+            return None;
+        }
+        let scale = self.scale.min(prev.scale);
+        let (mut cur, mut old) = (self.clone(), prev.clone());
+        cur.exemplars.clear();
+        old.exemplars.clear();
+        cur.downscale((cur.scale - scale) as u32);
+        old.downscale((old.scale - scale) as u32);
+        let positive = cur.positive.minus(&old.positive)?;
+        let negative = cur.negative.minus(&old.negative)?;
+        Some(ExpHistogram {
+            scale,
+            count: cur.count - old.count,
+            sum: cur.sum - old.sum,
+            zero_count: cur.zero_count - old.zero_count,
+            zero_threshold: cur.zero_threshold,
+            positive,
+            negative,
+            exemplars: Vec::new(),
+        })
     }
 
     /// Replaces the state with a cumulative report, keeping exemplars the report does not replace.

@@ -155,7 +155,9 @@ impl Store {
         self.series.load(Ordering::Relaxed)
     }
 
-    fn tick(&self, now: Instant) -> u32 {
+    /// The store's clock: whole seconds since it was created. Components that expire state in
+    /// step with the store (the cardinality limiter) use the same ticks.
+    pub fn tick(&self, now: Instant) -> u32 {
         now.saturating_duration_since(self.epoch).as_secs().min(u32::MAX as u64) as u32
     }
 
@@ -423,7 +425,8 @@ fn shared_bounds(last: &mut Option<Arc<[f64]>>, bounds: &[f64]) -> Arc<[f64]> {
     }
 }
 
-fn exp_from(p: &ExpPoint, batch: &Samples, exs: &[Exemplar]) -> ExpHistogram {
+/// The stored form of an exponential point (normalized), with its exemplars offered.
+pub(crate) fn exp_from(p: &ExpPoint, batch: &Samples, exs: &[Exemplar]) -> ExpHistogram {
     let mut h = ExpHistogram {
         scale: p.scale,
         count: p.count,
@@ -535,6 +538,13 @@ fn update_value(v: &mut SeriesValue, p: &Point, batch: &Samples, last_bounds: &m
                 h.sum = *sum;
             }
             offer_bucket_exemplars(h, exs);
+        }
+        // Increments of summaries (folded or merged streams) add count and sum; quantiles of
+        // different streams cannot be combined, so none are shown.
+        (SeriesValue::Summary(s), PointValue::Summary { count, sum, .. }) if delta => {
+            s.count = s.count.saturating_add(*count);
+            s.sum += sum;
+            s.quantiles = Box::new([]);
         }
         (SeriesValue::Exponential(h), PointValue::Exponential(e)) => {
             let new = exp_from(e, batch, exs);
