@@ -1,7 +1,9 @@
 //! Pure, synchronous transforms over owned batches.
 //!
 //! [`enrich`] edits attributes first; [`translate`] turns OTLP metrics into Prometheus samples;
-//! [`span_metrics`] derives RED metrics from spans. None of them does I/O (the enrichment catalog
+//! [`span_metrics`] derives RED metrics from spans; [`cardinality`] rewrites labels and enforces
+//! series limits on translated batches before the store (keeping bounded state of admitted series
+//! and folded streams, expired on the store's clock). None of them does I/O (the enrichment catalog
 //! is reloaded by a task in `app`).
 
 pub mod cardinality;
