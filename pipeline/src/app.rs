@@ -1,8 +1,8 @@
 //! Wiring: builds the components from a [`Config`], binds every listener, runs the servers and
 //! the expiry task, and drains in order on shutdown.
 //!
-//! Data path: receivers → [`Pipeline`] (enrich → translate → cardinality limits → store) → `/metrics` and, when configured,
-//! Prometheus remote write.
+//! Data path: receivers → [`Pipeline`] (enrich → translate → cardinality limits → store) →
+//! `/metrics` and, when configured, Prometheus remote write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
