@@ -339,20 +339,11 @@ fn label_list_problems(allow: &[String], deny: &[String], prefix: &str, out: &mu
 /// Labels are matched as Prometheus sees them, so a name with characters Prometheus replaces never
 /// matches.
 fn label_name_problem(path: &str, name: &str) -> Option<Problem> {
-    let valid = name
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
-    (name.is_empty() || !valid).then(|| {
-        let fixed: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        Problem {
-            path: path.into(),
-            message: format!("`{name}` is not a Prometheus label name, so it would never match"),
-            hint: format!("labels are matched as Prometheus shows them, e.g. `{fixed}`"),
-        }
+    let fixed = crate::process::translate::sanitized_label_name(name);
+    (fixed != name).then(|| Problem {
+        path: path.into(),
+        message: format!("`{name}` is not a label name Spindle produces, so it would never match"),
+        hint: format!("labels are matched as Prometheus shows them, e.g. `{fixed}`"),
     })
 }
 

@@ -159,6 +159,22 @@ fn spans(first: u32, n: u32) -> ExportTraceServiceRequest {
     }
 }
 
+/// A client of Spindle's OTLP/gRPC trace receiver.
+async fn client(r: &Running) -> TraceServiceClient<tonic::transport::Channel> {
+    TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
+        .await
+        .unwrap()
+}
+
+/// A downstream behaving as `behaviour` (stopped by the token) and a Spindle forwarding to it.
+async fn forwarding(behaviour: Behaviour, tweak: impl FnOnce(&mut Config)) -> (Downstream, CancellationToken, Running) {
+    let down = Downstream::new(behaviour);
+    let stop = CancellationToken::new();
+    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
+    let r = spindle(Some(addr), tweak).await;
+    (down, stop, r)
+}
+
 async fn openmetrics(r: &Running) -> String {
     reqwest::Client::new()
         .get(format!("http://{}/metrics", r.prometheus_addr))
@@ -201,13 +217,8 @@ async fn wait_until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_span_arrives_once_and_exemplars_name_forwarded_spans() {
-    let down = Downstream::new(Behaviour::Ok);
-    let stop = CancellationToken::new();
-    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
-    let r = spindle(Some(addr), |_| {}).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let (down, stop, r) = forwarding(Behaviour::Ok, |_| {}).await;
+    let mut client = client(&r).await;
     for batch in 0..10 {
         client.export(spans(batch * 50, 50)).await.unwrap();
     }
@@ -245,13 +256,8 @@ async fn every_span_arrives_once_and_exemplars_name_forwarded_spans() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_then_recovering_downstream_loses_nothing() {
-    let down = Downstream::new(Behaviour::FailFirst(3));
-    let stop = CancellationToken::new();
-    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
-    let r = spindle(Some(addr), |_| {}).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let (down, stop, r) = forwarding(Behaviour::FailFirst(3), |_| {}).await;
+    let mut client = client(&r).await;
     client.export(spans(0, 100)).await.unwrap();
     down.wait_for(100, Duration::from_secs(10)).await;
     assert_eq!(down.trace_ids().len(), 100);
@@ -273,9 +279,7 @@ async fn a_downstream_that_is_down_for_a_while_loses_nothing() {
         .local_addr()
         .unwrap();
     let r = spindle(Some(port), |_| {}).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = client(&r).await;
     client.export(spans(0, 40)).await.unwrap();
     client.export(spans(40, 40)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -308,9 +312,7 @@ async fn a_full_queue_makes_receivers_answer_overloaded_and_nothing_is_counted_t
         c.exporters.traces.otlp.queue_max_bytes = ByteSize(16 * 1024);
     })
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = client(&r).await;
     let mut accepted = 0u32;
     let mut refused = None;
     for b in 0..100 {
@@ -355,13 +357,8 @@ async fn a_full_queue_makes_receivers_answer_overloaded_and_nothing_is_counted_t
 
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_errors_drop_and_count_and_leave_no_dangling_exemplars() {
-    let down = Downstream::new(Behaviour::Reject);
-    let stop = CancellationToken::new();
-    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
-    let r = spindle(Some(addr), |_| {}).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let (down, stop, r) = forwarding(Behaviour::Reject, |_| {}).await;
+    let mut client = client(&r).await;
     client.export(spans(0, 30)).await.unwrap();
     let mut text = String::new();
     wait_until("the drop to be counted", Duration::from_secs(5), async || {
@@ -390,17 +387,12 @@ async fn permanent_errors_drop_and_count_and_leave_no_dangling_exemplars() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_flushes_the_queue() {
-    let down = Downstream::new(Behaviour::Ok);
-    let stop = CancellationToken::new();
-    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
     // A long batch window: spans are still queued when shutdown begins.
-    let r = spindle(Some(addr), |c| {
+    let (down, stop, r) = forwarding(Behaviour::Ok, |c| {
         c.exporters.traces.otlp.batch_timeout = DurationStr(Duration::from_secs(30))
     })
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = client(&r).await;
     client.export(spans(0, 25)).await.unwrap();
     assert!(down.received.lock().is_empty());
     let t = Instant::now();
@@ -454,9 +446,7 @@ async fn http_protobuf_exporter_honours_retry_after() {
         c.exporters.traces.otlp.protocol = OtlpProtocol::HttpProtobuf;
     })
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = client(&r).await;
     let t = Instant::now();
     client.export(spans(0, 10)).await.unwrap();
     wait_until("spans over HTTP", Duration::from_secs(10), async || {
@@ -475,9 +465,7 @@ async fn http_protobuf_exporter_honours_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_exporter_span_metrics_still_work_and_exemplars_name_received_spans() {
     let r = spindle(None, |_| {}).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = client(&r).await;
     client.export(spans(0, 5)).await.unwrap();
     let text = openmetrics(&r).await;
     let ids = exemplar_trace_ids(&text, "traces_span_metrics");
@@ -514,10 +502,7 @@ async fn https_endpoint_is_reached_over_tls_with_a_configured_ca() {
         c.exporters.traces.otlp.ca_file = Some(ca_file.display().to_string());
     })
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
-    client.export(spans(0, 7)).await.unwrap();
+    client(&r).await.export(spans(0, 7)).await.unwrap();
     down.wait_for(7, Duration::from_secs(10)).await;
     r.shutdown().await.unwrap();
 
@@ -536,10 +521,7 @@ async fn https_endpoint_is_reached_over_tls_with_a_configured_ca() {
         c.exporters.traces.otlp.endpoint = Some(format!("https://localhost:{}", addr2.port()))
     })
     .await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
-    client.export(spans(0, 3)).await.unwrap();
+    client(&r).await.export(spans(0, 3)).await.unwrap();
     wait_until("a failed TLS attempt", Duration::from_secs(10), async || {
         metric_value(&openmetrics(&r).await, "spindle_exporter_retries_total").unwrap_or(0.0) >= 1.0
     })
@@ -554,13 +536,8 @@ async fn https_endpoint_is_reached_over_tls_with_a_configured_ca() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn span_metrics_past_the_limit_fold_with_exemplars_of_forwarded_spans() {
-    let down = Downstream::new(Behaviour::Ok);
-    let stop = CancellationToken::new();
-    let addr = down.serve("127.0.0.1:0".parse().unwrap(), stop.clone()).await;
-    let r = spindle(Some(addr), |c| c.processors.cardinality.max_series_per_metric = 4).await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
-        .await
-        .unwrap();
+    let (down, stop, r) = forwarding(Behaviour::Ok, |c| c.processors.cardinality.max_series_per_metric = 4).await;
+    let mut client = client(&r).await;
     // 20 spans, each with its own name: 3 series per metric are admitted, 17 spans fold.
     let mut req = spans(0, 20);
     for (i, s) in req.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {

@@ -191,16 +191,6 @@ fn builtin_pattern(kind: NormalizeKind) -> &'static str {
     }
 }
 
-/// A per-metric override, compiled.
-#[derive(Debug)]
-struct Override {
-    glob: Glob,
-    max_series: Option<usize>,
-    max_label_values: Option<usize>,
-    allow: Option<Vec<String>>,
-    deny: Option<Vec<String>>,
-}
-
 /// What applies to one metric.
 #[derive(Debug, Default)]
 struct Policy {
@@ -296,15 +286,12 @@ type FamilyHandle = Arc<Mutex<FamilyState>>;
 /// The cardinality limiter (`processors.cardinality`).
 #[derive(Debug)]
 pub struct Limiter {
+    /// The global bound in effect (`config.max_series`, or `prometheus.max_series`).
     max_series: usize,
-    max_series_per_metric: usize,
-    max_label_values: usize,
-    max_stream_states: usize,
-    allow: Vec<String>,
-    deny: Vec<String>,
-    normalizers: Vec<Normalizer>,
-    overrides: Vec<Override>,
     config: CardinalityConfig,
+    normalizers: Vec<Normalizer>,
+    /// The `match` glob of each entry of `config.metrics`.
+    override_globs: Vec<Glob>,
     families: RwLock<HashMap<Box<str>, FamilyHandle>>,
     /// Admitted series plus one overflow slot per tracked metric.
     series: AtomicUsize,
@@ -369,23 +356,8 @@ impl Limiter {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             max_series: config.effective_max_series(prometheus_max_series),
-            max_series_per_metric: config.max_series_per_metric,
-            max_label_values: config.max_label_values,
-            max_stream_states: config.max_stream_states,
-            allow: config.allow_labels.clone(),
-            deny: config.deny_labels.clone(),
             normalizers,
-            overrides: config
-                .metrics
-                .iter()
-                .map(|o| Override {
-                    glob: Glob::new(&o.pattern),
-                    max_series: o.max_series,
-                    max_label_values: o.max_label_values,
-                    allow: o.allow_labels.clone(),
-                    deny: o.deny_labels.clone(),
-                })
-                .collect(),
+            override_globs: config.metrics.iter().map(|o| Glob::new(&o.pattern)).collect(),
             config: config.clone(),
             families: RwLock::new(HashMap::new()),
             series: AtomicUsize::new(0),
@@ -409,13 +381,17 @@ impl Limiter {
     fn policy(&self, name: &str, kind: MetricKind) -> Policy {
         let matches =
             |g: &Glob| g.matches(name) || (kind == MetricKind::Counter && g.matches(&format!("{name}_total")));
-        let o = self.overrides.iter().find(|o| matches(&o.glob));
-        let pick = |v: Option<usize>, d: usize| v.unwrap_or(d);
+        let c = &self.config;
+        let o = self.override_globs.iter().position(matches).map(|i| &c.metrics[i]);
         Policy {
-            max_series: pick(o.and_then(|o| o.max_series), self.max_series_per_metric),
-            max_label_values: pick(o.and_then(|o| o.max_label_values), self.max_label_values),
-            allow: o.and_then(|o| o.allow.clone()).unwrap_or_else(|| self.allow.clone()),
-            deny: o.and_then(|o| o.deny.clone()).unwrap_or_else(|| self.deny.clone()),
+            max_series: o.and_then(|o| o.max_series).unwrap_or(c.max_series_per_metric),
+            max_label_values: o.and_then(|o| o.max_label_values).unwrap_or(c.max_label_values),
+            allow: o
+                .and_then(|o| o.allow_labels.clone())
+                .unwrap_or_else(|| c.allow_labels.clone()),
+            deny: o
+                .and_then(|o| o.deny_labels.clone())
+                .unwrap_or_else(|| c.deny_labels.clone()),
             normalizers: self
                 .normalizers
                 .iter()
@@ -814,7 +790,7 @@ impl Limiter {
         let state = match fam.streams.entry(stream) {
             hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::Entry::Vacant(e) => {
-                if self.streams.fetch_add(1, Ordering::Relaxed) >= self.max_stream_states {
+                if self.streams.fetch_add(1, Ordering::Relaxed) >= self.config.max_stream_states {
                     self.streams.fetch_sub(1, Ordering::Relaxed);
                     return Err(RejectReason::StreamStateFull);
                 }

@@ -780,6 +780,13 @@ fn push_label(text: &mut String, name: &str, value: &str) -> Label {
 
 /// Appends `raw` sanitized as a label name: invalid characters → `_`, runs of `_` collapsed,
 /// `key_` prefix when it would start with a digit, `key` prefix when it would start with `_`.
+/// An attribute key as the label name translation gives it (`http.route` → `http_route`).
+pub fn sanitized_label_name(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 4);
+    push_sanitized_label_name(&mut out, raw);
+    out
+}
+
 fn push_sanitized_label_name(text: &mut String, raw: &str) -> Span {
     let start = text.len();
     match raw.chars().next() {

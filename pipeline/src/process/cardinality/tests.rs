@@ -577,6 +577,34 @@ fn per_metric_overrides_match_globs_on_the_prometheus_name() {
     assert_eq!(rig.series("rpc").len(), 3);
 }
 
+#[test]
+fn an_override_replaces_the_top_level_label_lists_for_its_metrics() {
+    let cfg = CardinalityConfig {
+        deny_labels: vec!["user".into()],
+        metrics: vec![MetricOverride {
+            pattern: "audit*".into(),
+            max_series: None,
+            max_label_values: None,
+            allow_labels: None,
+            deny_labels: Some(vec!["pod".into()]),
+        }],
+        ..Default::default()
+    };
+    let rig = Rig::new(cfg);
+    let labels = [("pod", "p1"), ("user", "u1")];
+    rig.send(&[
+        counter("audit_events", &labels, true, 1.0),
+        counter("req", &labels, true, 1.0),
+    ]);
+    assert_eq!(
+        rig.number("audit_events", "user=\"u1\""),
+        Some(1.0),
+        "{:?}",
+        rig.series("audit_events")
+    );
+    assert_eq!(rig.number("req", "pod=\"p1\""), Some(1.0), "{:?}", rig.series("req"));
+}
+
 // ---- label rules --------------------------------------------------------------------------------
 
 fn normalize(labels: &[&str], kind: NormalizeKind) -> NormalizeRule {
