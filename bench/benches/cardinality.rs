@@ -15,8 +15,16 @@
 //!
 //! The batch is translated in the setup (not timed); `limit` edits it in place. Translate + store
 //! of the same request, with and without the limiter (`app::write_metrics`), gives the scale.
+//!
+//! Group `cardinality_report` (the `/api/v1/cardinality` report at 1M series, built once:
+//! `spindle_bench::filled_store(1_000_000)`, one counter family with 10 labels per series):
+//! one uncached computation (`Limiter::report`), one cached call (`Limiter::cached_report`, as
+//! the handler serves it), and the OpenMetrics render of that store (what `/metrics` does) alone
+//! and while 8 threads poll the report in a loop (each call followed by a 10 ms pause, i.e.
+//! ~800 calls/s offered in total), through the cache and, for comparison, uncached.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -25,11 +33,13 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use spindle::app::write_metrics;
 use spindle::config::{CardinalityConfig, NormalizeKind, NormalizeRule};
+use spindle::expose::render;
+use spindle::model::Format;
 use spindle::process::cardinality::Limiter;
 use spindle::process::translate::{Samples, Translator};
 use spindle::store::Store;
 use spindle::telemetry::Telemetry;
-use spindle_bench::metrics_request;
+use spindle_bench::{filled_store, metrics_request};
 
 const SERIES: u64 = 1000;
 const POINTS: u64 = SERIES + SERIES / 10;
@@ -229,5 +239,97 @@ fn cardinality(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cardinality);
+/// Series in the store the report walks.
+const REPORT_SERIES: u64 = 1_000_000;
+/// Pollers of the report while the render is timed, and the pause after each of their calls.
+const POLLERS: usize = 8;
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// `POLLERS` threads calling `poll` in a loop until dropped.
+struct Pollers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Pollers {
+    fn start(poll: impl Fn() + Send + Sync + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let poll = Arc::new(poll);
+        let threads = (0..POLLERS)
+            .map(|_| {
+                let (stop, poll) = (stop.clone(), poll.clone());
+                std::thread::spawn(move || {
+                    let mut calls = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        poll();
+                        calls += 1;
+                        std::thread::sleep(POLL_PAUSE);
+                    }
+                    calls
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the threads; the calls they made.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+    }
+}
+
+fn report(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cardinality_report");
+    g.sample_size(10);
+    // Under `cargo test --benches` (unoptimized, one run each as a smoke test) a small store.
+    let series = if std::env::args().any(|a| a == "--bench") {
+        REPORT_SERIES
+    } else {
+        1_000
+    };
+    let store = Arc::new(filled_store(series));
+    assert_eq!(store.series_count(), series as usize + 1, "plus target_info");
+    let l = Arc::new(limiter(&CardinalityConfig::default()));
+    let telemetry = Telemetry::default();
+    let r = l.report(&store, 20);
+    assert_eq!(
+        r["top_metrics"][0]["series"], series,
+        "the report walks the whole family"
+    );
+    g.bench_function(format!("report, uncached, {series} series"), |b| {
+        b.iter(|| l.report(&store, 20))
+    });
+    // A cache that never goes stale in the measurement: the cost of serving a computed report.
+    l.cached_report_within(&store, 20, Duration::from_secs(3600));
+    g.bench_function(format!("report, cached call, {series} series"), |b| {
+        b.iter(|| l.cached_report_within(&store, 20, Duration::from_secs(3600)))
+    });
+    let mut out = Vec::with_capacity(series as usize * 320);
+    let mut render_once = || {
+        out.clear();
+        render(&store, &telemetry, Format::OpenMetrics, &mut out);
+        out.len()
+    };
+    g.bench_function(format!("render {series} series, alone"), |b| b.iter(&mut render_once));
+    for (name, cached) in [("through the cache, as the endpoint", true), ("uncached", false)] {
+        let (l, s) = (l.clone(), store.clone());
+        let pollers = Pollers::start(move || {
+            if cached {
+                l.cached_report(&s, 20);
+            } else {
+                l.report(&s, 20);
+            }
+        });
+        g.bench_function(
+            format!("render {series} series, {POLLERS} threads polling the report ({name})"),
+            |b| b.iter(&mut render_once),
+        );
+        let calls = pollers.stop();
+        eprintln!("{name}: the pollers made {calls} calls");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cardinality, report);
 criterion_main!(benches);

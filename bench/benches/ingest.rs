@@ -7,6 +7,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use spindle::process::translate::Translator;
+use spindle::receive::decode;
 use spindle::store::Store;
 use spindle_bench::metrics_request;
 
@@ -28,6 +29,12 @@ fn ingest(c: &mut Criterion) {
     });
     g.bench_function("decode only", |b| {
         b.iter(|| ExportMetricsServiceRequest::decode(&body[..]).expect("valid payload"))
+    });
+    // What admission adds before decoding: the decoded size, walked from the bytes.
+    g.bench_function("decoded-size estimate only", |b| {
+        b.iter(|| {
+            decode::decoded_size::<ExportMetricsServiceRequest>(&body, decode::Encoding::Protobuf).expect("valid")
+        })
     });
     g.bench_function("translate only", |b| {
         b.iter_batched(

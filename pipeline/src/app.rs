@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, DurationStr};
 use crate::export::remote_write;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::routes::{self, ExposeState};
@@ -27,8 +27,9 @@ use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::{Samples, Translator};
 use crate::receive::status::Refusal;
 use crate::receive::{Consumer, Shared, grpc, http};
+use crate::server;
 use crate::store::Store;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ListenerKind, Telemetry};
 
 /// The metrics and traces path behind the receivers.
 #[derive(Debug)]
@@ -101,6 +102,10 @@ impl Consumer for Pipeline {
     fn consume_traces(&self, mut req: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
         // Spans without valid ids are rejected, and neither counted nor forwarded.
         let mut out = Outcome::default();
+        // So are spans past `receivers.otlp.limits.max_attributes_per_span`.
+        if let Some(sm) = &self.span_metrics {
+            sm.limit_spans(&mut req, &mut out);
+        }
         for rs in &mut req.resource_spans {
             for ss in &mut rs.scope_spans {
                 let before = ss.spans.len();
@@ -160,7 +165,9 @@ pub struct Running {
     cancel: CancellationToken,
     ready: Arc<AtomicBool>,
     receivers: Stage,
-    exporter: Option<(Stage, Duration)>,
+    /// The trace exporter's stage, how long it may take to stop, and its handle (to count what an
+    /// abort would leave behind).
+    exporter: Option<(Stage, Duration, TraceExporter)>,
     remote_write: Option<(Stage, Duration)>,
     rest: Stage,
 }
@@ -206,6 +213,16 @@ impl Stage {
             }
         }
         first
+    }
+}
+
+/// An HTTP listener's [`server::Limits`] from its config keys.
+fn http_limits(max: usize, idle: DurationStr, header: DurationStr, body: DurationStr) -> server::Limits {
+    server::Limits {
+        max_connections: max,
+        idle_timeout: idle.0,
+        header_read_timeout: Some(header.0),
+        body_read_timeout: Some(body.0),
     }
 }
 
@@ -260,11 +277,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .tasks
                 .spawn(async move { handle.await.context("trace exporter panicked") });
             tracing::info!(%endpoint, protocol = ?ex.protocol, "forwarding traces");
-            // The exporter bounds its own flush; allow a little more before aborting it.
-            (
-                Some(exporter),
-                Some((stage, ex.shutdown_timeout.0 + Duration::from_secs(5))),
-            )
+            // The exporter bounds its own flush, in-flight attempts included, by shutdown_timeout;
+            // the extra second is only a safety net before aborting it.
+            let limit = ex.shutdown_timeout.0 + Duration::from_secs(1);
+            (Some(exporter.clone()), Some((stage, limit, exporter)))
         }
         None => (None, None),
     };
@@ -272,9 +288,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let catalog = enricher.catalog();
     let pipeline = Arc::new(
         Pipeline::new(
-            Translator::new(config.prometheus.promote_resource_attributes.clone()),
+            Translator::new(config.prometheus.promote_resource_attributes.clone())
+                .with_limits(config.receivers.otlp.limits.clone())
+                .with_telemetry(telemetry.clone()),
             store.clone(),
-            Some(SpanMetrics::new(config.processors.span_metrics.clone())),
+            Some(
+                SpanMetrics::new(config.processors.span_metrics.clone())
+                    .with_limits(config.receivers.otlp.limits.clone())
+                    .with_telemetry(telemetry.clone()),
+            ),
             exporter,
         )
         .with_enricher(enricher)
@@ -298,12 +320,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .tasks
                 .spawn(async move { handle.await.context("remote-write exporter panicked") });
             tracing::info!(%endpoint, interval = %rw.interval, "pushing metrics with Prometheus remote write");
-            // The exporter bounds its own flush (plus one request in flight); allow a little more.
-            Some((stage, rw.shutdown_timeout.0 + rw.timeout.0 + Duration::from_secs(5)))
+            // The exporter bounds its own flush, in-flight requests included, by shutdown_timeout;
+            // the extra second is only a safety net before aborting it.
+            Some((stage, rw.shutdown_timeout.0 + Duration::from_secs(1)))
         }
         None => None,
     };
 
+    // The listeners' connection caps are checked against the hard limit; make it reachable.
+    match server::raise_open_file_limit() {
+        Ok((before, after)) if before != after => tracing::info!(before, after, "raised the open-file limit"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let problems = config.connection_problems(server::open_file_limit());
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems)).context("the connection limits do not fit");
+    }
     let grpc_l = bind(otlp.grpc.listen, "receivers.otlp.grpc.listen").await?;
     let http_l = bind(otlp.http.listen, "receivers.otlp.http.listen").await?;
     let prom_l = bind(config.prometheus.listen, "prometheus.listen").await?;
@@ -315,15 +348,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let c = receivers.token.clone();
     let s = shared.clone();
-    receivers
-        .tasks
-        .spawn(async move { grpc::serve(grpc_l, s, c).await.context("OTLP/gRPC server failed") });
+    let grpc_config = otlp.grpc.clone();
+    receivers.tasks.spawn(async move {
+        grpc::serve(grpc_l, s, grpc_config, c)
+            .await
+            .context("OTLP/gRPC server failed")
+    });
 
     let c = receivers.token.clone();
     let router = http::router(shared);
+    let h = &otlp.http;
+    let limits = http_limits(
+        h.max_connections,
+        h.idle_timeout,
+        h.header_read_timeout,
+        h.body_read_timeout,
+    );
+    let tel = telemetry.clone();
     receivers.tasks.spawn(async move {
-        axum::serve(http_l, router)
-            .with_graceful_shutdown(c.cancelled_owned())
+        server::serve(http_l, router, ListenerKind::OtlpHttp, limits, tel, c.cancelled_owned())
             .await
             .context("OTLP/HTTP server failed")
     });
@@ -336,11 +379,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         buffers: Default::default(),
         limiter: limiter.clone(),
     };
+    let p = &config.prometheus;
+    let limits = http_limits(
+        p.max_connections,
+        p.idle_timeout,
+        p.header_read_timeout,
+        p.body_read_timeout,
+    );
+    let tel = telemetry.clone();
     rest.tasks.spawn(async move {
-        axum::serve(prom_l, routes::router(state))
-            .with_graceful_shutdown(c.cancelled_owned())
-            .await
-            .context("Prometheus endpoint failed")
+        let router = routes::router(state);
+        server::serve(
+            prom_l,
+            router,
+            ListenerKind::Prometheus,
+            limits,
+            tel,
+            c.cancelled_owned(),
+        )
+        .await
+        .context("Prometheus endpoint failed")
     });
 
     let c = rest.token.clone();
@@ -449,9 +507,10 @@ impl Running {
     }
 
     /// Stops in order — receivers (letting in-flight requests finish), then the trace export queue
-    /// (flushed for at most `shutdown_timeout`; it publishes the last exemplars), then remote
-    /// write (a last snapshot, flushed for at most its `shutdown_timeout`), then the Prometheus
-    /// endpoint — and waits for all.
+    /// (flushed for at most `shutdown_timeout`, export attempts in flight included; it publishes the
+    /// last exemplars; what is left is counted as `reason="shutdown"`), then remote write (a last
+    /// snapshot, flushed for at most its `shutdown_timeout`), then the Prometheus endpoint — and
+    /// waits for all. The two exporters flush one after the other, each within its own timeout.
     ///
     /// # Errors
     /// The first task failure seen while draining.
@@ -463,7 +522,12 @@ impl Running {
         self.ready.store(false, Ordering::Release);
         let receivers = self.receivers.stop(Duration::from_secs(10), "receivers").await;
         let exporter = match &mut self.exporter {
-            Some((stage, limit)) => stage.stop(*limit, "trace exporter").await,
+            Some((stage, limit, handle)) => {
+                let stopped = stage.stop(*limit, "trace exporter").await;
+                // Counts what was left if the exporter had to be aborted (nothing otherwise).
+                handle.abandon();
+                stopped
+            }
             None => Ok(()),
         };
         let remote_write = match &mut self.remote_write {

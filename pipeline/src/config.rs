@@ -695,8 +695,11 @@ pub struct OtlpExporterConfig {
     pub max_batch_spans: usize,
     /// Longest a span waits for its batch to fill. Default `200ms`.
     pub batch_timeout: DurationStr,
-    /// Bound of the export queue in encoded bytes; when full, receivers answer "overloaded" so
-    /// clients back off, and no accepted span is dropped. Default `64MiB`.
+    /// Bound of the export queue in memory held by queued spans: the decoded requests (struct sizes
+    /// plus string, bytes and list capacities, about 3–5× their encoded size) and their exemplars,
+    /// and the encoded body of the batch in flight. When full, receivers answer "overloaded" so
+    /// clients back off, and no accepted span is dropped. At least
+    /// [`DECODED_SIZE_FACTOR`] × `receivers.otlp.max_request_size`. Default `64MiB`.
     pub queue_max_bytes: ByteSize,
     /// First retry delay; doubles per attempt with ±20% jitter. Default `100ms`.
     pub retry_initial_backoff: DurationStr,
@@ -726,6 +729,11 @@ impl Default for OtlpExporterConfig {
     }
 }
 
+/// How many times its encoded size a typical request holds once decoded (measured: 3.2× for spans
+/// with 8 attributes, 4–5× for spans with few or none). `exporters.traces.otlp.queue_max_bytes`
+/// counts decoded memory, so it must be at least this many times `receivers.otlp.max_request_size`.
+pub const DECODED_SIZE_FACTOR: u64 = 4;
+
 /// `receivers`: the inputs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -745,10 +753,13 @@ pub struct OtlpReceiverConfig {
     /// Largest request accepted after decompression, on both protocols. Larger → HTTP 413 /
     /// gRPC `RESOURCE_EXHAUSTED` without retry. Default `8MiB`.
     pub max_request_size: ByteSize,
-    /// Decoded request bytes that may be in flight at once across all receivers; past it requests
-    /// are refused as overloaded (HTTP 503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
-    /// Default `64MiB`.
+    /// Decoded request bytes that may be in flight at once across all receivers, estimated from
+    /// each request's bytes before it is decoded; past it requests are refused as overloaded (HTTP
+    /// 503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`). Default `64MiB`.
     pub max_inflight_bytes: ByteSize,
+    /// `receivers.otlp.limits`: what one sender can make Spindle hold or emit (name and value
+    /// lengths, attribute counts, label-set size).
+    pub limits: LimitsConfig,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -758,6 +769,7 @@ impl Default for OtlpReceiverConfig {
             http: HttpListenerConfig::default(),
             max_request_size: ByteSize(default_max_request_size()),
             max_inflight_bytes: ByteSize(default_max_inflight_bytes()),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -770,18 +782,144 @@ const fn default_max_inflight_bytes() -> u64 {
     64 << 20
 }
 
+/// `receivers.otlp.limits`: bounds on what one sender can make Spindle hold or emit. Every limit is
+/// bounded (there is no "no limit" value). What a limit refuses is reported in `partial_success`
+/// and counted in `spindle_limited_items_total{signal, reason}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest Prometheus metric name (after translation, unit suffix included), in bytes; the
+    /// points of a longer metric are rejected. Default `1024`.
+    pub max_metric_name_length: usize,
+    /// Longest label name (after sanitizing), in bytes; a point with a longer one is rejected.
+    /// Default `256`.
+    pub max_label_name_length: usize,
+    /// Longest label value, in bytes: a longer value (point, resource and scope attributes, span
+    /// names and span-metric dimensions, `# HELP` texts) is truncated at a UTF-8 boundary to at
+    /// most this many bytes including a trailing `…`; the point is kept. Default `4096`.
+    pub max_label_value_length: usize,
+    /// Most attributes on one data point (and on one instrumentation scope or `target_info`);
+    /// more → the point is rejected. Default `128`.
+    pub max_attributes_per_point: usize,
+    /// Most attributes on one span; more → the span is rejected (not forwarded, not counted in
+    /// span metrics). Default `1024`.
+    pub max_attributes_per_span: usize,
+    /// Largest label set of one series after translation (sum of label name and value bytes);
+    /// larger → the point is rejected. Default `16KiB`.
+    pub max_label_set_size: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_metric_name_length: 1024,
+            max_label_name_length: 256,
+            max_label_value_length: 4096,
+            max_attributes_per_point: 128,
+            max_attributes_per_span: 1024,
+            max_label_set_size: ByteSize(16 << 10),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks `receivers.otlp.limits`: every limit between a useful minimum and a sane maximum.
+    pub fn validate(&self) -> Vec<Problem> {
+        let checks: [(&str, u64, u64, u64, &str); 6] = [
+            (
+                "max_metric_name_length",
+                self.max_metric_name_length as u64,
+                16,
+                1 << 16,
+                "e.g. `1024`",
+            ),
+            (
+                "max_label_name_length",
+                self.max_label_name_length as u64,
+                16,
+                1 << 16,
+                "e.g. `256`",
+            ),
+            (
+                "max_label_value_length",
+                self.max_label_value_length as u64,
+                16,
+                1 << 20,
+                "e.g. `4096` (the truncation marker `…` takes 3 of those bytes)",
+            ),
+            (
+                "max_attributes_per_point",
+                self.max_attributes_per_point as u64,
+                1,
+                1 << 16,
+                "e.g. `128`",
+            ),
+            (
+                "max_attributes_per_span",
+                self.max_attributes_per_span as u64,
+                1,
+                1 << 16,
+                "e.g. `1024`",
+            ),
+            (
+                "max_label_set_size",
+                self.max_label_set_size.0,
+                256,
+                16 << 20,
+                "e.g. `16KiB`",
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, v, lo, hi, _)| v < lo || v > hi)
+            .map(|(key, v, lo, hi, hint)| Problem {
+                path: format!("receivers.otlp.limits.{key}"),
+                message: if v == 0 {
+                    "0 is not allowed: every limit is bounded".into()
+                } else {
+                    format!("{v} is outside [{lo}, {hi}]")
+                },
+                hint: format!("{hint}; a value between {lo} and {hi}"),
+            })
+            .collect()
+    }
+}
+
 /// `receivers.otlp.grpc`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcListenerConfig {
     /// Listen address. Default `127.0.0.1:4317`.
     pub listen: SocketAddr,
+    /// Most connections open at once. At the cap a new connection closes the least recently
+    /// active one with no request in flight, or is closed itself when every one is busy.
+    /// Default `1024`.
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (this also bounds an HTTP/2
+    /// handshake that never completes). Default `5m`.
+    pub idle_timeout: DurationStr,
+    /// How often the server sends an HTTP/2 PING to check a connection is alive. Default `30s`.
+    pub keepalive_interval: DurationStr,
+    /// A connection whose PING is not acknowledged within this is closed. Default `10s`.
+    pub keepalive_timeout: DurationStr,
+    /// Most requests (HTTP/2 streams) in flight on one connection. Default `100`.
+    pub max_concurrent_streams: u32,
+    /// A request must arrive (headers and body) and be answered within this, else it is answered
+    /// `CANCELLED` and its stream reset (the connection stays). Bounds slow request bodies.
+    /// Default `30s`.
+    pub request_timeout: DurationStr,
 }
 
 impl Default for GrpcListenerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            max_connections: 1024,
+            idle_timeout: DurationStr(Duration::from_secs(300)),
+            keepalive_interval: DurationStr(Duration::from_secs(30)),
+            keepalive_timeout: DurationStr(Duration::from_secs(10)),
+            max_concurrent_streams: 100,
+            request_timeout: DurationStr(Duration::from_secs(30)),
         }
     }
 }
@@ -792,13 +930,106 @@ impl Default for GrpcListenerConfig {
 pub struct HttpListenerConfig {
     /// Listen address. Default `127.0.0.1:4318`.
     pub listen: SocketAddr,
+    /// Most connections open at once. At the cap a new connection closes the least recently
+    /// active one with no request in flight, or is closed itself when every one is busy.
+    /// Default `1024`.
+    pub max_connections: usize,
+    /// A keep-alive connection with no request for this long is closed. Default `2m` (longer
+    /// than the usual 60 s export interval, so pooled connections are reused).
+    pub idle_timeout: DurationStr,
+    /// A request's headers must arrive within this (from the connection opening for the first
+    /// request, from its first byte for later ones), else the connection is closed. Default `10s`.
+    pub header_read_timeout: DurationStr,
+    /// A request's body must arrive within this from the end of its headers, else it is answered
+    /// 408 and the connection is closed. Default `30s`.
+    pub body_read_timeout: DurationStr,
 }
 
 impl Default for HttpListenerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_connections: 1024,
+            idle_timeout: DurationStr(Duration::from_secs(120)),
+            header_read_timeout: DurationStr(Duration::from_secs(10)),
+            body_read_timeout: DurationStr(Duration::from_secs(30)),
         }
+    }
+}
+
+/// File descriptors kept out of the listeners' `max_connections` budget: log files, disk
+/// queues, exporter connections, the listeners themselves.
+pub const RESERVED_FILE_DESCRIPTORS: u64 = 256;
+
+impl Config {
+    /// Checks the connection limits of the three listeners, and that their `max_connections`
+    /// plus [`RESERVED_FILE_DESCRIPTORS`] fit under `open_files` (the process's `RLIMIT_NOFILE`
+    /// hard limit, to which Spindle raises its soft limit at startup; `None` when unknown).
+    pub fn connection_problems(&self, open_files: Option<u64>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let otlp = &self.receivers.otlp;
+        let p = &self.prometheus;
+        let caps = [
+            ("receivers.otlp.grpc", otlp.grpc.max_connections),
+            ("receivers.otlp.http", otlp.http.max_connections),
+            ("prometheus", p.max_connections),
+        ];
+        for (prefix, cap) in caps {
+            if cap == 0 {
+                out.push(Problem {
+                    path: format!("{prefix}.max_connections"),
+                    message: "must be greater than zero".into(),
+                    hint: "e.g. `1024` (`256` for prometheus)".into(),
+                });
+            }
+        }
+        let timeouts = [
+            ("receivers.otlp.grpc.idle_timeout", otlp.grpc.idle_timeout),
+            ("receivers.otlp.grpc.keepalive_interval", otlp.grpc.keepalive_interval),
+            ("receivers.otlp.grpc.keepalive_timeout", otlp.grpc.keepalive_timeout),
+            ("receivers.otlp.grpc.request_timeout", otlp.grpc.request_timeout),
+            ("receivers.otlp.http.idle_timeout", otlp.http.idle_timeout),
+            ("receivers.otlp.http.header_read_timeout", otlp.http.header_read_timeout),
+            ("receivers.otlp.http.body_read_timeout", otlp.http.body_read_timeout),
+            ("prometheus.idle_timeout", p.idle_timeout),
+            ("prometheus.header_read_timeout", p.header_read_timeout),
+            ("prometheus.body_read_timeout", p.body_read_timeout),
+        ];
+        for (path, d) in timeouts {
+            if d.0 < Duration::from_millis(100) {
+                out.push(Problem {
+                    path: path.into(),
+                    message: format!("{d} is too short"),
+                    hint: "use at least `100ms`; every listener needs its timeouts (e.g. `10s`)".into(),
+                });
+            }
+        }
+        if otlp.grpc.max_concurrent_streams == 0 {
+            out.push(Problem {
+                path: "receivers.otlp.grpc.max_concurrent_streams".into(),
+                message: "must be greater than zero".into(),
+                hint: "e.g. `100`".into(),
+            });
+        }
+        let total: u64 = caps.iter().map(|(_, c)| *c as u64).sum();
+        if let Some(limit) = open_files
+            && total.saturating_add(RESERVED_FILE_DESCRIPTORS) > limit
+        {
+            let (largest, _) = caps.iter().max_by_key(|(_, c)| *c).copied().unwrap_or(caps[0]);
+            out.push(Problem {
+                path: format!("{largest}.max_connections"),
+                message: format!(
+                    "the listeners' max_connections add up to {total} (receivers.otlp.grpc {}, receivers.otlp.http {}, \
+                     prometheus {}) plus {RESERVED_FILE_DESCRIPTORS} reserved file descriptors, more than this \
+                     process may open ({limit}, the RLIMIT_NOFILE hard limit)",
+                    caps[0].1, caps[1].1, caps[2].1
+                ),
+                hint: "lower the max_connections caps, or raise the open-file limit (`ulimit -Hn`, systemd \
+                       `LimitNOFILE=`, docker `--ulimit nofile=`)"
+                    .into(),
+            });
+        }
+        out
     }
 }
 
@@ -808,6 +1039,19 @@ impl Default for HttpListenerConfig {
 pub struct PrometheusConfig {
     /// Listen address of `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9464`.
     pub listen: SocketAddr,
+    /// Most connections open at once. At the cap a new connection closes the least recently
+    /// active one with no request in flight, or is closed itself when every one is busy.
+    /// Default `256`.
+    pub max_connections: usize,
+    /// A keep-alive connection with no request for this long is closed. Default `2m` (longer
+    /// than the usual 1 m scrape interval, so a scraper's connection is reused).
+    pub idle_timeout: DurationStr,
+    /// A request's headers must arrive within this (from the connection opening for the first
+    /// request, from its first byte for later ones), else the connection is closed. Default `10s`.
+    pub header_read_timeout: DurationStr,
+    /// A request's body must arrive within this from the end of its headers, else it is answered
+    /// 408 and the connection is closed. Default `30s`.
+    pub body_read_timeout: DurationStr,
     /// A series not updated for this long disappears. Default `5m`.
     pub series_ttl: DurationStr,
     /// Resource attributes that also become labels on every series of that resource
@@ -822,6 +1066,10 @@ impl Default for PrometheusConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_connections: 256,
+            idle_timeout: DurationStr(Duration::from_secs(120)),
+            header_read_timeout: DurationStr(Duration::from_secs(10)),
+            body_read_timeout: DurationStr(Duration::from_secs(30)),
             series_ttl: DurationStr(Duration::from_secs(300)),
             promote_resource_attributes: Vec::new(),
             max_series: default_max_series(),
@@ -1063,6 +1311,7 @@ impl Config {
                 }
             }
         }
+        out.extend(self.connection_problems(crate::server::open_file_limit()));
         if self.prometheus.series_ttl.0 < Duration::from_secs(1) {
             out.push(Problem {
                 path: "prometheus.series_ttl".into(),
@@ -1094,6 +1343,7 @@ impl Config {
                 hint: "e.g. `2000000`".into(),
             });
         }
+        out.extend(self.receivers.otlp.limits.validate());
         out.extend(self.processors.enrich.validate());
         out.extend(self.processors.cardinality.validate(self.prometheus.max_series));
         let sm = &self.processors.span_metrics;
@@ -1140,14 +1390,24 @@ impl Config {
                 hint: "e.g. `2048`".into(),
             });
         }
-        if ex.queue_max_bytes.0 < self.receivers.otlp.max_request_size.0 {
+        let largest_held = self
+            .receivers
+            .otlp
+            .max_request_size
+            .0
+            .saturating_mul(DECODED_SIZE_FACTOR);
+        if ex.queue_max_bytes.0 < largest_held {
             out.push(Problem {
                 path: "exporters.traces.otlp.queue_max_bytes".into(),
                 message: format!(
-                    "{} is smaller than receivers.otlp.max_request_size ({}), so a large request could never be queued",
+                    "{} is less than {DECODED_SIZE_FACTOR} × receivers.otlp.max_request_size ({}): the queue counts the memory \
+                     decoded spans hold, typically {DECODED_SIZE_FACTOR}× their encoded size, so one large request would fill it",
                     ex.queue_max_bytes, self.receivers.otlp.max_request_size
                 ),
-                hint: "make the queue several times the largest request".into(),
+                hint: format!(
+                    "raise it to at least {} (several times that lets spans queue while the backend is slow), or lower max_request_size",
+                    ByteSize(largest_held)
+                ),
             });
         }
         out.extend(backoff_problem(

@@ -13,5 +13,6 @@ pub mod expose;
 pub mod model;
 pub mod process;
 pub mod receive;
+pub mod server;
 pub mod store;
 pub mod telemetry;

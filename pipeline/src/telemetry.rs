@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use crate::model::{Format, Protocol, Signal};
 use crate::process::cardinality::RejectReason;
+use crate::process::translate::{LimitCounts, LimitReason};
 
 const SIGNALS: [Signal; 2] = [Signal::Metrics, Signal::Traces];
 const PROTOCOLS: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
@@ -248,6 +249,10 @@ pub struct Telemetry {
     /// Catalog reloads: `[ok, error]`.
     catalog_reloads: [AtomicU64; 2],
     cardinality: CardinalityStats,
+    /// `receivers.otlp.limits`: items refused or truncated, by signal and [`LimitReason`].
+    limited: [[AtomicU64; LimitReason::ALL.len()]; 2],
+    /// Connections per listener: open, and closed by the server by [`CloseReason`].
+    pub connections: ConnectionStats,
 }
 
 /// Most series `spindle_cardinality_folded_points_total` has (one per metric and reason); folds of
@@ -266,7 +271,7 @@ struct CardinalityStats {
 }
 
 /// Families Spindle exposes about itself: `(name, type, help)`; counters without `_total`.
-const FAMILIES: [(&str, &str, &str); 25] = [
+const FAMILIES: [(&str, &str, &str); 28] = [
     (
         "spindle_received_requests",
         "counter",
@@ -320,7 +325,7 @@ const FAMILIES: [(&str, &str, &str); 25] = [
     (
         "spindle_exporter_queue_bytes",
         "gauge",
-        "Encoded bytes of spans queued or in flight to the trace backend.",
+        "Bytes of memory held by spans queued for the trace backend (decoded requests and their exemplars) or in flight (encoded).",
     ),
     (
         "spindle_exporter_queue_capacity_bytes",
@@ -392,7 +397,44 @@ const FAMILIES: [(&str, &str, &str); 25] = [
         "gauge",
         "Cumulative streams whose last report is kept to fold or merge them exactly.",
     ),
+    (
+        "spindle_limited_items",
+        "counter",
+        "Data points or spans rejected, or label values truncated, by receivers.otlp.limits, by signal and reason.",
+    ),
+    (
+        "spindle_connections_closed",
+        "counter",
+        "Connections the server closed or refused, by listener and reason (max_connections, idle_timeout, header_read_timeout, body_read_timeout).",
+    ),
+    (
+        "spindle_open_connections",
+        "gauge",
+        "Connections currently open, by listener.",
+    ),
 ];
+
+/// The index of family `name` in [`FAMILIES`] (a compile error when it is missing).
+const fn family(name: &str) -> usize {
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        let f = FAMILIES[i].0.as_bytes();
+        let n = name.as_bytes();
+        if f.len() == n.len() {
+            let mut j = 0;
+            while j < n.len() && f[j] == n[j] {
+                j += 1;
+            }
+            if j == n.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("unknown self-metric family")
+}
+
+const LIMITED: usize = family("spindle_limited_items");
 
 fn idx(s: Signal, p: Protocol) -> (usize, usize) {
     (s as usize, p as usize)
@@ -490,6 +532,21 @@ impl Telemetry {
     /// Sets the number of kept stream states.
     pub fn cardinality_streams(&self, n: usize) {
         self.cardinality.streams.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one batch's items refused or truncated by `receivers.otlp.limits`.
+    pub fn limited(&self, signal: Signal, counts: &LimitCounts) {
+        for r in LimitReason::ALL {
+            let n = counts.get(r);
+            if n > 0 {
+                self.limited[signal as usize][r as usize].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Items refused or truncated for `signal` and `reason` so far (for tests).
+    pub fn limited_items(&self, signal: Signal, reason: LimitReason) -> u64 {
+        self.limited[signal as usize][reason as usize].load(Ordering::Relaxed)
     }
 
     /// Points folded so far for `metric` and `reason` (for tests).
@@ -613,6 +670,147 @@ impl Telemetry {
             FAMILIES[24].0,
             self.cardinality.streams.load(Ordering::Relaxed)
         );
+        header(out, LIMITED);
+        for sig in SIGNALS {
+            for r in LimitReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "{}_total{{signal=\"{}\",reason=\"{}\"}} {}",
+                    FAMILIES[LIMITED].0,
+                    sig.as_str(),
+                    r.as_str(),
+                    self.limited[sig as usize][r as usize].load(Ordering::Relaxed)
+                );
+            }
+        }
+        self.connections.render(&header, out);
+    }
+}
+
+/// A listening socket, the `listener` label of the connection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// OTLP/gRPC (`receivers.otlp.grpc`).
+    OtlpGrpc,
+    /// OTLP/HTTP (`receivers.otlp.http`).
+    OtlpHttp,
+    /// The Prometheus endpoint (`prometheus`).
+    Prometheus,
+}
+
+impl ListenerKind {
+    /// Every listener, in label order.
+    pub const ALL: [Self; 3] = [Self::OtlpGrpc, Self::OtlpHttp, Self::Prometheus];
+
+    /// The `listener` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtlpGrpc => "otlp_grpc",
+            Self::OtlpHttp => "otlp_http",
+            Self::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// Why the server closed (or refused) a connection, the `reason` label of
+/// `spindle_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The listener was at `max_connections`: an idle connection was closed to make room, or the
+    /// new one was closed because every connection had a request in flight.
+    MaxConnections,
+    /// No request for `idle_timeout`.
+    IdleTimeout,
+    /// A request's headers did not arrive within `header_read_timeout`.
+    HeaderReadTimeout,
+    /// A request's body did not arrive within `body_read_timeout` (answered 408).
+    BodyReadTimeout,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 4] = [
+        Self::MaxConnections,
+        Self::IdleTimeout,
+        Self::HeaderReadTimeout,
+        Self::BodyReadTimeout,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HeaderReadTimeout => "header_read_timeout",
+            Self::BodyReadTimeout => "body_read_timeout",
+        }
+    }
+
+    /// Whether the reason can happen on `listener` (gRPC has no header or body timeout).
+    fn applies_to(self, listener: ListenerKind) -> bool {
+        listener != ListenerKind::OtlpGrpc || matches!(self, Self::MaxConnections | Self::IdleTimeout)
+    }
+}
+
+/// Connection counts per listener, updated once per connection (never per request or byte).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    open: [AtomicU64; 3],
+    closed: [[AtomicU64; 4]; 3],
+}
+
+impl ConnectionStats {
+    /// Counts a connection accepted and kept open.
+    pub fn opened(&self, listener: ListenerKind) {
+        self.open[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that ended (after [`opened`](Self::opened)), however it ended.
+    pub fn ended(&self, listener: ListenerKind) {
+        let _ = self.open[listener as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Counts a connection the server closed or refused for `reason`.
+    pub fn closed(&self, listener: ListenerKind, reason: CloseReason) {
+        self.closed[listener as usize][reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now on `listener` (for tests).
+    pub fn open_now(&self, listener: ListenerKind) -> u64 {
+        self.open[listener as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections closed so far on `listener` for `reason` (for tests).
+    pub fn closed_total(&self, listener: ListenerKind, reason: CloseReason) -> u64 {
+        self.closed[listener as usize][reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn render(&self, header: &dyn Fn(&mut String, usize), out: &mut String) {
+        const CLOSED: usize = family("spindle_connections_closed");
+        const OPEN: usize = family("spindle_open_connections");
+        header(out, CLOSED);
+        for l in ListenerKind::ALL {
+            for r in CloseReason::ALL.into_iter().filter(|r| r.applies_to(l)) {
+                let _ = writeln!(
+                    out,
+                    "{}_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                    FAMILIES[CLOSED].0,
+                    l.as_str(),
+                    r.as_str(),
+                    self.closed_total(l, r)
+                );
+            }
+        }
+        header(out, OPEN);
+        for l in ListenerKind::ALL {
+            let _ = writeln!(
+                out,
+                "{}{{listener=\"{}\"}} {}",
+                FAMILIES[OPEN].0,
+                l.as_str(),
+                self.open_now(l)
+            );
+        }
     }
 }
 

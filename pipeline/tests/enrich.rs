@@ -86,15 +86,6 @@ async fn post(r: &Running, path: &str, body: Vec<u8>) {
     assert_eq!(resp.status(), 200);
 }
 
-async fn scrape(r: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", r.prometheus_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The sample line of `series` (a name followed by `{`) whose labels include every `label`.
 fn line_with<'a>(text: &'a str, series: &str, labels: &[&str]) -> Option<&'a str> {
     text.lines()
@@ -160,7 +151,7 @@ async fn enriched_attributes_become_labels_and_span_metric_dimensions() {
     .await;
     post(&r, "/v1/metrics", metrics("orders").encode_to_vec()).await;
     post(&r, "/v1/traces", traces().encode_to_vec()).await;
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     let sample = line_with(&text, "orders_total", &["api_version=\"v2\"", "team=\"payments\""])
         .unwrap_or_else(|| panic!("no enriched orders_total:\n{text}"));
     assert!(!sample.contains("http_target"), "deleted after extraction: {sample}");
@@ -195,7 +186,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
     })
     .await;
     post(&r, "/v1/metrics", metrics("before").encode_to_vec()).await;
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(
         line_with(&text, "before_total", &["team=\"payments\"", "tier=\"1\""]).is_some(),
         "catalog attributes from the start:\n{text}"
@@ -205,7 +196,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         post(&r, "/v1/metrics", metrics("after").encode_to_vec()).await;
-        let text = scrape(&r).await;
+        let text = common::scrape(&r).await;
         if line_with(&text, "after_total", &["team=\"checkout-core\"", "tier=\"2\""]).is_some() {
             assert!(
                 text.contains("spindle_enrich_catalog_reloads_total{result=\"ok\"} 1"),
@@ -220,7 +211,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
     std::fs::write(&path, "checkout: [broken\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = scrape(&r).await;
+        let text = common::scrape(&r).await;
         if text.contains("spindle_enrich_catalog_reloads_total{result=\"error\"} 1") {
             break;
         }
@@ -231,13 +222,13 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     post(&r, "/v1/metrics", metrics("broken").encode_to_vec()).await;
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(
         line_with(&text, "broken_total", &["team=\"checkout-core\"", "tier=\"2\""]).is_some(),
         "the previous catalog stays live:\n{text}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(
         text.contains("spindle_enrich_catalog_reloads_total{result=\"error\"} 1"),
         "an unchanged broken file is counted once:\n{text}"

@@ -56,15 +56,6 @@ fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     }
 }
 
-async fn scrape(r: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", r.prometheus_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn post(r: &Running, path: &str, ct: &str, ce: Option<&str>, body: Vec<u8>) -> reqwest::Response {
     let mut req = reqwest::Client::new()
         .post(format!("http://{}{path}", r.http_addr))
@@ -122,7 +113,7 @@ async fn http_protobuf_json_gzip_zstd_all_land() {
         200
     );
 
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     for (n, v) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
         assert!(
             text.contains(&format!("{n}_total{{job=\"svc\",route=\"/a\"}} {v}.0")),
@@ -159,7 +150,7 @@ async fn partial_success_keeps_the_good_points() {
     assert_eq!(body["partialSuccess"]["rejectedDataPoints"], 1, "{body}");
     let msg = body["partialSuccess"]["errorMessage"].as_str().unwrap();
     assert!(msg.contains("bucket counts"), "{msg}");
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(text.contains("good_total{job=\"svc\",route=\"/a\"} 7.0"), "{text}");
     assert!(!text.contains("h_bucket"), "{text}");
     assert!(
@@ -219,7 +210,7 @@ async fn every_bad_request_gets_its_status_and_message_and_is_counted() {
     )
     .await;
     assert_eq!(ok.status(), 200);
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(text.contains("after_total{job=\"svc\",route=\"/a\"} 1.0"), "{text}");
     for (reason, n) in [
         ("malformed", 2),
@@ -261,7 +252,7 @@ async fn traces_are_accepted_and_counted() {
         .await
         .unwrap();
     client.export(req).await.unwrap();
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(
         text.contains("spindle_received_items_total{signal=\"traces\",protocol=\"http\"} 1"),
         "{text}"
@@ -306,7 +297,7 @@ async fn grpc_gzip_partial_success_and_oversize() {
         .unwrap();
     let err = plain.export(request(big)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "uncompressed: {err}");
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(text.contains("g_total{job=\"svc\",route=\"/a\"} 5.0"), "{text}");
     assert!(text.contains("g2_total{job=\"svc\",route=\"/a\"} 2.0"), "{text}");
     r.shutdown().await.unwrap();
@@ -376,7 +367,7 @@ async fn hostile_histogram_values_do_not_crash_the_process() {
         let resp = post(&r, "/v1/metrics", "application/x-protobuf", None, req.encode_to_vec()).await;
         assert_eq!(resp.status(), 200);
     }
-    let text = scrape(&r).await;
+    let text = common::scrape(&r).await;
     assert!(text.contains("alive_total{job=\"svc\",route=\"/a\"} 1.0"), "{text}");
     assert!(
         !text.contains("e1_bucket") && !text.contains("e2_bucket"),

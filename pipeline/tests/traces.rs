@@ -2,7 +2,8 @@
 //! downstream OTLP receiver that can be told to fail, and span metrics with exemplars appear on
 //! `/metrics`. Shows: every span arrives once; retries through failures and downtime lose nothing;
 //! a full queue makes receivers answer "overloaded"; permanent errors drop and count; exemplars
-//! only ever name forwarded spans; shutdown flushes the queue.
+//! only ever name forwarded spans; shutdown flushes the queue, and when the backend is down or
+//! hanging it stops at `shutdown_timeout` and counts every span it could not deliver.
 
 mod common;
 
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use spindle::app::{Running, start};
 use spindle::config::{ByteSize, Config, DurationStr, OtlpProtocol};
+use spindle::telemetry::DropReason;
 use tokio_util::sync::CancellationToken;
 
 /// What the downstream answers.
@@ -313,9 +315,13 @@ async fn a_full_queue_makes_receivers_answer_overloaded_and_nothing_is_counted_t
     })
     .await;
     let mut client = client(&r).await;
-    let mut accepted = 0u32;
+    // A first batch goes in flight and keeps retrying (the backend is down); in flight it holds
+    // only its encoded body, so the queue behind it is what fills up.
+    client.export(spans(0, 20)).await.unwrap();
+    let mut accepted = 20u32;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = None;
-    for b in 0..100 {
+    for b in 1..100 {
         match client.export(spans(b * 20, 20)).await {
             Ok(_) => accepted += 20,
             Err(status) => {
@@ -601,4 +607,102 @@ async fn span_metrics_past_the_limit_fold_with_exemplars_of_forwarded_spans() {
     );
     r.shutdown().await.unwrap();
     stop.cancel();
+}
+
+/// An address nothing listens on (the port was bound, then released).
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A backend that accepts connections and never answers; counts the connections it holds open.
+async fn hanging_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_with_the_backend_down_is_bounded_and_counts_every_acknowledged_span() {
+    let r = spindle(Some(closed_port()), |c| {
+        c.exporters.traces.otlp.shutdown_timeout = DurationStr(Duration::from_secs(1));
+    })
+    .await;
+    let telemetry = r.telemetry.clone();
+    let mut client = client(&r).await;
+    // 6,000 acknowledged spans: one batch retrying, two more queued behind it.
+    for b in 0..12 {
+        client.export(spans(b * 500, 500)).await.unwrap();
+    }
+    wait_until("the export to be retrying", Duration::from_secs(5), async || {
+        telemetry.traces.retries_total() >= 2
+    })
+    .await;
+    let t = Instant::now();
+    r.shutdown().await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "shutdown took {took:?} with shutdown_timeout 1s"
+    );
+    assert_eq!(telemetry.traces.sent_total(), 0);
+    assert_eq!(
+        telemetry.traces.dropped_total(DropReason::Shutdown),
+        6000,
+        "every acknowledged span is delivered or counted"
+    );
+    assert_eq!(telemetry.traces.dropped_total(DropReason::Permanent), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_cuts_off_an_export_in_flight_to_a_hanging_backend_and_counts_it() {
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (addr, connections) = hanging_backend().await;
+        let r = spindle(Some(addr), |c| {
+            let ex = &mut c.exporters.traces.otlp;
+            ex.protocol = protocol;
+            // The attempt would hang for a minute; shutdown must not wait for it.
+            ex.timeout = DurationStr(Duration::from_secs(60));
+            ex.shutdown_timeout = DurationStr(Duration::from_secs(1));
+        })
+        .await;
+        let telemetry = r.telemetry.clone();
+        let mut client = client(&r).await;
+        client.export(spans(0, 300)).await.unwrap();
+        client.export(spans(300, 100)).await.unwrap();
+        wait_until("the backend to hold a connection", Duration::from_secs(5), async || {
+            connections.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        r.shutdown().await.unwrap();
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(2000),
+            "{protocol:?}: shutdown took {took:?} with shutdown_timeout 1s"
+        );
+        assert_eq!(
+            telemetry.traces.retries_total(),
+            0,
+            "{protocol:?}: the one attempt never completed"
+        );
+        assert_eq!(telemetry.traces.sent_total(), 0);
+        assert_eq!(
+            telemetry.traces.dropped_total(DropReason::Shutdown),
+            400,
+            "{protocol:?}: the batch in flight is counted as not delivered"
+        );
+    }
 }

@@ -103,7 +103,9 @@ struct CardinalityQuery {
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/cardinality[?limit=N]`: the limiter's report as JSON.
+/// `GET /api/v1/cardinality[?limit=N]`: the limiter's report as JSON, cached for
+/// [`REPORT_MAX_AGE`](crate::process::cardinality::REPORT_MAX_AGE) and computed single-flight on
+/// a blocking thread ([`Limiter::cached_report`]), so polling it cannot stall scrapes.
 async fn cardinality(
     State(s): State<ExposeState>,
     query: Result<axum::extract::Query<CardinalityQuery>, axum::extract::rejection::QueryRejection>,
@@ -118,7 +120,7 @@ async fn cardinality(
                 .into_response();
         }
     };
-    let report = tokio::task::spawn_blocking(move || s.limiter.report(&s.store, limit)).await;
+    let report = tokio::task::spawn_blocking(move || s.limiter.cached_report(&s.store, limit)).await;
     match report {
         Ok(v) => axum::Json(v).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "report failed\n").into_response(),
@@ -205,6 +207,71 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Routes over a store with `n` series of one counter, and the limiter they report from.
+    fn state_with(n: usize) -> ExposeState {
+        use crate::model::{MetricKind, Temporality};
+        use crate::process::translate::{FamilyMeta, PointValue, Samples};
+        let telemetry = Arc::new(Telemetry::default());
+        let store = Arc::new(Store::new(std::time::Duration::from_secs(60), usize::MAX, &[]));
+        let mut b = Samples::default();
+        let f = b.add_family(FamilyMeta {
+            name: "requests".into(),
+            kind: MetricKind::Counter,
+            help: String::new(),
+            unit: String::new(),
+        });
+        for i in 0..n {
+            let start = b.labels.len();
+            b.add_label("user", &format!("u{i}"));
+            b.add_point(f, start, Temporality::Delta, PointValue::Number(1.0), &[]);
+        }
+        store.write(b, Instant::now());
+        let limiter = Limiter::new(&Default::default(), usize::MAX, telemetry.clone()).expect("default limiter");
+        ExposeState {
+            store,
+            telemetry,
+            ready: Arc::new(AtomicBool::new(true)),
+            buffers: Default::default(),
+            limiter: Arc::new(limiter),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_cardinality_requests_share_one_report_computation() {
+        use tower::ServiceExt as _;
+        let state = state_with(20_000);
+        let app = router(state.clone());
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let req = http::Request::get("/api/v1/cardinality?limit=5")
+                        .body(axum::body::Body::empty())
+                        .expect("request");
+                    let resp = app.oneshot(req).await.expect("infallible");
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+                    serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")
+                })
+            })
+            .collect();
+        let mut reports = Vec::new();
+        for c in calls {
+            reports.push(c.await.expect("call"));
+        }
+        assert_eq!(
+            state.limiter.report_computations(),
+            1,
+            "8 concurrent requests, one computation"
+        );
+        for r in &reports {
+            assert_eq!(r["top_metrics"][0]["series"], 20_000);
+            assert_eq!(r["top_metrics"][0]["labels"][0]["distinct_values"], 20_000);
+            assert_eq!(r["generated_at_unix_ms"], reports[0]["generated_at_unix_ms"]);
+            assert!(r["age_ms"].is_u64(), "{r}");
+        }
+    }
 
     #[test]
     fn buffers_return_to_the_pool_with_their_capacity() {

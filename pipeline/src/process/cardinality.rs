@@ -26,9 +26,10 @@
 
 use std::hash::{BuildHasher, Hasher as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 use regex::{Captures, Regex};
 use serde_json::{Value, json};
@@ -298,6 +299,8 @@ pub struct Limiter {
     streams: AtomicUsize,
     hasher: Hasher,
     telemetry: Arc<Telemetry>,
+    /// The newest `/api/v1/cardinality` report, shared by callers while it is fresh.
+    reports: ReportCache,
 }
 
 /// Where a point goes.
@@ -364,6 +367,7 @@ impl Limiter {
             streams: AtomicUsize::new(0),
             hasher: Hasher::default(),
             telemetry,
+            reports: ReportCache::default(),
         })
     }
 
@@ -943,41 +947,90 @@ impl Limiter {
         series
     }
 
-    /// The `/api/v1/cardinality` report: configured limits, the `top` metrics by active series
-    /// with their labels by distinct values (read from `store`), and what was folded, normalized or
-    /// rejected, by metric and reason.
+    /// The `/api/v1/cardinality` report for `top`, as [`Limiter::cached_report_within`] serves
+    /// it with [`REPORT_MAX_AGE`]: what the endpoint answers.
+    pub fn cached_report(&self, store: &Store, top: usize) -> Value {
+        self.cached_report_within(store, top, REPORT_MAX_AGE)
+    }
+
+    /// The report for `top` ([`Limiter::report`]), computed at most once per `max_age`: a report
+    /// computed for at least `top` metrics that finished less than `max_age` ago — or less than
+    /// [`REPORT_AGE_PER_COST`] times its computation time, when that is longer — is served again
+    /// (cut to `top`), with its `generated_at_unix_ms` and its `age_ms` now. Single-flight: when
+    /// none is fresh, one caller computes and concurrent callers wait for that computation and
+    /// share it; reports are never computed in parallel. Blocks for the computation: call it off
+    /// the async workers (`spawn_blocking`).
+    pub fn cached_report_within(&self, store: &Store, top: usize, max_age: Duration) -> Value {
+        if let Some(v) = self.fresh_report(top, max_age) {
+            return v;
+        }
+        let _computing = self.reports.computing.lock();
+        // Computed by another caller while this one waited.
+        if let Some(v) = self.fresh_report(top, max_age) {
+            return v;
+        }
+        let start = Instant::now();
+        let report = self.compute_report(store, top);
+        let cached = Arc::new(CachedReport {
+            took: start.elapsed(),
+            at: Instant::now(),
+            unix_ms: unix_ms(),
+            depth: top,
+            report,
+        });
+        *self.reports.latest.lock() = Some(cached.clone());
+        cached.shaped(top)
+    }
+
+    fn fresh_report(&self, top: usize, max_age: Duration) -> Option<Value> {
+        let c = self.reports.latest.lock().clone()?;
+        let max_age = max_age.max(c.took.saturating_mul(REPORT_AGE_PER_COST));
+        (c.depth >= top && c.at.elapsed() < max_age).then(|| c.shaped(top))
+    }
+
+    /// How many reports were computed so far: every [`Limiter::report`] call and every
+    /// [`Limiter::cached_report`] call that found no fresh report.
+    pub fn report_computations(&self) -> u64 {
+        self.reports.computations.load(Ordering::Relaxed)
+    }
+
+    /// The `/api/v1/cardinality` report, computed now (uncached; the endpoint serves
+    /// [`Limiter::cached_report`]): configured limits, the `top` metrics by active series with
+    /// their labels by distinct values (read from `store` one family and one chunk of series at a
+    /// time, see [`Store::walk_labels`]), and what was folded, normalized or rejected, by metric
+    /// and reason; `generated_at_unix_ms` is now and `age_ms` 0.
     pub fn report(&self, store: &Store, top: usize) -> Value {
+        let mut v = self.compute_report(store, top);
+        v["generated_at_unix_ms"] = json!(unix_ms());
+        v["age_ms"] = json!(0);
+        v
+    }
+
+    fn compute_report(&self, store: &Store, top: usize) -> Value {
+        self.reports.computations.fetch_add(1, Ordering::Relaxed);
         let mut by_series: Vec<(usize, crate::store::FamilyHandle)> =
             store.families().into_iter().map(|h| (series_len(&h), h)).collect();
         by_series.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
         let states: HashMap<Box<str>, FamilyHandle> = self.families.read().clone();
+        let mut distinct = DistinctLabels::default();
         let metrics: Vec<Value> = by_series
             .iter()
             .take(top)
             .map(|(n, h)| {
-                let f = h.lock();
-                let name = f.meta.name.clone();
-                let mut distinct: Vec<(String, HashMap<String, ()>)> = Vec::new();
-                let mut overflow = false;
-                for s in f.series() {
-                    for (k, v) in crate::store::parse_labels(s.labels()).unwrap_or_default() {
-                        if k == OVERFLOW_LABEL {
-                            overflow = true;
-                        }
-                        match distinct.iter_mut().find(|(n, _)| *n == k) {
-                            Some((_, set)) => {
-                                set.insert(v, ());
-                            }
-                            None => distinct.push((k, HashMap::from_iter([(v, ())]))),
-                        }
-                    }
-                }
-                drop(f);
-                distinct.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
-                let labels: Vec<Value> = distinct
+                let name = h.lock().meta.name.clone();
+                distinct.clear();
+                store.walk_labels(h, |labels| distinct.add(labels));
+                let overflow = distinct.labels.iter().any(|l| l.name == OVERFLOW_LABEL.as_bytes());
+                let mut counts: Vec<(String, usize)> = distinct
+                    .labels
+                    .iter()
+                    .map(|l| (String::from_utf8_lossy(&l.name).into_owned(), l.values.len()))
+                    .collect();
+                counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let labels: Vec<Value> = counts
                     .iter()
                     .take(top)
-                    .map(|(k, set)| json!({"name": k, "distinct_values": set.len()}))
+                    .map(|(k, n)| json!({"name": k, "distinct_values": n}))
                     .collect();
                 let mut m = json!({
                     "name": name,
@@ -1075,6 +1128,132 @@ impl Limiter {
             "top_metrics": metrics,
             "limited_metrics": folded,
         })
+    }
+}
+
+/// How long, at least, a computed `/api/v1/cardinality` report is served before a call computes
+/// the next one (see also [`REPORT_AGE_PER_COST`]; README, "Cardinality control").
+pub const REPORT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A report is also served until it is this many times as old as its computation took, so
+/// continuous polling keeps at most 1/(1 + this) of one core busy however large the store is
+/// (at 1M series, one computation every ~10 s instead of every second).
+pub const REPORT_AGE_PER_COST: u32 = 10;
+
+/// The newest report, and the lock that makes computing one single-flight.
+#[derive(Debug, Default)]
+struct ReportCache {
+    latest: Mutex<Option<Arc<CachedReport>>>,
+    /// Held while a report is computed: callers that find no fresh report wait here, then share it.
+    computing: Mutex<()>,
+    computations: AtomicU64,
+}
+
+#[derive(Debug)]
+struct CachedReport {
+    /// When its computation finished.
+    at: Instant,
+    /// How long the computation took.
+    took: Duration,
+    unix_ms: u64,
+    /// The `top` it was computed for: it serves every `top` up to this.
+    depth: usize,
+    /// Without the time fields.
+    report: Value,
+}
+
+impl CachedReport {
+    /// The report as computed for `top <= depth`: its lists are sorted, so that is a prefix of
+    /// each (metrics, each metric's labels, limited metrics); plus its time fields.
+    fn shaped(&self, top: usize) -> Value {
+        let Value::Object(fields) = &self.report else {
+            return self.report.clone();
+        };
+        let mut out = serde_json::Map::new();
+        for (k, v) in fields {
+            let v = match (k.as_str(), v) {
+                ("top_metrics", Value::Array(ms)) if top < self.depth => ms
+                    .iter()
+                    .take(top)
+                    .map(|m| {
+                        let mut m = m.clone();
+                        if let Some(Value::Array(labels)) = m.get_mut("labels") {
+                            labels.truncate(top);
+                        }
+                        m
+                    })
+                    .collect(),
+                ("limited_metrics", Value::Array(ms)) => ms.iter().take(top).cloned().collect(),
+                _ => v.clone(),
+            };
+            out.insert(k.clone(), v);
+        }
+        out.insert("generated_at_unix_ms".into(), json!(self.unix_ms));
+        let age = self.at.elapsed().as_millis();
+        out.insert("age_ms".into(), json!(u64::try_from(age).unwrap_or(u64::MAX)));
+        Value::Object(out)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Distinct values per label name over the series of one family, kept as their escaped bytes in
+/// one arena per label (no allocation per value).
+#[derive(Debug, Default)]
+struct DistinctLabels {
+    hasher: Hasher,
+    labels: Vec<DistinctValues>,
+}
+
+#[derive(Debug)]
+struct DistinctValues {
+    name: Vec<u8>,
+    /// (hash, start, end) of each distinct value in `arena`.
+    values: HashTable<(u64, usize, usize)>,
+    arena: Vec<u8>,
+}
+
+impl DistinctLabels {
+    fn clear(&mut self) {
+        self.labels.clear();
+    }
+
+    /// Counts the values of one rendered label set (`name="value",…`).
+    fn add(&mut self, rendered: &[u8]) {
+        let Self { hasher, labels } = self;
+        for (k, (name, value)) in crate::store::label_pairs(rendered).enumerate() {
+            // Series of a family mostly share their label names, in the same order.
+            let guess = labels.get(k).is_some_and(|l| l.name == name);
+            let i = match if guess {
+                Some(k)
+            } else {
+                labels.iter().position(|l| l.name == name)
+            } {
+                Some(i) => i,
+                None => {
+                    labels.push(DistinctValues {
+                        name: name.to_vec(),
+                        values: HashTable::new(),
+                        arena: Vec::new(),
+                    });
+                    labels.len() - 1
+                }
+            };
+            let DistinctValues { values, arena, .. } = &mut labels[i];
+            let hash = hasher.hash_one(value);
+            if values
+                .find(hash, |&(h, s, e)| h == hash && &arena[s..e] == value)
+                .is_none()
+            {
+                let start = arena.len();
+                arena.extend_from_slice(value);
+                values.insert_unique(hash, (hash, start, arena.len()), |&(h, _, _)| h);
+            }
+        }
     }
 }
 

@@ -9,16 +9,26 @@
 //!
 //! Each span counts with its adjusted count when its `tracestate` carries an OTel
 //! probability-sampling threshold (`ot=th:…`): `2^56 / (2^56 − T)`.
+//!
+//! Limits (`receivers.otlp.limits`): [`SpanMetrics::limit_spans`] rejects spans with more than
+//! `max_attributes_per_span` attributes before anything reads them; service names, span names and
+//! dimension values longer than `max_label_value_length` are truncated (with `…`) before spans are
+//! aggregated, so one huge name cannot make every scrape huge. Both are counted per request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 
-use super::translate::{FamilyMeta, PointValue, Samples, write_any};
-use crate::config::SpanMetricsConfig;
-use crate::model::{Exemplar, MetricKind, Temporality};
+use super::translate::{
+    FamilyMeta, LimitCounts, LimitReason, PointValue, Samples, truncate_value, truncated, write_any,
+};
+use crate::config::{LimitsConfig, SpanMetricsConfig};
+use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
+use crate::telemetry::Telemetry;
 
 /// Family name of the call counter (exposed as `traces_span_metrics_calls_total`).
 pub const CALLS: &str = "traces_span_metrics_calls";
@@ -41,6 +51,8 @@ pub struct SpanMetrics {
     config: SpanMetricsConfig,
     /// Bit `k` set: spans of OTLP kind `k` count.
     kinds: u8,
+    limits: LimitsConfig,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// What one traces request contributes.
@@ -52,6 +64,8 @@ pub struct SpanMetricsBatch {
     pub exemplars: Samples,
     /// Spans that were counted.
     pub spans: u64,
+    /// Label values truncated by `max_label_value_length`.
+    pub limited: LimitCounts,
 }
 
 #[derive(Debug)]
@@ -72,7 +86,53 @@ impl SpanMetrics {
         } else {
             config.span_kinds.iter().fold(0u8, |m, k| m | (1 << k.otlp()))
         };
-        Self { config, kinds }
+        Self {
+            config,
+            kinds,
+            limits: LimitsConfig::default(),
+            telemetry: None,
+        }
+    }
+
+    /// The same processor with these limits (the defaults of [`LimitsConfig`] otherwise).
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same processor, counting what its limits refuse or truncate in
+    /// `spindle_limited_items_total{signal="traces"}` once per request.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Removes the spans with more than `max_attributes_per_span` attributes, whether or not span
+    /// metrics are on, and reports them as rejected in `out` (call before anything reads or
+    /// forwards the spans). Returns how many were removed.
+    pub fn limit_spans(&self, req: &mut ExportTraceServiceRequest, out: &mut Outcome) -> u64 {
+        let max = self.limits.max_attributes_per_span;
+        let mut removed = 0;
+        let mut most = 0;
+        for ss in req.resource_spans.iter_mut().flat_map(|rs| rs.scope_spans.iter_mut()) {
+            let before = ss.spans.len();
+            ss.spans.retain(|s| {
+                most = most.max(s.attributes.len());
+                s.attributes.len() <= max
+            });
+            removed += (before - ss.spans.len()) as u64;
+        }
+        if removed > 0 {
+            out.reject(removed, || {
+                format!("span with {most} attributes, more than receivers.otlp.limits.max_attributes_per_span ({max})")
+            });
+            let mut counts = LimitCounts::default();
+            counts.add(LimitReason::TooManyAttributes, removed);
+            if let Some(t) = &self.telemetry {
+                t.limited(Signal::Traces, &counts);
+            }
+        }
+        removed
     }
 
     /// Whether span metrics are on.
@@ -86,10 +146,12 @@ impl SpanMetrics {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut key = String::new();
         let mut spans = 0u64;
+        let mut limited = LimitCounts::default();
+        let max = self.limits.max_label_value_length;
         let buckets = &self.config.buckets;
         for rs in &req.resource_spans {
             let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
-            let service = find(resource, "service.name").unwrap_or_else(|| "unknown_service".into());
+            let service = find(resource, "service.name", max, &mut limited).unwrap_or_else(|| "unknown_service".into());
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     let kind = span.kind.clamp(0, 5) as usize;
@@ -103,13 +165,19 @@ impl SpanMetrics {
                         .dimensions
                         .iter()
                         .map(|d| {
-                            find(&span.attributes, &d.name)
-                                .or_else(|| find(resource, &d.name))
+                            find(&span.attributes, &d.name, max, &mut limited)
+                                .or_else(|| find(resource, &d.name, max, &mut limited))
                                 .or(d.default.clone())
                         })
                         .collect();
+                    // Long names are cut before aggregating: spans whose names share the kept
+                    // prefix count in one series (totals are kept).
+                    let span_name = truncated(&span.name, max);
+                    if let Cow::Owned(_) = span_name {
+                        limited.add(LimitReason::LabelValueTruncated, 1);
+                    }
                     key.clear();
-                    for part in [service.as_str(), &span.name, KINDS[kind], STATUSES[status]] {
+                    for part in [service.as_str(), &span_name, KINDS[kind], STATUSES[status]] {
                         key.push_str(part);
                         key.push('\0');
                     }
@@ -125,7 +193,7 @@ impl SpanMetrics {
                         None => {
                             let mut values = vec![
                                 Some(service.clone()),
-                                Some(span.name.clone()),
+                                Some(span_name.into_owned()),
                                 Some(KINDS[kind].to_string()),
                                 Some(STATUSES[status].to_string()),
                             ];
@@ -161,7 +229,14 @@ impl SpanMetrics {
                 }
             }
         }
-        self.emit(aggs, spans)
+        if let Some(t) = &self.telemetry
+            && !limited.is_empty()
+        {
+            t.limited(Signal::Traces, &limited);
+        }
+        let mut batch = self.emit(aggs, spans);
+        batch.limited = limited;
+        batch
     }
 
     fn emit(&self, aggs: Vec<Agg>, spans: u64) -> SpanMetricsBatch {
@@ -223,10 +298,14 @@ impl SpanMetrics {
     }
 }
 
-fn find(attrs: &[KeyValue], key: &str) -> Option<String> {
+/// The value of attribute `key` as a label value, truncated to `max` bytes (counted in `limited`).
+fn find(attrs: &[KeyValue], key: &str, max: usize, limited: &mut LimitCounts) -> Option<String> {
     let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
     let mut s = String::new();
     write_any(v, &mut s);
+    if truncate_value(&mut s, max) {
+        limited.add(LimitReason::LabelValueTruncated, 1);
+    }
     Some(s)
 }
 

@@ -10,12 +10,125 @@
 //!   `otel_scope_name`, `otel_scope_version`, promoted resource attributes, then point attributes;
 //!   names sanitized, and attributes that collide after sanitizing are joined with `;`.
 //! - One `target_info` point per resource that has attributes beyond the identifying ones.
+//! - Limits (`receivers.otlp.limits`): metric names, label names, attribute counts and label-set
+//!   sizes past their limit reject the point (in the outcome, with a message); label values past
+//!   `max_label_value_length` are truncated with a trailing `…`. Each is counted per batch in
+//!   [`Samples::limited`] (and in `spindle_limited_items_total` when the translator has telemetry).
+//!
+//! Labels that collide are merged in one pass: each merged value is written to the arena once, so
+//! the work and the arena stay linear in the number of attributes however many collide.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
 
-use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
+use crate::config::LimitsConfig;
+use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
+use crate::telemetry::Telemetry;
+
+/// Why a limit of `receivers.otlp.limits` refused or changed an item (the `reason` label of
+/// `spindle_limited_items_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// A metric name longer than `max_metric_name_length`: its points are rejected.
+    MetricNameTooLong,
+    /// A label name longer than `max_label_name_length`: the point is rejected.
+    LabelNameTooLong,
+    /// A label value longer than `max_label_value_length`: truncated, the point kept.
+    LabelValueTruncated,
+    /// More attributes than `max_attributes_per_point` / `max_attributes_per_span`: rejected.
+    TooManyAttributes,
+    /// A label set larger than `max_label_set_size`: the point is rejected.
+    LabelSetTooLarge,
+}
+
+impl LimitReason {
+    /// Every reason, in label order.
+    pub const ALL: [LimitReason; 5] = [
+        LimitReason::MetricNameTooLong,
+        LimitReason::LabelNameTooLong,
+        LimitReason::LabelValueTruncated,
+        LimitReason::TooManyAttributes,
+        LimitReason::LabelSetTooLarge,
+    ];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::MetricNameTooLong => "metric_name_too_long",
+            LimitReason::LabelNameTooLong => "label_name_too_long",
+            LimitReason::LabelValueTruncated => "label_value_truncated",
+            LimitReason::TooManyAttributes => "too_many_attributes",
+            LimitReason::LabelSetTooLarge => "label_set_too_large",
+        }
+    }
+}
+
+/// Items each limit refused or changed in one batch, indexed by [`LimitReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitCounts(pub [u64; LimitReason::ALL.len()]);
+
+impl LimitCounts {
+    /// Adds `n` items for `reason`.
+    pub fn add(&mut self, reason: LimitReason, n: u64) {
+        self.0[reason as usize] += n;
+    }
+
+    /// Items counted for `reason`.
+    pub fn get(&self, reason: LimitReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
+    }
+}
+
+/// The marker that ends a truncated label value.
+pub const TRUNCATION_MARKER: &str = "…";
+
+/// Cuts `s` to at most `max` bytes, ending with [`TRUNCATION_MARKER`], at a UTF-8 boundary.
+/// Returns whether it was cut.
+pub fn truncate_value(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max.saturating_sub(TRUNCATION_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    if s.len() + TRUNCATION_MARKER.len() <= max {
+        s.push_str(TRUNCATION_MARKER);
+    }
+    true
+}
+
+/// `s`, or a copy cut by [`truncate_value`] when it is longer than `max` bytes.
+pub fn truncated(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max.saturating_sub(TRUNCATION_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(max);
+    out.push_str(&s[..end]);
+    if out.len() + TRUNCATION_MARKER.len() <= max {
+        out.push_str(TRUNCATION_MARKER);
+    }
+    Cow::Owned(out)
+}
+
+/// At most the first 64 bytes of `s` (at a UTF-8 boundary), for messages about oversized input.
+fn preview(s: &str) -> Cow<'_, str> {
+    truncated(s, 64)
+}
 
 /// A half-open range of indices into one of the arenas of [`Samples`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,6 +276,8 @@ pub struct Samples {
     pub exemplars: Vec<Exemplar>,
     /// Points accepted so far and points rejected during translation, with reasons.
     pub outcome: Outcome,
+    /// Items refused or changed by `receivers.otlp.limits` in this batch.
+    pub limited: LimitCounts,
 }
 
 impl Samples {
@@ -214,7 +329,7 @@ impl Samples {
         value: PointValue,
         exemplars: &[Exemplar],
     ) -> Span {
-        finish_labels(self, labels_start);
+        finish_labels(self, labels_start, usize::MAX);
         let labels = Span::new(labels_start, self.labels.len());
         let e = self.exemplars.len();
         self.exemplars.extend_from_slice(exemplars);
@@ -235,6 +350,8 @@ impl Samples {
 #[derive(Debug, Clone, Default)]
 pub struct Translator {
     promote: Vec<String>,
+    limits: LimitsConfig,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 const SERVICE_NAME: &str = "service.name";
@@ -246,7 +363,21 @@ impl Translator {
     pub fn new(promote_resource_attributes: Vec<String>) -> Self {
         Self {
             promote: promote_resource_attributes,
+            ..Default::default()
         }
+    }
+
+    /// The same translator with these limits (the defaults of [`LimitsConfig`] otherwise).
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same translator, counting what its limits refuse or truncate in
+    /// `spindle_limited_items_total{signal="metrics"}` once per batch.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Translates a whole request. Invalid points are left out and counted in the outcome.
@@ -258,11 +389,38 @@ impl Translator {
             let resource_labels = self.resource_labels(&attrs, &mut out);
             self.target_info(&attrs, &resource_labels, &mut out);
             for sm in rm.scope_metrics {
-                let scope_labels = scope_labels(&resource_labels, sm.scope, &sm.schema_url, &mut out);
-                for m in sm.metrics {
-                    translate_metric(m, &scope_labels, &mut out, &mut scratch);
+                match scope_labels(&resource_labels, sm.scope, &sm.schema_url, &self.limits, &mut out) {
+                    Ok(scope_labels) => {
+                        for m in sm.metrics {
+                            translate_metric(m, &scope_labels, &self.limits, &mut out, &mut scratch);
+                        }
+                    }
+                    Err((reason, why)) => {
+                        let n: u64 = sm
+                            .metrics
+                            .iter()
+                            .filter_map(|m| m.data.as_ref())
+                            .map(data_point_count)
+                            .sum();
+                        out.limited.add(reason, n);
+                        out.outcome.reject(n, || why);
+                    }
                 }
             }
+        }
+        let cut = out.limited.get(LimitReason::LabelValueTruncated);
+        if cut > 0 {
+            let max = self.limits.max_label_value_length;
+            out.outcome.reject(0, || {
+                format!(
+                    "{cut} label values longer than receivers.otlp.limits.max_label_value_length ({max}) were truncated"
+                )
+            });
+        }
+        if let Some(t) = &self.telemetry
+            && !out.limited.is_empty()
+        {
+            t.limited(Signal::Metrics, &out.limited);
         }
         out
     }
@@ -280,23 +438,33 @@ impl Translator {
                 }
             }
             write_any(name, &mut v);
+            self.truncate(&mut v, out);
             labels.push(push_label(&mut out.text, "job", &v));
         }
         if let Some(id) = get(SERVICE_INSTANCE_ID) {
             v.clear();
             write_any(id, &mut v);
+            self.truncate(&mut v, out);
             labels.push(push_label(&mut out.text, "instance", &v));
         }
         for key in &self.promote {
             if let Some(val) = get(key) {
                 v.clear();
                 write_any(val, &mut v);
+                self.truncate(&mut v, out);
                 let name = push_sanitized_label_name(&mut out.text, key);
                 let value = push_str(&mut out.text, &v);
                 labels.push(Label { name, value });
             }
         }
         labels
+    }
+
+    /// Truncates a label value to `max_label_value_length`, counting it.
+    fn truncate(&self, v: &mut String, out: &mut Samples) {
+        if truncate_value(v, self.limits.max_label_value_length) {
+            out.limited.add(LimitReason::LabelValueTruncated, 1);
+        }
     }
 
     /// One `target_info` point carrying every non-identifying resource attribute.
@@ -307,6 +475,15 @@ impl Translator {
             .filter(|kv| !matches!(kv.key.as_str(), SERVICE_NAME | SERVICE_NAMESPACE | SERVICE_INSTANCE_ID))
             .collect();
         if extra.is_empty() {
+            return;
+        }
+        let limits = &self.limits;
+        if extra.len() > limits.max_attributes_per_point {
+            out.limited.add(LimitReason::TooManyAttributes, 1);
+            let n = extra.len();
+            out.outcome.reject(1, || {
+                too_many_attributes("target_info", n, limits.max_attributes_per_point)
+            });
             return;
         }
         extra.sort_by(|a, b| a.key.cmp(&b.key));
@@ -320,6 +497,7 @@ impl Translator {
             },
         );
         let start = out.labels.len();
+        let text_start = out.text.len();
         out.labels.extend(
             resource_labels
                 .iter()
@@ -328,16 +506,27 @@ impl Translator {
                 .collect::<Vec<_>>(),
         );
         let mut v = String::new();
+        let mut truncations = 0;
         for kv in extra {
             v.clear();
             if let Some(val) = &kv.value {
                 write_any(val, &mut v);
             }
+            let truncated = truncate_value(&mut v, limits.max_label_value_length);
             let name = push_sanitized_label_name(&mut out.text, &kv.key);
             let value = push_str(&mut out.text, &v);
             out.labels.push(Label { name, value });
+            truncations += u64::from(truncated);
         }
-        finish_labels(out, start);
+        truncations += finish_labels(out, start, limits.max_label_value_length);
+        if let Err((reason, why)) = check_labels(out, start, limits) {
+            out.labels.truncate(start);
+            out.text.truncate(text_start);
+            out.limited.add(reason, 1);
+            out.outcome.reject(1, || format!("target_info: {why}"));
+            return;
+        }
+        out.limited.add(LimitReason::LabelValueTruncated, truncations);
         out.points.push(Point {
             family,
             labels: Span::new(start, out.labels.len()),
@@ -349,41 +538,111 @@ impl Translator {
     }
 }
 
+/// A limit that refused an item, and the message for the sender.
+type Limited = (LimitReason, String);
+
 /// The resource's labels plus `otel_scope_name`, `otel_scope_version`, `otel_scope_schema_url` and
-/// one `otel_scope_<key>` per scope attribute.
+/// one `otel_scope_<key>` per scope attribute. Values are truncated to `max_label_value_length`;
+/// a scope with more than `max_attributes_per_point` attributes or a label name longer than
+/// `max_label_name_length` refuses all its points.
 fn scope_labels(
     resource_labels: &[Label],
     scope: Option<InstrumentationScope>,
     schema_url: &str,
+    limits: &LimitsConfig,
     out: &mut Samples,
-) -> Vec<Label> {
-    let mut labels = resource_labels.to_vec();
+) -> Result<Vec<Label>, Limited> {
     let scope = scope.unwrap_or_default();
-    for (name, value) in [("otel_scope_name", &scope.name), ("otel_scope_version", &scope.version)] {
+    if scope.attributes.len() > limits.max_attributes_per_point {
+        let n = scope.attributes.len();
+        return Err((
+            LimitReason::TooManyAttributes,
+            too_many_attributes(
+                &format!("scope `{}`", preview(&scope.name)),
+                n,
+                limits.max_attributes_per_point,
+            ),
+        ));
+    }
+    let mut labels = resource_labels.to_vec();
+    let max = limits.max_label_value_length;
+    let mut truncations = 0;
+    for (name, value) in [
+        ("otel_scope_name", scope.name.as_str()),
+        ("otel_scope_version", &scope.version),
+        ("otel_scope_schema_url", schema_url),
+    ] {
         if !value.is_empty() {
-            labels.push(push_label(&mut out.text, name, value));
+            let value = truncated(value, max);
+            truncations += u64::from(matches!(value, Cow::Owned(_)));
+            labels.push(push_label(&mut out.text, name, &value));
         }
     }
-    if !schema_url.is_empty() {
-        labels.push(push_label(&mut out.text, "otel_scope_schema_url", schema_url));
-    }
     let mut v = String::new();
+    let mut key = String::new();
     for kv in &scope.attributes {
         v.clear();
         if let Some(val) = &kv.value {
             write_any(val, &mut v);
         }
-        let name = push_sanitized_label_name(&mut out.text, &format!("otel_scope_{}", kv.key));
+        truncations += u64::from(truncate_value(&mut v, max));
+        key.clear();
+        key.push_str("otel_scope_");
+        key.push_str(&kv.key);
+        let name = push_sanitized_label_name(&mut out.text, &key);
+        if name.len() > limits.max_label_name_length {
+            return Err((
+                LimitReason::LabelNameTooLong,
+                label_name_too_long(&out.text[name.range()], limits.max_label_name_length),
+            ));
+        }
         let value = push_str(&mut out.text, &v);
         labels.push(Label { name, value });
     }
-    labels
+    out.limited.add(LimitReason::LabelValueTruncated, truncations);
+    Ok(labels)
+}
+
+fn too_many_attributes(what: &str, n: usize, max: usize) -> String {
+    format!("{what} has {n} attributes, more than receivers.otlp.limits.max_attributes_per_point ({max})")
+}
+
+fn label_name_too_long(name: &str, max: usize) -> String {
+    format!(
+        "label name `{}` ({} bytes) is longer than receivers.otlp.limits.max_label_name_length ({max})",
+        preview(name),
+        name.len()
+    )
+}
+
+/// Checks the finished labels from `start`: name lengths and the label-set size.
+fn check_labels(out: &Samples, start: usize, limits: &LimitsConfig) -> Result<(), Limited> {
+    let mut size = 0usize;
+    for l in &out.labels[start..] {
+        if l.name.len() > limits.max_label_name_length {
+            let why = label_name_too_long(out.str(l.name), limits.max_label_name_length);
+            return Err((LimitReason::LabelNameTooLong, why));
+        }
+        size += l.name.len() + l.value.len();
+    }
+    let max = limits.max_label_set_size.0;
+    if size as u64 > max {
+        return Err((
+            LimitReason::LabelSetTooLarge,
+            format!(
+                "label set of {size} bytes is larger than receivers.otlp.limits.max_label_set_size ({})",
+                limits.max_label_set_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reused per-request buffers.
 #[derive(Default)]
 struct Scratch {
     value: String,
+    merged: String,
 }
 
 fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {
@@ -391,7 +650,13 @@ fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {
     (out.families.len() - 1) as u32
 }
 
-fn translate_metric(m: pm::Metric, scope_labels: &[Label], out: &mut Samples, scratch: &mut Scratch) {
+fn translate_metric(
+    m: pm::Metric,
+    scope_labels: &[Label],
+    limits: &LimitsConfig,
+    out: &mut Samples,
+    scratch: &mut Scratch,
+) {
     let Some(data) = m.data else {
         out.outcome.reject(0, || format!("metric `{}` has no data", m.name));
         return;
@@ -408,19 +673,30 @@ fn translate_metric(m: pm::Metric, scope_labels: &[Label], out: &mut Samples, sc
         Data::Summary(_) => MetricKind::Summary,
     };
     let (name, unit) = prometheus_name(&m.name, &m.unit, kind);
-    let family = family_index(
-        out,
-        FamilyMeta {
-            name,
-            kind,
-            help: m.description,
-            unit,
-        },
-    );
+    if name.len() > limits.max_metric_name_length {
+        let n = data_point_count(&data);
+        out.limited.add(LimitReason::MetricNameTooLong, n);
+        out.outcome.reject(n, || {
+            format!(
+                "metric `{}` ({} bytes as `{}`) has a name longer than receivers.otlp.limits.max_metric_name_length ({})",
+                preview(&m.name),
+                name.len(),
+                preview(&name),
+                limits.max_metric_name_length
+            )
+        });
+        return;
+    }
+    let mut help = m.description;
+    if truncate_value(&mut help, limits.max_label_value_length) {
+        out.limited.add(LimitReason::LabelValueTruncated, 1);
+    }
+    let family = family_index(out, FamilyMeta { name, kind, help, unit });
     let ctx = PointCtx {
         family,
         kind,
         scope_labels,
+        limits,
     };
     match data {
         Data::Gauge(g) => {
@@ -476,22 +752,43 @@ struct PointCtx<'a> {
     family: u32,
     kind: MetricKind,
     scope_labels: &'a [Label],
+    limits: &'a LimitsConfig,
+}
+
+/// Why a point was rejected: invalid, or past a limit (counted by reason).
+enum Rejection {
+    Invalid(String),
+    Limit(Limited),
 }
 
 const NO_RECORDED_VALUE: u32 = pm::DataPointFlags::NoRecordedValueMask as u32;
 
 impl PointCtx<'_> {
-    /// Pushes the point's labels; returns their span or a rejection reason.
-    fn labels(&self, attrs: &[KeyValue], out: &mut Samples, scratch: &mut Scratch) -> Result<Span, String> {
+    /// Pushes the point's labels; returns their span or a rejection reason. A rejected point
+    /// leaves nothing behind in the arenas.
+    fn labels(&self, attrs: &[KeyValue], out: &mut Samples, scratch: &mut Scratch) -> Result<Span, Rejection> {
+        let limits = self.limits;
+        if attrs.len() > limits.max_attributes_per_point {
+            let why = too_many_attributes("data point", attrs.len(), limits.max_attributes_per_point);
+            return Err(Rejection::Limit((LimitReason::TooManyAttributes, why)));
+        }
         let start = out.labels.len();
-        self.push_labels(attrs.iter(), out, scratch);
-        if finish_labels(out, start) {
+        let text_start = out.text.len();
+        let mut truncations = self.push_labels(attrs.iter(), out, scratch);
+        if sort_labels(out, start) {
             // Names collided after sanitizing: values are joined in the order of the original keys.
             out.labels.truncate(start);
+            out.text.truncate(text_start);
             let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
             sorted.sort_by(|a, b| a.key.cmp(&b.key));
-            self.push_labels(sorted.into_iter(), out, scratch);
-            finish_labels(out, start);
+            truncations = self.push_labels(sorted.into_iter(), out, scratch);
+            sort_labels(out, start);
+            truncations += merge_labels(out, start, limits.max_label_value_length, &mut scratch.merged);
+        }
+        if let Err(e) = check_labels(out, start, limits) {
+            out.labels.truncate(start);
+            out.text.truncate(text_start);
+            return Err(Rejection::Limit(e));
         }
         let reserved = match self.kind {
             MetricKind::Histogram => Some("le"),
@@ -502,25 +799,37 @@ impl PointCtx<'_> {
             && out.labels[start..].iter().any(|l| &out.text[l.name.range()] == r)
         {
             out.labels.truncate(start);
-            return Err(format!(
+            out.text.truncate(text_start);
+            return Err(Rejection::Invalid(format!(
                 "attribute `{r}` is reserved for {} buckets",
                 self.kind.openmetrics_type()
-            ));
+            )));
         }
+        out.limited.add(LimitReason::LabelValueTruncated, truncations);
         Ok(Span::new(start, out.labels.len()))
     }
 
-    fn push_labels<'a>(&self, attrs: impl Iterator<Item = &'a KeyValue>, out: &mut Samples, scratch: &mut Scratch) {
+    /// Pushes the scope labels and one label per attribute (values truncated); returns how many
+    /// values were truncated.
+    fn push_labels<'a>(
+        &self,
+        attrs: impl Iterator<Item = &'a KeyValue>,
+        out: &mut Samples,
+        scratch: &mut Scratch,
+    ) -> u64 {
         out.labels.extend_from_slice(self.scope_labels);
+        let mut truncations = 0;
         for kv in attrs {
             scratch.value.clear();
             if let Some(v) = &kv.value {
                 write_any(v, &mut scratch.value);
             }
+            truncations += u64::from(truncate_value(&mut scratch.value, self.limits.max_label_value_length));
             let name = push_sanitized_label_name(&mut out.text, &kv.key);
             let value = push_str(&mut out.text, &scratch.value);
             out.labels.push(Label { name, value });
         }
+        truncations
     }
 
     fn push(&self, out: &mut Samples, labels: Span, t: Temporality, value: PointValue, exemplars: Span) {
@@ -538,6 +847,17 @@ impl PointCtx<'_> {
         let name = &out.families[self.family as usize].name;
         let msg = format!("{name}: {}", why());
         out.outcome.reject(1, || msg);
+    }
+
+    /// Rejects a point whose labels were refused, counting a limit by its reason.
+    fn reject_labels(&self, out: &mut Samples, r: Rejection) {
+        match r {
+            Rejection::Invalid(why) => self.reject(out, || why),
+            Rejection::Limit((reason, why)) => {
+                out.limited.add(reason, 1);
+                self.reject(out, || why);
+            }
+        }
     }
 }
 
@@ -557,7 +877,7 @@ fn number_point(ctx: &PointCtx<'_>, dp: pm::NumberDataPoint, t: Temporality, out
     }
     let labels = match ctx.labels(&dp.attributes, out, s) {
         Ok(l) => l,
-        Err(e) => return ctx.reject(out, || e),
+        Err(e) => return ctx.reject_labels(out, e),
     };
     let ex = if ctx.kind == MetricKind::Counter {
         push_exemplars(&dp.exemplars, out)
@@ -591,7 +911,7 @@ fn histogram_point(ctx: &PointCtx<'_>, dp: pm::HistogramDataPoint, t: Temporalit
     }
     let labels = match ctx.labels(&dp.attributes, out, s) {
         Ok(l) => l,
-        Err(e) => return ctx.reject(out, || e),
+        Err(e) => return ctx.reject_labels(out, e),
     };
     let fb = out.floats.len();
     let cb = out.counts.len();
@@ -649,7 +969,7 @@ fn exponential_point(
     }
     let labels = match ctx.labels(&dp.attributes, out, s) {
         Ok(l) => l,
-        Err(e) => return ctx.reject(out, || e),
+        Err(e) => return ctx.reject_labels(out, e),
     };
     let (po, pos) = dp.positive.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
     let (no, neg) = dp.negative.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
@@ -695,7 +1015,7 @@ fn summary_point(ctx: &PointCtx<'_>, dp: pm::SummaryDataPoint, out: &mut Samples
     }
     let labels = match ctx.labels(&dp.attributes, out, s) {
         Ok(l) => l,
-        Err(e) => return ctx.reject(out, || e),
+        Err(e) => return ctx.reject_labels(out, e),
     };
     let f0 = out.floats.len();
     for q in &dp.quantile_values {
@@ -739,31 +1059,60 @@ fn push_exemplars(exs: &[pm::Exemplar], out: &mut Samples) -> Span {
 }
 
 /// Sorts the labels from `start` by name and joins values of names that collide (`;`, in the
-/// order they were pushed). Returns whether any collided.
-fn finish_labels(out: &mut Samples, start: usize) -> bool {
+/// order they were pushed), truncating joined values to `max_value` bytes. Returns how many
+/// joined values were truncated.
+fn finish_labels(out: &mut Samples, start: usize, max_value: usize) -> u64 {
+    if !sort_labels(out, start) {
+        return 0;
+    }
+    merge_labels(out, start, max_value, &mut String::new())
+}
+
+/// Sorts the labels from `start` by name, stably (colliding labels keep the order they were
+/// pushed in). Returns whether any names collide.
+fn sort_labels(out: &mut Samples, start: usize) -> bool {
     let Samples { labels, text, .. } = out;
     let ls = &mut labels[start..];
-    // Stable: colliding labels keep the order they were pushed in.
     ls.sort_by(|a, b| text[a.name.range()].cmp(&text[b.name.range()]));
-    if ls
-        .windows(2)
-        .all(|w| text[w[0].name.range()] != text[w[1].name.range()])
-    {
-        return false;
-    }
-    let mut merged: Vec<Label> = Vec::with_capacity(ls.len());
-    for l in ls.iter() {
-        match merged.last_mut() {
-            Some(last) if text[last.name.range()] == text[l.name.range()] => {
-                let joined = format!("{};{}", &text[last.value.range()], &text[l.value.range()]);
-                last.value = push_str(text, &joined);
-            }
-            _ => merged.push(*l),
+    ls.windows(2)
+        .any(|w| text[w[0].name.range()] == text[w[1].name.range()])
+}
+
+/// Replaces each run of same-named labels from `start` (sorted, see [`sort_labels`]) by one label
+/// whose value is the run's values joined with `;`. Each joined value is built once in `buf` and
+/// written to the arena once, and building stops once it exceeds `max_value` (it is then
+/// truncated): linear in the labels' bytes. Returns how many joined values were truncated.
+fn merge_labels(out: &mut Samples, start: usize, max_value: usize, buf: &mut String) -> u64 {
+    let Samples { labels, text, .. } = out;
+    let n = labels.len();
+    let (mut read, mut write, mut truncations) = (start, start, 0);
+    while read < n {
+        let mut label = labels[read];
+        let name = label.name.range();
+        let mut end = read + 1;
+        while end < n && text[labels[end].name.range()] == text[name.clone()] {
+            end += 1;
         }
+        if end - read > 1 {
+            buf.clear();
+            for (i, l) in labels[read..end].iter().enumerate() {
+                if i > 0 {
+                    buf.push(';');
+                }
+                if buf.len() > max_value {
+                    break;
+                }
+                buf.push_str(&text[l.value.range()]);
+            }
+            truncations += u64::from(truncate_value(buf, max_value));
+            label.value = push_str(text, buf);
+        }
+        labels[write] = label;
+        write += 1;
+        read = end;
     }
-    labels.truncate(start);
-    labels.extend(merged);
-    true
+    labels.truncate(write);
+    truncations
 }
 
 fn push_str(text: &mut String, s: &str) -> Span {

@@ -5,8 +5,12 @@
 
 use std::io::Read;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
+
+use super::size::{self, Kind};
 
 /// Why a request body could not be turned into an OTLP message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +23,17 @@ pub enum DecodeError {
         limit: u64,
         /// Whether the cap was hit while decompressing.
         decompressed: bool,
+    },
+    /// The body would take more memory once decoded than one request may.
+    #[error(
+        "request would take an estimated {estimated} bytes once decoded, more than the {limit}-byte limit \
+         ({DECODED_FACTOR} × its decompressed size, at most receivers.otlp.max_inflight_bytes)"
+    )]
+    DecodedTooLarge {
+        /// The estimate of the decoded size, in bytes.
+        estimated: u64,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The body says it is compressed but does not decompress.
     #[error("corrupt {encoding} body: {detail}")]
@@ -41,6 +56,14 @@ pub enum DecodeError {
     #[error("malformed JSON payload: {0}")]
     Json(String),
 }
+
+/// How many times its decompressed size one request may take in memory once decoded. Realistic OTLP
+/// takes 2–6×; a request of empty messages (2 bytes on the wire, hundreds of bytes decoded) more
+/// than 100×, and is refused before it is decoded.
+pub const DECODED_FACTOR: u64 = 16;
+
+/// The decoded size any request may reach, however small it is on the wire.
+pub const MIN_DECODED: u64 = 64 << 10;
 
 /// The two OTLP/HTTP payload encodings; responses use the request's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,14 +146,227 @@ fn read_capped(r: impl Read, limit: u64, encoding: &'static str) -> Result<Vec<u
     Ok(out)
 }
 
+/// An OTLP export request as the receivers handle it: how big it gets once decoded, and how its
+/// OTLP/JSON form is checked beyond what serde sees.
+pub trait OtlpRequest: Message + Default + DeserializeOwned + Send + 'static {
+    /// Its message type, for [`size`](super::size) estimates.
+    const KIND: Kind;
+
+    /// Checks what the generated serde code lets pass silently: a oneof (`sum`, `asDouble`, …)
+    /// whose value has the wrong type is decoded as absent. Fixes what the proto3 JSON mapping
+    /// allows (`"NaN"`, `"Infinity"`, `"-Infinity"` as doubles) and names the rest.
+    ///
+    /// # Errors
+    /// [`DecodeError::Json`] naming the field path and what is wrong with it.
+    fn check_json(&mut self, _body: &[u8]) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+impl OtlpRequest for ExportTraceServiceRequest {
+    const KIND: Kind = Kind::ExportTraces;
+}
+
+impl OtlpRequest for ExportMetricsServiceRequest {
+    const KIND: Kind = Kind::ExportMetrics;
+
+    fn check_json(&mut self, body: &[u8]) -> Result<(), DecodeError> {
+        json_check::metrics(self, body)
+    }
+}
+
+/// The heap bytes `body` will take once decoded as `M`.
+///
+/// # Errors
+/// [`DecodeError::Protobuf`] or [`DecodeError::Json`] when the body cannot even be walked.
+pub fn decoded_size<M: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<u64, DecodeError> {
+    match encoding {
+        Encoding::Protobuf => size::protobuf(M::KIND, body),
+        Encoding::Json => size::json(M::KIND, body),
+    }
+}
+
 /// Decodes an OTLP request message from an uncompressed body.
 ///
 /// # Errors
 /// [`DecodeError::Protobuf`] or [`DecodeError::Json`] naming the problem.
-pub fn decode<M: Message + Default + DeserializeOwned>(body: &[u8], encoding: Encoding) -> Result<M, DecodeError> {
+pub fn decode<M: OtlpRequest>(body: &[u8], encoding: Encoding) -> Result<M, DecodeError> {
     match encoding {
         Encoding::Protobuf => M::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string())),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string())),
+        Encoding::Json => {
+            let mut m: M = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+            m.check_json(body)?;
+            Ok(m)
+        }
+    }
+}
+
+/// The OTLP/JSON checks of [`OtlpRequest::check_json`] for metrics.
+mod json_check {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+
+    use super::DecodeError;
+
+    /// Names of the `Metric.data` oneof in OTLP/JSON.
+    const DATA_KEYS: [&str; 5] = ["gauge", "sum", "histogram", "exponentialHistogram", "summary"];
+
+    /// Whether any metric lost its data or any number point or exemplar its value to a type error.
+    fn suspicious(req: &ExportMetricsServiceRequest) -> bool {
+        req.resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .any(|m| match &m.data {
+                None => true,
+                Some(Data::Gauge(g)) => g.data_points.iter().any(number_point_missing),
+                Some(Data::Sum(s)) => s.data_points.iter().any(number_point_missing),
+                Some(Data::Histogram(h)) => h.data_points.iter().any(|p| exemplar_missing(&p.exemplars)),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.iter().any(|p| exemplar_missing(&p.exemplars)),
+                Some(Data::Summary(_)) => false,
+            })
+    }
+
+    fn number_point_missing(p: &pm::NumberDataPoint) -> bool {
+        p.value.is_none() || exemplar_missing(&p.exemplars)
+    }
+
+    fn exemplar_missing(e: &[pm::Exemplar]) -> bool {
+        e.iter().any(|e| e.value.is_none())
+    }
+
+    pub(super) fn metrics(req: &mut ExportMetricsServiceRequest, body: &[u8]) -> Result<(), DecodeError> {
+        if !suspicious(req) {
+            return Ok(());
+        }
+        // Rare: walk the JSON again as a tree to see what the typed decode hid.
+        let v: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+        for (i, rm) in req.resource_metrics.iter_mut().enumerate() {
+            for (j, sm) in rm.scope_metrics.iter_mut().enumerate() {
+                for (k, m) in sm.metrics.iter_mut().enumerate() {
+                    let path = format!("resourceMetrics[{i}].scopeMetrics[{j}].metrics[{k}]");
+                    let mv = &v["resourceMetrics"][i]["scopeMetrics"][j]["metrics"][k];
+                    metric(m, mv, &path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn metric(m: &mut pm::Metric, mv: &Value, path: &str) -> Result<(), DecodeError> {
+        let points = |key: &str| &mv[key]["dataPoints"];
+        match &mut m.data {
+            None => {
+                // A metric without data is left for translation to reject and count; one whose data
+                // did not decode is malformed.
+                for key in DATA_KEYS {
+                    if let Some(d) = mv.get(key) {
+                        let at = format!("{path}.{key}");
+                        return Err(match key {
+                            "gauge" => blame::<pm::Gauge>(d, &at),
+                            "sum" => blame::<pm::Sum>(d, &at),
+                            "histogram" => blame::<pm::Histogram>(d, &at),
+                            "exponentialHistogram" => blame::<pm::ExponentialHistogram>(d, &at),
+                            _ => blame::<pm::Summary>(d, &at),
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Some(Data::Gauge(g)) => number_points(&mut g.data_points, points("gauge"), &format!("{path}.gauge")),
+            Some(Data::Sum(s)) => number_points(&mut s.data_points, points("sum"), &format!("{path}.sum")),
+            Some(Data::Histogram(h)) => {
+                let at = format!("{path}.histogram");
+                for (n, p) in h.data_points.iter_mut().enumerate() {
+                    exemplars(
+                        &mut p.exemplars,
+                        &points("histogram")[n]["exemplars"],
+                        &format!("{at}.dataPoints[{n}]"),
+                    )?;
+                }
+                Ok(())
+            }
+            Some(Data::ExponentialHistogram(h)) => {
+                let at = format!("{path}.exponentialHistogram");
+                for (n, p) in h.data_points.iter_mut().enumerate() {
+                    let pv = &points("exponentialHistogram")[n]["exemplars"];
+                    exemplars(&mut p.exemplars, pv, &format!("{at}.dataPoints[{n}]"))?;
+                }
+                Ok(())
+            }
+            Some(Data::Summary(_)) => Ok(()),
+        }
+    }
+
+    fn number_points(ps: &mut [pm::NumberDataPoint], pv: &Value, path: &str) -> Result<(), DecodeError> {
+        for (n, p) in ps.iter_mut().enumerate() {
+            let at = format!("{path}.dataPoints[{n}]");
+            let v = &pv[n];
+            if p.value.is_none() {
+                if let Some(d) = v.get("asDouble") {
+                    let x = special_double(d).ok_or_else(|| wrong(&format!("{at}.asDouble"), d, "a number"))?;
+                    p.value = Some(pm::number_data_point::Value::AsDouble(x));
+                } else if let Some(d) = v.get("asInt") {
+                    return Err(wrong(&format!("{at}.asInt"), d, "an integer or a string of one"));
+                }
+                // Neither: a point without a value, which translation rejects and counts.
+            }
+            exemplars(&mut p.exemplars, &v["exemplars"], &at)?;
+        }
+        Ok(())
+    }
+
+    fn exemplars(es: &mut [pm::Exemplar], ev: &Value, path: &str) -> Result<(), DecodeError> {
+        for (n, e) in es.iter_mut().enumerate().filter(|(_, e)| e.value.is_none()) {
+            let at = format!("{path}.exemplars[{n}]");
+            let v = &ev[n];
+            if let Some(d) = v.get("asDouble") {
+                let x = special_double(d).ok_or_else(|| wrong(&format!("{at}.asDouble"), d, "a number"))?;
+                e.value = Some(pm::exemplar::Value::AsDouble(x));
+            } else if let Some(d) = v.get("asInt") {
+                return Err(wrong(&format!("{at}.asInt"), d, "an integer or a string of one"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The proto3 JSON spellings of non-finite doubles.
+    fn special_double(v: &Value) -> Option<f64> {
+        match v.as_str()? {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        }
+    }
+
+    fn wrong(path: &str, got: &Value, want: &str) -> DecodeError {
+        let mut got = got.to_string();
+        if got.len() > 64 {
+            let cut = (0..=64).rev().find(|i| got.is_char_boundary(*i)).unwrap_or(0);
+            got.truncate(cut);
+            got.push('…');
+        }
+        DecodeError::Json(format!("{path}: expected {want}, got {got}"))
+    }
+
+    /// The error decoding `v` as `T` gives, with the path of the offending field.
+    fn blame<T: DeserializeOwned>(v: &Value, path: &str) -> DecodeError {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Err(e) => {
+                let inner = e.path().to_string();
+                let at = if inner == "." {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                DecodeError::Json(format!("{at}: {}", e.into_inner()))
+            }
+            // Decodes on its own (e.g. a nested oneof hid the error again): name the object.
+            Ok(_) => DecodeError::Json(format!("{path}: does not decode as OTLP")),
+        }
     }
 }
 
@@ -276,6 +512,10 @@ mod properties {
             let _ = decode::<ExportTraceServiceRequest>(&body, Encoding::Protobuf);
             let _ = decode::<ExportMetricsServiceRequest>(&body, Encoding::Json);
             let _ = decode::<ExportTraceServiceRequest>(&body, Encoding::Json);
+            for enc in [Encoding::Protobuf, Encoding::Json] {
+                let _ = decoded_size::<ExportMetricsServiceRequest>(&body, enc);
+                let _ = decoded_size::<ExportTraceServiceRequest>(&body, enc);
+            }
             for enc in ["gzip", "zstd"] {
                 if let Ok(out) = decompress(bytes::Bytes::from(body.clone()), Some(enc), 1024) {
                     prop_assert!(out.len() <= 1024);
@@ -289,6 +529,9 @@ mod properties {
             prop_assert_eq!(&decode::<ExportMetricsServiceRequest>(&pb, Encoding::Protobuf).unwrap(), &req);
             let json = serde_json::to_vec(&req).unwrap();
             prop_assert_eq!(&decode::<ExportMetricsServiceRequest>(&json, Encoding::Json).unwrap(), &req);
+            // Every well-formed request can be sized, and costs at least its struct.
+            prop_assert!(decoded_size::<ExportMetricsServiceRequest>(&pb, Encoding::Protobuf).unwrap() > 0);
+            prop_assert!(decoded_size::<ExportMetricsServiceRequest>(&json, Encoding::Json).unwrap() > 0);
         }
 
         #[test]
@@ -301,5 +544,50 @@ mod properties {
                 Err(e) => prop_assert!(false, "unexpected {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod json_types {
+    use super::*;
+
+    fn traces(span: &str) -> Result<ExportTraceServiceRequest, DecodeError> {
+        let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{span}]}}]}}]}}"#);
+        decode::<ExportTraceServiceRequest>(body.as_bytes(), Encoding::Json)
+    }
+
+    #[test]
+    fn wrongly_typed_trace_fields_are_malformed_not_dropped() {
+        for bad in [
+            r#"{"name":"s","attributes":[{"key":"a","value":{"intValue":"x"}}]}"#,
+            r#"{"name":"s","attributes":[{"key":"a","value":{"stringValue":5}}]}"#,
+            r#"{"name":"s","attributes":[{"key":"a","value":{"boolValue":"yes"}}]}"#,
+            r#"{"name":"s","kind":"yes"}"#,
+            r#"{"name":5}"#,
+            r#"{"name":"s","startTimeUnixNano":"soon"}"#,
+            r#"{"name":"s","traceId":"not hex"}"#,
+            r#"{"name":"s","status":{"code":"bad"}}"#,
+        ] {
+            match traces(bad) {
+                Err(DecodeError::Json(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let ok = traces(r#"{"name":"s","kind":2,"attributes":[{"key":"a","value":{"intValue":"7"}}]}"#).unwrap();
+        assert_eq!(ok.resource_spans[0].scope_spans[0].spans[0].kind, 2);
+    }
+
+    #[test]
+    fn wrongly_typed_metric_fields_name_their_path() {
+        let body = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"c","sum":{"isMonotonic":"yes","dataPoints":[]}}]}]}]}"#;
+        let e = decode::<ExportMetricsServiceRequest>(body.as_bytes(), Encoding::Json).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed JSON payload: resourceMetrics[0].scopeMetrics[0].metrics[0].sum.isMonotonic: \
+             invalid type: string \"yes\", expected a boolean"
+        );
+        // A metric with no data at all is left for translation to reject and count.
+        let none = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"c"}]}]}]}"#;
+        assert!(decode::<ExportMetricsServiceRequest>(none.as_bytes(), Encoding::Json).is_ok());
     }
 }

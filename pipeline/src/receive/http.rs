@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::decode::{self, DecodeError, Encoding};
 use super::status::{RETRY_AFTER, Refusal};
-use super::{Consumer, Shared, metrics_response, traces_response};
+use super::{Consumer, Export, Shared};
 use crate::model::{Protocol, Signal};
 
 /// The OTLP/HTTP routes, ready to serve or to test with `oneshot`.
@@ -27,40 +27,16 @@ pub fn router<C: Consumer>(shared: Shared<C>) -> Router {
 }
 
 async fn metrics<C: Consumer>(State(s): State<Shared<C>>, headers: HeaderMap, body: Body) -> Response {
-    handle(
-        &s,
-        Signal::Metrics,
-        &headers,
-        body,
-        |s, req: ExportMetricsServiceRequest, size| s.metrics(req, size, Protocol::Http).map(metrics_response),
-    )
-    .await
+    handle::<C, ExportMetricsServiceRequest>(&s, &headers, body).await
 }
 
 async fn traces<C: Consumer>(State(s): State<Shared<C>>, headers: HeaderMap, body: Body) -> Response {
-    handle(
-        &s,
-        Signal::Traces,
-        &headers,
-        body,
-        |s, req: ExportTraceServiceRequest, size| s.traces(req, size, Protocol::Http).map(traces_response),
-    )
-    .await
+    handle::<C, ExportTraceServiceRequest>(&s, &headers, body).await
 }
 
-/// Reads, decompresses and decodes the body, hands it to `consume`, and encodes the answer.
-async fn handle<C, Req, Resp>(
-    s: &Shared<C>,
-    signal: Signal,
-    headers: &HeaderMap,
-    body: Body,
-    consume: impl FnOnce(&Shared<C>, Req, u64) -> Result<Resp, Refusal>,
-) -> Response
-where
-    C: Consumer,
-    Req: Message + Default + serde::de::DeserializeOwned,
-    Resp: Message + Serialize,
-{
+/// Reads and decompresses the body, hands it to [`Shared::export`], and encodes the answer.
+async fn handle<C: Consumer, R: Export>(s: &Shared<C>, headers: &HeaderMap, body: Body) -> Response {
+    let signal = R::SIGNAL;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let encoding = match Encoding::from_content_type(ct) {
         Ok(e) => e,
@@ -69,8 +45,13 @@ where
     let limit = s.max_request_size;
     let raw = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
         Ok(b) => b,
+        Err(e) if caused_by::<crate::server::BodyTimeout>(&e) => {
+            // The listener answers 408 and counts it (`spindle_connections_closed_total`); the
+            // request was not malformed.
+            return StatusCode::REQUEST_TIMEOUT.into_response();
+        }
         Err(e) => {
-            let err = if is_length_limit(&e) {
+            let err = if caused_by::<http_body_util::LengthLimitError>(&e) {
                 DecodeError::TooLarge {
                     limit,
                     decompressed: false,
@@ -82,25 +63,22 @@ where
         }
     };
     let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-    let result = decode::decompress(raw, ce, limit).and_then(|body| {
-        let size = body.len() as u64;
-        decode::decode::<Req>(&body, encoding).map(|r| (r, size))
-    });
-    let (req, size) = match result {
-        Ok(x) => x,
+    let body = match decode::decompress(raw, ce, limit) {
+        Ok(b) => b,
         Err(e) => return refuse(s, signal, encoding, Refusal::Decode(e)),
     };
-    match consume(s, req, size) {
+    match s.export::<R>(&body, encoding, Protocol::Http) {
         Ok(resp) => encode(StatusCode::OK, encoding, &resp),
         // Already counted by `Shared`.
         Err(r) => error_response(encoding, &r),
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+/// Whether `E` is somewhere in the error's source chain.
+fn caused_by<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = src {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         src = err.source();
@@ -201,7 +179,7 @@ mod tests {
 
         // The same refusal over gRPC carries RetryInfo.
         let err = shared
-            .metrics(ExportMetricsServiceRequest::default(), 10, Protocol::Grpc)
+            .export::<ExportMetricsServiceRequest>(&body, Encoding::Protobuf, Protocol::Grpc)
             .unwrap_err();
         assert_eq!(err.grpc_status().code(), tonic::Code::ResourceExhausted);
         use tonic_types::StatusExt;

@@ -2,12 +2,17 @@
 //!
 //! In: requests from SDKs and collectors. Out: decoded OTLP messages handed by value to a
 //! [`Consumer`] (the rest of the pipeline, wired in `app`), and a response built from its
-//! [`Outcome`]. Admission control bounds the decoded bytes in flight; what it refuses is answered
-//! with the retryable "overloaded" status and counted.
+//! [`Outcome`]. Admission control bounds the decoded bytes in flight: before a body is decoded, the
+//! memory its decoded form will take is estimated from its bytes ([`size`]) and reserved from
+//! `max_inflight_bytes`; a request whose decoded form would exceed [`DECODED_FACTOR`] times its own
+//! size is refused as too large, one that does not fit now as "overloaded" (retryable). So one
+//! request holds at most its body, its decompressed copy and `DECODED_FACTOR` times that decoded,
+//! and every refusal is counted.
 
 pub mod decode;
 pub mod grpc;
 pub mod http;
+pub mod size;
 pub mod status;
 
 use std::sync::Arc;
@@ -18,11 +23,50 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::model::{Outcome, Protocol, Signal};
 use crate::telemetry::Telemetry;
+use decode::{DECODED_FACTOR, DecodeError, Encoding, MIN_DECODED, OtlpRequest};
 use status::Refusal;
+
+/// An OTLP export request type and what the receivers do with it.
+pub trait Export: OtlpRequest {
+    /// The OTLP response message.
+    type Response: prost::Message + Serialize + Default + Send + 'static;
+    /// The signal it carries.
+    const SIGNAL: Signal;
+    /// Hands the decoded request to the consumer.
+    ///
+    /// # Errors
+    /// The consumer's [`Refusal`].
+    fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal>;
+    /// The response for an outcome.
+    fn respond(out: Outcome) -> Self::Response;
+}
+
+impl Export for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const SIGNAL: Signal = Signal::Metrics;
+    fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
+        consumer.consume_metrics(req)
+    }
+    fn respond(out: Outcome) -> Self::Response {
+        metrics_response(out)
+    }
+}
+
+impl Export for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const SIGNAL: Signal = Signal::Traces;
+    fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
+        consumer.consume_traces(req)
+    }
+    fn respond(out: Outcome) -> Self::Response {
+        traces_response(out)
+    }
+}
 
 /// The rest of the pipeline, as the receivers see it. Implementations take batches by value.
 pub trait Consumer: Send + Sync + 'static {
@@ -83,38 +127,44 @@ impl<C: Consumer> Shared<C> {
             .map_err(|_| Refusal::Overloaded("in-flight bytes limit reached"))
     }
 
-    /// Admits and consumes a decoded metrics request, counting the result.
-    ///
-    /// # Errors
-    /// A [`Refusal`] when the request is refused as a whole.
-    pub fn metrics(&self, req: ExportMetricsServiceRequest, size: u64, protocol: Protocol) -> Result<Outcome, Refusal> {
-        let _permit = self
-            .admit(size)
-            .inspect_err(|r| self.refused(Signal::Metrics, protocol, r))?;
-        let out = self
-            .consumer
-            .consume_metrics(req)
-            .inspect_err(|r| self.refused(Signal::Metrics, protocol, r))?;
-        self.telemetry
-            .received(Signal::Metrics, protocol, out.accepted, out.rejected);
-        Ok(out)
+    /// The most memory a request of `len` decompressed bytes may take once decoded:
+    /// [`DECODED_FACTOR`] times its size (at least [`MIN_DECODED`]), and never more than the whole
+    /// in-flight budget.
+    pub fn max_decoded_size(&self, len: usize) -> u64 {
+        (len as u64)
+            .saturating_mul(DECODED_FACTOR)
+            .max(MIN_DECODED)
+            .min(self.max_inflight)
     }
 
-    /// Admits and consumes a decoded traces request, counting the result.
+    /// Estimates the decoded size of an uncompressed `body`, admits it, decodes it and hands it to
+    /// the consumer; counts the result, refusals included.
     ///
     /// # Errors
     /// A [`Refusal`] when the request is refused as a whole.
-    pub fn traces(&self, req: ExportTraceServiceRequest, size: u64, protocol: Protocol) -> Result<Outcome, Refusal> {
-        let _permit = self
-            .admit(size)
-            .inspect_err(|r| self.refused(Signal::Traces, protocol, r))?;
+    pub fn export<R: Export>(
+        &self,
+        body: &[u8],
+        encoding: Encoding,
+        protocol: Protocol,
+    ) -> Result<R::Response, Refusal> {
         let out = self
-            .consumer
-            .consume_traces(req)
-            .inspect_err(|r| self.refused(Signal::Traces, protocol, r))?;
-        self.telemetry
-            .received(Signal::Traces, protocol, out.accepted, out.rejected);
-        Ok(out)
+            .export_inner::<R>(body, encoding)
+            .inspect_err(|r| self.refused(R::SIGNAL, protocol, r))?;
+        self.telemetry.received(R::SIGNAL, protocol, out.accepted, out.rejected);
+        Ok(R::respond(out))
+    }
+
+    fn export_inner<R: Export>(&self, body: &[u8], encoding: Encoding) -> Result<Outcome, Refusal> {
+        let estimated = decode::decoded_size::<R>(body, encoding)?;
+        let limit = self.max_decoded_size(body.len());
+        if estimated > limit {
+            return Err(DecodeError::DecodedTooLarge { estimated, limit }.into());
+        }
+        // Held until the consumer has taken the batch over (stored, or queued under its own bound).
+        let _permit = self.admit(estimated)?;
+        let req = decode::decode::<R>(body, encoding)?;
+        R::consume(&*self.consumer, req)
     }
 
     /// Counts a request refused as a whole.
@@ -123,20 +173,23 @@ impl<C: Consumer> Shared<C> {
     }
 }
 
-/// The OTLP response for a metrics outcome: `partial_success` only when points were rejected.
+/// The OTLP response for a metrics outcome: `partial_success` when points were rejected, or with
+/// `rejected_data_points: 0` as a warning (the OTLP spec allows it) when there is something to say,
+/// such as a metric without data.
 pub fn metrics_response(out: Outcome) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
-        partial_success: (out.rejected > 0).then_some(ExportMetricsPartialSuccess {
+        partial_success: (out.rejected > 0 || !out.message.is_empty()).then_some(ExportMetricsPartialSuccess {
             rejected_data_points: i64::try_from(out.rejected).unwrap_or(i64::MAX),
             error_message: out.message,
         }),
     }
 }
 
-/// The OTLP response for a traces outcome: `partial_success` only when spans were rejected.
+/// The OTLP response for a traces outcome: `partial_success` when spans were rejected, or as a
+/// warning when there is something to say.
 pub fn traces_response(out: Outcome) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: (out.rejected > 0).then_some(ExportTracePartialSuccess {
+        partial_success: (out.rejected > 0 || !out.message.is_empty()).then_some(ExportTracePartialSuccess {
             rejected_spans: i64::try_from(out.rejected).unwrap_or(i64::MAX),
             error_message: out.message,
         }),

@@ -30,7 +30,7 @@ impl Refusal {
     /// A closed-set reason, used as the `reason` label of `spindle_refused_requests_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::Decode(DecodeError::TooLarge { .. }) => "too_large",
+            Refusal::Decode(DecodeError::TooLarge { .. } | DecodeError::DecodedTooLarge { .. }) => "too_large",
             Refusal::Decode(DecodeError::Corrupt { .. }) => "corrupt_compression",
             Refusal::Decode(DecodeError::UnsupportedEncoding(_)) => "unsupported_encoding",
             Refusal::Decode(DecodeError::UnsupportedMediaType(_)) => "unsupported_media_type",
@@ -42,7 +42,9 @@ impl Refusal {
     /// The HTTP status for this refusal.
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Refusal::Decode(DecodeError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Decode(DecodeError::TooLarge { .. } | DecodeError::DecodedTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::Decode(DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -65,7 +67,9 @@ impl Refusal {
                 msg,
                 ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
             ),
-            Refusal::Decode(DecodeError::TooLarge { .. }) => tonic::Status::resource_exhausted(msg),
+            Refusal::Decode(DecodeError::TooLarge { .. } | DecodeError::DecodedTooLarge { .. }) => {
+                tonic::Status::resource_exhausted(msg)
+            }
             Refusal::Decode(_) => tonic::Status::invalid_argument(msg),
         }
     }
@@ -74,6 +78,64 @@ impl Refusal {
     pub fn grpc_code(&self) -> tonic::Code {
         self.grpc_status().code()
     }
+}
+
+/// What tonic refuses before Spindle sees a gRPC request, re-coded as OTLP asks and classed for
+/// `spindle_refused_requests_total`: `(code, reason)` for a trailers-only response with
+/// `grpc-status` `code` and `grpc-message` `message`, or `None` for anything else.
+///
+/// - corrupt compression and bad framing are `INTERNAL` in tonic: `INVALID_ARGUMENT` here, as a
+///   malformed payload is over HTTP (never retried);
+/// - an uncompressed message over the size cap is `OUT_OF_RANGE` in tonic, which OTLP clients retry;
+///   the same request compressed gets `RESOURCE_EXHAUSTED`: both are the latter (without
+///   `RetryInfo`, so not retried);
+/// - an unsupported `grpc-encoding` stays `UNIMPLEMENTED` (the gRPC compression spec) and is counted.
+pub fn grpc_refusal(code: Option<&str>, message: Option<&str>) -> Option<(tonic::Code, &'static str)> {
+    let code = tonic::Code::from_bytes(code?.as_bytes());
+    let message = percent_decode(message.unwrap_or(""));
+    let m = message.as_str();
+    match code {
+        tonic::Code::Internal if m.starts_with("Error decompressing") => {
+            Some((tonic::Code::InvalidArgument, "corrupt_compression"))
+        }
+        tonic::Code::Internal if m.starts_with("protocol error") || m.starts_with("Unexpected EOF") => {
+            Some((tonic::Code::InvalidArgument, "malformed"))
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            if m.contains("message length too large") || m.contains("size limit") =>
+        {
+            Some((tonic::Code::ResourceExhausted, "too_large"))
+        }
+        tonic::Code::Unimplemented if m.contains("isn't supported") => {
+            Some((tonic::Code::Unimplemented, "unsupported_encoding"))
+        }
+        _ => None,
+    }
+}
+
+/// Decodes the percent-encoding of a `grpc-message` header.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -98,6 +160,14 @@ mod tests {
         let ct = Refusal::Decode(DecodeError::UnsupportedMediaType("text/plain".into()));
         assert_eq!(ct.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
+        let decoded = Refusal::Decode(DecodeError::DecodedTooLarge {
+            estimated: 10,
+            limit: 1,
+        });
+        assert_eq!(decoded.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(decoded.grpc_code(), tonic::Code::ResourceExhausted);
+        assert!(!decoded.retryable());
+
         let over = Refusal::Overloaded("in-flight bytes");
         assert_eq!(over.http_status(), StatusCode::SERVICE_UNAVAILABLE);
         let st = over.grpc_status();
@@ -106,5 +176,34 @@ mod tests {
             st.get_details_retry_info().and_then(|r| r.retry_delay),
             Some(RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn tonic_refusals_are_recoded() {
+        let r = |c: &str, m: &str| grpc_refusal(Some(c), Some(m));
+        assert_eq!(
+            r(
+                "13",
+                "Error%20decompressing:%20invalid%20gzip%20header,%20while%20sending%20request"
+            ),
+            Some((tonic::Code::InvalidArgument, "corrupt_compression"))
+        );
+        assert_eq!(
+            r(
+                "13",
+                "protocol error: received message with invalid compression flag: 7"
+            ),
+            Some((tonic::Code::InvalidArgument, "malformed"))
+        );
+        assert_eq!(
+            r(
+                "11",
+                "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes"
+            ),
+            Some((tonic::Code::ResourceExhausted, "too_large"))
+        );
+        assert_eq!(r("3", "malformed protobuf payload"), None);
+        assert_eq!(r("0", ""), None);
+        assert_eq!(grpc_refusal(None, None), None);
     }
 }

@@ -331,6 +331,87 @@ impl Store {
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().map(|(_, h)| h).collect()
     }
+
+    /// Calls `f` with the rendered label set ([`Series::labels`]) of every series of family `h`,
+    /// [`WALK_CHUNK`] series at a time: the family's lock is held only while one chunk's label
+    /// sets are copied out, never while `f` runs, so writers and scrapes of that family wait at
+    /// most for one chunk's copy, not for the whole walk. For readers that need every label set of
+    /// a large family (the cardinality report), not for the scrape.
+    ///
+    /// Every series present for the whole walk is visited. Series created during the walk may or
+    /// may not be; when expiry removes a whole chunk's series during the walk, the walk starts
+    /// over, so a series may then be visited twice (harmless for readers that collect sets).
+    /// Returns how many label sets were passed to `f`.
+    pub fn walk_labels(&self, h: &FamilyHandle, mut f: impl FnMut(&[u8])) -> usize {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut ends: Vec<usize> = Vec::with_capacity(WALK_CHUNK);
+        let mut hashes: Vec<u64> = Vec::with_capacity(WALK_CHUNK);
+        let mut pos = 0;
+        let mut visited = 0;
+        loop {
+            {
+                let fam = h.lock();
+                if fam.removed {
+                    break;
+                }
+                // `buf`, `ends` and `hashes` still hold the previous chunk.
+                if !still_in_place(&fam, pos, &buf, &ends, &hashes) {
+                    pos = resume_after(&fam, &buf, &ends, &hashes);
+                }
+                buf.clear();
+                ends.clear();
+                hashes.clear();
+                for s in fam.series.iter().skip(pos).take(WALK_CHUNK) {
+                    buf.extend_from_slice(&s.labels);
+                    ends.push(buf.len());
+                    hashes.push(s.hash);
+                }
+            }
+            if ends.is_empty() {
+                break;
+            }
+            pos += ends.len();
+            let mut start = 0;
+            for &end in &ends {
+                f(&buf[start..end]);
+                start = end;
+            }
+            visited += ends.len();
+        }
+        visited
+    }
+}
+
+/// Series [`Store::walk_labels`] copies per lock acquisition (about 0.4 MB of label sets).
+pub const WALK_CHUNK: usize = 4096;
+
+/// Whether the series just before `pos` is still the last one of the chunk copied before (`ends`,
+/// `hashes` of that chunk; empty before the first chunk): no expiry moved the series since.
+fn still_in_place(fam: &Family, pos: usize, buf: &[u8], ends: &[usize], hashes: &[u64]) -> bool {
+    let (Some(&hash), Some(&end)) = (hashes.last(), ends.last()) else {
+        return true;
+    };
+    let start = ends.len().checked_sub(2).map_or(0, |i| ends[i]);
+    pos.checked_sub(1)
+        .and_then(|i| fam.series.get(i))
+        .is_some_and(|s| s.hash == hash && *s.labels == buf[start..end])
+}
+
+/// Where a walk goes on after expiry moved the series: just after the last series of the previous
+/// chunk that still exists (expiry keeps the order of the survivors), or from the start when none
+/// of that chunk survived.
+fn resume_after(fam: &Family, buf: &[u8], ends: &[usize], hashes: &[u64]) -> usize {
+    for k in (0..ends.len()).rev() {
+        let start = k.checked_sub(1).map_or(0, |i| ends[i]);
+        let labels = &buf[start..ends[k]];
+        if let Some(&i) = fam
+            .index
+            .find(hashes[k], |&i| &*fam.series[i as usize].labels == labels)
+        {
+            return i as usize + 1;
+        }
+    }
+    0
 }
 
 /// Renders a sorted label set as `name="escaped value",…` into `out`.
@@ -408,6 +489,43 @@ pub fn parse_labels(rendered: &[u8]) -> Option<Vec<(String, String)>> {
         }
     }
     Some(out)
+}
+
+/// The `(name, escaped value)` pairs of a label set rendered by [`render_labels`], without
+/// allocating or unescaping (two values are equal exactly when their escaped forms are). Stops
+/// at the first pair not in that form — never for label sets the store rendered.
+pub fn label_pairs(rendered: &[u8]) -> LabelPairs<'_> {
+    LabelPairs { rest: rendered }
+}
+
+/// Iterator returned by [`label_pairs`].
+#[derive(Debug, Clone)]
+pub struct LabelPairs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for LabelPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest;
+        self.rest = &[];
+        let eq = rest.iter().position(|&c| c == b'=')?;
+        let name = &rest[..eq];
+        let after = rest[eq + 1..].strip_prefix(b"\"")?;
+        let mut i = 0;
+        loop {
+            match *after.get(i)? {
+                b'"' => break,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        let value = after.get(..i)?;
+        let tail = after.get(i + 1..)?;
+        self.rest = tail.strip_prefix(b",").unwrap_or(tail);
+        Some((name, value))
+    }
 }
 
 fn newest(exs: &[Exemplar]) -> Option<&Exemplar> {

@@ -23,6 +23,16 @@ pub async fn spindle(tweak: impl FnOnce(&mut Config)) -> Running {
     start(c).await.unwrap()
 }
 
+/// The text of `GET /metrics` (Prometheus text format).
+pub async fn scrape(r: &Running) -> String {
+    reqwest::get(format!("http://{}/metrics", r.prometheus_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A string attribute.
 pub fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {

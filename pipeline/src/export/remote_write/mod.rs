@@ -14,7 +14,9 @@
 //! {reason="queue_full"}`. HTTP 5xx, 429 and connection errors are retried with exponential
 //! backoff and jitter, honouring `Retry-After`; other 4xx drop the request
 //! (`reason="permanent_error"`). On shutdown a last snapshot is queued and the queue flushed
-//! for at most `shutdown_timeout`; what is left is counted (`reason="shutdown"`).
+//! for at most `shutdown_timeout`, measured from when shutdown began: a request in flight at the
+//! deadline is cut off, and a retry that would come after it is not attempted. What is left, in
+//! flight and queued, is counted once (`reason="shutdown"`) and logged once with its count.
 
 pub mod convert;
 pub mod proto;
@@ -144,6 +146,7 @@ pub fn spawn(
         client,
         config: config.clone(),
         telemetry: telemetry.clone(),
+        drain: drain.clone(),
         flushing: CancellationToken::new(),
         deadline: Arc::new(OnceLock::new()),
     };
@@ -173,7 +176,7 @@ async fn run(mut snapshots: Snapshots, sender: Sender, drain: CancellationToken)
         }
     }
     // The last snapshot carries what the receivers accepted before they stopped.
-    let _ = deadline.set(Instant::now() + shutdown_timeout);
+    deadline.get_or_init(|| Instant::now() + shutdown_timeout);
     snapshots.take().await;
     flushing.cancel();
     if let Err(e) = sending.await {
@@ -264,26 +267,30 @@ struct Sender {
     client: Client,
     config: RemoteWriteConfig,
     telemetry: Arc<Telemetry>,
+    /// Cancelled when shutdown begins.
+    drain: CancellationToken,
     /// Cancelled once the last snapshot is queued: send what is left, then stop.
     flushing: CancellationToken,
-    /// When flushing must end; set when shutdown begins.
+    /// When flushing must end: `shutdown_timeout` after shutdown began (set by whichever task
+    /// sees it first).
     deadline: Arc<OnceLock<Instant>>,
+}
+
+/// A request given up because shutdown's deadline came first.
+struct Undelivered {
+    samples: u64,
+    why: String,
 }
 
 impl Sender {
     async fn run(self) {
+        let mut undelivered = None;
         loop {
-            if self.deadline.get().is_some_and(|d| Instant::now() >= *d) {
-                let left = self.queue.clear();
-                if left > 0 {
-                    tracing::warn!(
-                        samples = left,
-                        "remote-write queue not flushed in time; dropping the rest"
-                    );
-                    self.telemetry
-                        .remote_write
-                        .dropped(RemoteWriteDropReason::Shutdown, left);
-                }
+            if self.past_deadline() {
+                undelivered = Some(Undelivered {
+                    samples: 0,
+                    why: "shutdown_timeout reached".into(),
+                });
                 break;
             }
             match self.queue.pop() {
@@ -291,7 +298,10 @@ impl Sender {
                     self.telemetry
                         .remote_write
                         .queue(self.queue.bytes(), self.queue.capacity);
-                    self.send(req).await;
+                    if let Err(u) = self.send(req).await {
+                        undelivered = Some(u);
+                        break;
+                    }
                 }
                 None if self.flushing.is_cancelled() => break,
                 None => {
@@ -302,49 +312,94 @@ impl Sender {
                 }
             }
         }
+        if let Some(u) = undelivered {
+            // The last snapshot may still be on its way into the queue: wait for it (the snapshot
+            // is bounded work), so that it is counted with the rest.
+            self.flushing.cancelled().await;
+            let left = u.samples + self.queue.clear();
+            if left > 0 {
+                tracing::warn!(
+                    samples = left,
+                    last_error = %u.why,
+                    "remote write: shutdown_timeout ({:?}) reached with the receiver unreachable; dropping {left} queued samples",
+                    self.config.shutdown_timeout.0
+                );
+                self.telemetry
+                    .remote_write
+                    .dropped(RemoteWriteDropReason::Shutdown, left);
+            }
+        }
         self.telemetry
             .remote_write
             .queue(self.queue.bytes(), self.queue.capacity);
     }
 
-    /// Sends one request, retrying until it is accepted, refused for good, or shutdown's
-    /// deadline leaves no time for another attempt.
-    async fn send(&self, req: Encoded) {
+    /// The shutdown deadline, fixed the first time it is asked for (only once draining).
+    fn deadline(&self) -> Instant {
+        *self
+            .deadline
+            .get_or_init(|| Instant::now() + self.config.shutdown_timeout.0)
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.drain.is_cancelled() && Instant::now() >= self.deadline()
+    }
+
+    /// Completes at the shutdown deadline; never while running.
+    async fn shutdown_deadline(&self) {
+        self.drain.cancelled().await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(self.deadline())).await;
+    }
+
+    /// Sends one request, retrying until it is accepted or refused for good (both counted here),
+    /// or, once shutdown began, until its deadline leaves no time (returned, not yet counted).
+    async fn send(&self, req: Encoded) -> Result<(), Undelivered> {
         let mut backoff = self.config.retry_initial_backoff.0;
         loop {
             let start = Instant::now();
-            let attempt = self.client.send(req.body.clone()).await;
+            let attempt = tokio::select! {
+                biased;
+                _ = self.shutdown_deadline() => {
+                    return Err(Undelivered {
+                        samples: req.samples,
+                        why: "a request was still in flight at shutdown_timeout".into(),
+                    });
+                }
+                a = self.client.send(req.body.clone()) => a,
+            };
             self.telemetry.remote_write.took(start.elapsed());
             let (after, why) = match attempt {
                 Attempt::Sent => {
                     self.telemetry.remote_write_sent(req.samples, req.exemplars);
-                    return;
+                    return Ok(());
                 }
                 Attempt::Permanent(why) => {
                     tracing::warn!(samples = req.samples, %why, "remote-write receiver refused a request; dropping it");
                     self.telemetry
                         .remote_write
                         .dropped(RemoteWriteDropReason::Permanent, req.samples);
-                    return;
+                    return Ok(());
                 }
                 Attempt::Retry { after, why } => (after, why),
             };
             let wait = after.unwrap_or(backoff).max(jitter(backoff));
             backoff = (backoff * 2).min(self.config.retry_max_backoff.0);
-            if self.deadline.get().is_some_and(|d| Instant::now() + wait > *d) {
-                tracing::warn!(samples = req.samples, %why, "remote write failed during shutdown; dropping the request");
-                self.telemetry
-                    .remote_write
-                    .dropped(RemoteWriteDropReason::Shutdown, req.samples);
-                return;
+            let retry_at = Instant::now() + wait;
+            // Wait for the retry; once shutdown began, give up if it would come after the deadline.
+            loop {
+                if self.drain.is_cancelled() && retry_at > self.deadline() {
+                    return Err(Undelivered {
+                        samples: req.samples,
+                        why,
+                    });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(retry_at)) => break,
+                    _ = self.drain.cancelled(), if !self.drain.is_cancelled() => {}
+                }
             }
             self.telemetry.remote_write.retried();
             tracing::debug!(%why, ?wait, "remote write failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                // Shutdown began: re-check the wait against its deadline.
-                _ = self.flushing.cancelled(), if !self.flushing.is_cancelled() => {}
-            }
         }
     }
 }

@@ -957,3 +957,264 @@ proptest! {
         check_totals(&limits, true, &ops)?;
     }
 }
+
+// ---- the report: cached, single-flight, walked chunk by chunk ----------------------------------
+
+/// `n` delta counter points of metric `m`, one series each: `group` takes 7 values, `user` `n`
+/// (some with characters the exposition escapes).
+fn many_series(m: &str, from: usize, to: usize) -> Vec<P<'_>> {
+    (from..to)
+        .map(|i| {
+            let user = if i % 100 == 0 { format!("u\"{i}\\") } else { user(i) };
+            P {
+                metric: m,
+                kind: MetricKind::Counter,
+                labels: vec![("group", format!("g{}", i % 7)), ("user", user)],
+                delta: true,
+                value: V::Number(1.0),
+                exemplar: None,
+            }
+        })
+        .collect()
+}
+
+/// A report without the fields that say when it was made.
+fn timeless(mut r: Value) -> Value {
+    let m = r.as_object_mut().expect("the report is an object");
+    assert!(
+        m.remove("generated_at_unix_ms").is_some_and(|v| v.is_u64()),
+        "generated_at_unix_ms"
+    );
+    assert!(m.remove("age_ms").is_some_and(|v| v.is_u64()), "age_ms");
+    r
+}
+
+/// Label name → distinct values over every series of `metric`, from the series themselves.
+fn distinct_by_hand(store: &Store, metric: &str) -> BTreeMap<String, usize> {
+    let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for h in store.families() {
+        let f = h.lock();
+        if f.meta.name == metric {
+            for s in f.series() {
+                for (k, v) in parse_labels(s.labels()).expect("store-rendered labels parse") {
+                    sets.entry(k).or_default().insert(v);
+                }
+            }
+        }
+    }
+    sets.into_iter().map(|(k, v)| (k, v.len())).collect()
+}
+
+#[test]
+fn concurrent_report_calls_share_one_computation() {
+    let rig = Rig::new(CardinalityConfig::default());
+    rig.send(&many_series("big", 0, 20_000));
+    let barrier = std::sync::Barrier::new(8);
+    let reports: Vec<Value> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    rig.limiter
+                        .cached_report_within(&rig.store, 20, Duration::from_secs(3600))
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("report call")).collect()
+    });
+    assert_eq!(
+        rig.limiter.report_computations(),
+        1,
+        "8 concurrent callers, one computation"
+    );
+    let first = timeless(reports[0].clone());
+    assert_eq!(first["top_metrics"][0]["series"], 20_000);
+    for r in &reports {
+        assert_eq!(
+            r["generated_at_unix_ms"], reports[0]["generated_at_unix_ms"],
+            "one shared report"
+        );
+        assert_eq!(timeless(r.clone()), first);
+    }
+}
+
+#[test]
+fn a_report_past_its_max_age_is_computed_again_and_sees_new_series() {
+    let rig = Rig::new(CardinalityConfig::default());
+    let max_age = Duration::from_millis(500);
+    rig.send(&many_series("big", 0, 100));
+    let r1 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
+    assert_eq!(r1["active_series"], 100);
+    rig.send(&many_series("big", 100, 150));
+    let r2 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
+    assert_eq!(r2["active_series"], 100, "still the cached report");
+    assert_eq!(r2["generated_at_unix_ms"], r1["generated_at_unix_ms"]);
+    assert!(r2["age_ms"].as_u64().is_some_and(|a| a < 500), "{}", r2["age_ms"]);
+    assert_eq!(rig.limiter.report_computations(), 1);
+    std::thread::sleep(max_age + Duration::from_millis(100));
+    let r3 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
+    assert_eq!(rig.limiter.report_computations(), 2, "recomputed past max_age");
+    assert_eq!(r3["active_series"], 150, "the new series are seen");
+    assert_eq!(r3["top_metrics"][0]["series"], 150);
+    assert_eq!(r3["top_metrics"][0]["labels"][0]["distinct_values"], 150);
+    assert!(r3["generated_at_unix_ms"].as_u64() > r1["generated_at_unix_ms"].as_u64());
+    // A larger `limit` than the cached report was computed for needs a new computation.
+    rig.limiter.cached_report_within(&rig.store, 21, max_age);
+    assert_eq!(rig.limiter.report_computations(), 3);
+}
+
+#[test]
+fn the_cached_report_keeps_its_fields_and_equals_a_fresh_one_for_any_smaller_limit() {
+    let cfg = CardinalityConfig {
+        max_series_per_metric: 3,
+        normalize: vec![normalize(&["path"], NormalizeKind::Number)],
+        ..Default::default()
+    };
+    let rig = Rig::new(cfg);
+    let users: Vec<String> = (0..10).map(user).collect();
+    let pts: Vec<P> = users
+        .iter()
+        .map(|u| counter("big", &[("path", "/x/1"), ("user", u)], true, 1.0))
+        .chain([counter("small", &[("k", "a")], true, 1.0)])
+        .chain(["m1", "m2", "m3"].map(|m| counter(m, &[("a", "1"), ("b", "2"), ("c", "3")], true, 1.0)))
+        .collect();
+    rig.send(&pts);
+    let hour = Duration::from_secs(3600);
+    let cached = rig.limiter.cached_report_within(&rig.store, 5, hour);
+    let keys: Vec<&str> = cached.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "active_series",
+        "age_ms",
+        "folded_points",
+        "generated_at_unix_ms",
+        "limited_metrics",
+        "limited_series",
+        "limits",
+        "rejected_points",
+        "stream_states",
+        "top_metrics",
+    ];
+    let mut got = keys.clone();
+    got.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+    for (k, m) in [("top_metrics", "name"), ("limited_metrics", "metric")] {
+        let first = &cached[k][0];
+        assert_eq!(first[m], "big", "{cached}");
+    }
+    assert_eq!(timeless(cached), timeless(rig.limiter.report(&rig.store, 5)));
+    assert_eq!(rig.limiter.report_computations(), 2);
+    // Smaller limits are cut from the cached report, and equal what a fresh computation gives.
+    for top in [1, 2, 4] {
+        let before = rig.limiter.report_computations();
+        let cut = rig.limiter.cached_report_within(&rig.store, top, hour);
+        assert_eq!(rig.limiter.report_computations(), before, "served from the cache");
+        assert_eq!(cut["top_metrics"].as_array().unwrap().len(), top);
+        assert_eq!(
+            timeless(cut),
+            timeless(rig.limiter.report(&rig.store, top)),
+            "limit {top}"
+        );
+    }
+}
+
+#[test]
+fn the_report_counts_distinct_values_over_a_family_larger_than_one_walk_chunk() {
+    let rig = Rig::new(CardinalityConfig::default());
+    let n = 3 * crate::store::WALK_CHUNK + 17;
+    rig.send(&many_series("big", 0, n));
+    let mut pts = many_series("big", 0, 10);
+    pts.push(counter("big", &[(OVERFLOW_LABEL, "true")], true, 1.0));
+    rig.send(&pts);
+    let r = rig.limiter.report(&rig.store, 20);
+    let top = &r["top_metrics"][0];
+    assert_eq!(top["series"], n + 1);
+    assert_eq!(top["has_overflow_series"], true);
+    let from_report: BTreeMap<String, usize> = top["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_string(),
+                l["distinct_values"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!(from_report, distinct_by_hand(&rig.store, "big"));
+    assert_eq!(from_report["user"], n);
+    assert_eq!(from_report["group"], 7);
+    let names: Vec<&str> = top["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["user", "group", OVERFLOW_LABEL], "most distinct values first");
+}
+
+#[test]
+fn walking_a_family_holds_its_lock_only_while_copying_a_chunk() {
+    let rig = Rig::new(CardinalityConfig::default());
+    let n = 2 * crate::store::WALK_CHUNK + 5;
+    rig.send(&many_series("big", 0, n));
+    let h = rig.store.families().pop().expect("one family");
+    let mut free = 0;
+    let visited = rig.store.walk_labels(&h, |_| {
+        // A scrape or a writer could take the lock here.
+        if h.try_lock().is_some() {
+            free += 1;
+        }
+    });
+    assert_eq!(visited, n);
+    assert_eq!(free, n, "the family lock is free while the reader works");
+}
+
+#[test]
+fn a_walk_visits_every_surviving_series_when_expiry_runs_in_the_middle() {
+    let chunk = crate::store::WALK_CHUNK;
+    let n = 3 * chunk;
+    let t0 = Instant::now();
+    let label = |i: usize| {
+        let mut out = Vec::new();
+        let b = batch(&many_series("big", i, i + 1));
+        crate::store::render_labels(&b, &b.labels[..], &mut out);
+        out
+    };
+    for (survivors, name) in [
+        // Odd series survive: the last series of the first chunk is still there to resume after.
+        (Box::new(|i: usize| i % 2 == 1) as Box<dyn Fn(usize) -> bool>, "odd"),
+        // Only the last chunk survives: the walk starts over.
+        (Box::new(move |i: usize| i >= 2 * chunk), "last chunk"),
+    ] {
+        let store = Store::new(Duration::from_secs(60), usize::MAX, &[]);
+        store.write(batch(&many_series("big", 0, n)), t0);
+        let keep: Vec<P> = many_series("big", 0, n)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| survivors(*i))
+            .map(|(_, p)| p)
+            .collect();
+        store.write(batch(&keep), t0 + Duration::from_secs(50));
+        let h = store.families().pop().expect("one family");
+        let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        let mut expired = 0;
+        store.walk_labels(&h, |l| {
+            *seen.entry(l.to_vec()).or_default() += 1;
+            if expired == 0 {
+                expired = store.expire(t0 + Duration::from_secs(70));
+            }
+        });
+        assert_eq!(expired, n - keep.len(), "{name}: expiry ran during the walk");
+        for i in (0..n).filter(|i| survivors(*i)) {
+            assert!(seen.contains_key(&label(i)), "{name}: surviving series {i} was missed");
+        }
+        if name == "odd" {
+            assert!(
+                seen.values().all(|c| *c == 1),
+                "{name}: resumed without visiting a series twice"
+            );
+            assert_eq!(seen.len(), chunk + (chunk..n).filter(|i| survivors(*i)).count());
+        }
+    }
+}

@@ -274,3 +274,117 @@ fn extreme_sampling_weights_saturate_instead_of_overflowing() {
     );
     assert_eq!(count, u64::MAX);
 }
+
+// ---- limits (receivers.otlp.limits) --------------------------------------------------------
+
+use std::time::{Duration, Instant};
+
+use crate::config::LimitsConfig;
+use crate::process::translate::TRUNCATION_MARKER;
+
+/// A 7 MiB span name becomes a truncated label: the rendered scrape stays small (the old code
+/// rendered the whole name on 19 lines: 140 MB).
+#[test]
+fn a_huge_span_name_keeps_the_scrape_small() {
+    let name = "n".repeat(7 << 20);
+    let tel = Arc::new(Telemetry::default());
+    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_telemetry(tel.clone());
+    let out = sm.process(&request(
+        vec![kv("service.name", "svc")],
+        vec![span(&name, SpanKind::Server, 5, 1, vec![])],
+    ));
+    let calls = points_of(&out.counts, CALLS);
+    let got = labels(&out.counts, calls[0]);
+    let (_, v) = got.iter().find(|(k, _)| k == "span_name").unwrap();
+    assert!(v.len() <= 4096 && v.ends_with(TRUNCATION_MARKER), "{} bytes", v.len());
+    assert_eq!(out.limited.get(LimitReason::LabelValueTruncated), 1);
+    assert_eq!(tel.limited_items(Signal::Traces, LimitReason::LabelValueTruncated), 1);
+    let store = crate::store::Store::new(Duration::from_secs(60), 1000, &[]);
+    store.write(out.counts, Instant::now());
+    store.write(out.exemplars, Instant::now());
+    let mut scrape = Vec::new();
+    crate::expose::render(
+        &store,
+        &Telemetry::default(),
+        crate::model::Format::OpenMetrics,
+        &mut scrape,
+    );
+    // The name is on 19 lines (calls, 17 buckets, sum, count), each now at most ~4 KiB.
+    let text = String::from_utf8(scrape).unwrap();
+    assert!(text.lines().all(|l| l.len() < 5 << 10), "a line longer than 5 KiB");
+    assert!(text.len() < 128 << 10, "scrape of one span is {} bytes", text.len());
+}
+
+/// Spans whose long names share the kept prefix count in one series; totals are kept.
+#[test]
+fn truncated_names_merge_and_keep_totals() {
+    let limits = LimitsConfig {
+        max_label_value_length: 16,
+        ..Default::default()
+    };
+    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_limits(limits);
+    let spans = (0..5)
+        .map(|i| {
+            span(
+                &format!("a-very-long-span-name-{i}"),
+                SpanKind::Server,
+                5,
+                i + 1,
+                vec![],
+            )
+        })
+        .collect();
+    let out = sm.process(&request(vec![kv("service.name", "svc")], spans));
+    let calls = points_of(&out.counts, CALLS);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].value, PointValue::Number(5.0));
+    assert_eq!(out.limited.get(LimitReason::LabelValueTruncated), 5);
+}
+
+#[test]
+fn dimension_and_service_values_are_truncated() {
+    let long = "v".repeat(10_000);
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        dimensions: vec![Dimension {
+            name: "http.route".into(),
+            default: None,
+        }],
+        ..Default::default()
+    });
+    let out = sm.process(&request(
+        vec![kv("service.name", &long)],
+        vec![span("GET", SpanKind::Server, 5, 1, vec![kv("http.route", &long)])],
+    ));
+    for (k, v) in labels(&out.counts, points_of(&out.counts, CALLS)[0]) {
+        assert!(v.len() <= 4096, "{k}: {} bytes", v.len());
+    }
+    assert_eq!(out.limited.get(LimitReason::LabelValueTruncated), 2);
+}
+
+#[test]
+fn spans_with_too_many_attributes_are_rejected_before_counting() {
+    let tel = Arc::new(Telemetry::default());
+    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_telemetry(tel.clone());
+    let many: Vec<KeyValue> = (0..1025).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let mut req = request(
+        vec![kv("service.name", "svc")],
+        vec![
+            span("big", SpanKind::Server, 5, 1, many),
+            span("ok", SpanKind::Server, 5, 2, vec![kv("a", "b")]),
+        ],
+    );
+    let mut outcome = Outcome::default();
+    assert_eq!(sm.limit_spans(&mut req, &mut outcome), 1);
+    assert_eq!(outcome.rejected, 1);
+    assert!(
+        outcome.message.contains("1025 attributes") && outcome.message.contains("max_attributes_per_span (1024)"),
+        "{}",
+        outcome.message
+    );
+    assert_eq!(tel.limited_items(Signal::Traces, LimitReason::TooManyAttributes), 1);
+    let spans = &req.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name, "ok");
+    let out = sm.process(&req);
+    assert_eq!(out.spans, 1, "the rejected span is not counted");
+}

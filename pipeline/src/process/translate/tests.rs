@@ -1059,3 +1059,265 @@ fn exponential_bucket_ranges_must_have_finite_bounds() {
     assert!(ok(-2, 255, 0));
     assert!(!ok(-2, 256, 0));
 }
+
+// ---- limits (receivers.otlp.limits) and linear label merging ------------------------------
+
+use crate::config::{ByteSize, LimitsConfig};
+
+/// Limits high enough that a hostile shape reaches the merge code instead of being refused.
+fn roomy() -> LimitsConfig {
+    LimitsConfig {
+        max_attributes_per_point: 1 << 16,
+        max_label_value_length: 1 << 20,
+        max_label_set_size: ByteSize(16 << 20),
+        ..Default::default()
+    }
+}
+
+fn encoded_len(req: &ExportMetricsServiceRequest) -> usize {
+    prost::Message::encoded_len(req)
+}
+
+/// 5,000 copies of one key on one point: the merged value is written once, so the arena stays
+/// linear in the input (the old code kept every intermediate `;`-joined value: ~60 MB here).
+#[test]
+fn repeated_keys_merge_in_linear_space() {
+    let attrs: Vec<(&str, &str)> = (0..5_000).map(|_| ("k", "vvvv")).collect();
+    let req = bare(vec![metric("g", "", gauge(vec![num(1.0, &attrs)]))]);
+    let input = encoded_len(&req);
+    let s = Translator::default().with_limits(roomy()).translate(req);
+    assert_eq!(s.outcome.rejected, 0, "{}", s.outcome.message);
+    let v = label(&s, &s.points[0], "k").unwrap();
+    assert_eq!(v.len(), 5_000 * 5 - 1, "every value joined once");
+    assert!(v.split(';').all(|p| p == "vvvv"));
+    assert!(
+        s.text.len() < 4 * input,
+        "arena {} bytes for a {input}-byte request",
+        s.text.len()
+    );
+}
+
+/// Resource attributes that collide after sanitizing (`a.b`, `a-b`) on `target_info`.
+#[test]
+fn colliding_resource_attributes_merge_in_linear_space() {
+    let keys = ["a.b", "a-b", "a/b", "a_b"];
+    let res: Vec<(&str, &str)> = (0..6_000).map(|i| (keys[i % 4], "vvvv")).collect();
+    let mut req = request(&res, ("", ""), vec![metric("g", "", gauge(vec![num(1.0, &[])]))]);
+    // Promoted too: they become labels of every point.
+    let input = encoded_len(&req);
+    let t = Translator::new(vec!["a.b".into(), "a-b".into()]).with_limits(roomy());
+    let s = t.translate(std::mem::take(&mut req));
+    assert_eq!(s.outcome.rejected, 0, "{}", s.outcome.message);
+    let info = only_point(&s, "target");
+    let v = label(&s, info, "a_b").unwrap();
+    assert_eq!(v.split(';').count(), 6_000);
+    // Joined in key order: `a-b` < `a.b` < `a/b` < `a_b`.
+    assert!(v.starts_with("vvvv;"));
+    assert_eq!(label(&s, only_point(&s, "g"), "a_b"), Some("vvvv;vvvv"));
+    assert!(
+        s.text.len() < 4 * input,
+        "arena {} bytes for a {input}-byte request",
+        s.text.len()
+    );
+}
+
+#[test]
+fn merged_values_past_the_value_limit_are_truncated() {
+    let attrs: Vec<(&str, &str)> = (0..100).map(|_| ("k", "0123456789")).collect();
+    let limits = LimitsConfig {
+        max_label_value_length: 64,
+        max_attributes_per_point: 1000,
+        ..Default::default()
+    };
+    let s =
+        Translator::default()
+            .with_limits(limits)
+            .translate(bare(vec![metric("g", "", gauge(vec![num(1.0, &attrs)]))]));
+    let v = label(&s, &s.points[0], "k").unwrap();
+    assert!(v.len() <= 64 && v.ends_with(TRUNCATION_MARKER), "{v:?}");
+    assert_eq!(s.limited.get(LimitReason::LabelValueTruncated), 1);
+}
+
+#[test]
+fn long_values_are_truncated_at_a_char_boundary_with_a_marker() {
+    let long = "é".repeat(5_000); // 10,000 bytes of two-byte characters
+    let s = Translator::default().translate(request(
+        &[("service.name", &long), ("host.name", &long)],
+        (&long, "1"),
+        vec![metric("g", "", gauge(vec![num(1.0, &[("k", &long), ("short", "x")])]))],
+    ));
+    assert_eq!(s.outcome.rejected, 0, "{}", s.outcome.message);
+    let p = only_point(&s, "g");
+    for name in ["k", "job", "otel_scope_name"] {
+        let v = label(&s, p, name).unwrap();
+        assert!(v.len() <= 4096, "{name}: {} bytes", v.len());
+        assert!(v.ends_with(TRUNCATION_MARKER), "{name}");
+        assert!(v.trim_end_matches(TRUNCATION_MARKER).chars().all(|c| c == 'é'));
+    }
+    assert_eq!(label(&s, p, "short"), Some("x"));
+    let info = only_point(&s, "target");
+    assert!(label(&s, info, "host_name").unwrap().len() <= 4096);
+    // k, job (counted once per resource), otel_scope_name, host.name on target_info.
+    assert_eq!(s.limited.get(LimitReason::LabelValueTruncated), 4);
+}
+
+#[test]
+fn truncation_keeps_short_values_and_marks_long_ones() {
+    let mut s = "abc".to_string();
+    assert!(!truncate_value(&mut s, 3));
+    assert_eq!(s, "abc");
+    let mut s = "abcdefghij".to_string();
+    assert!(truncate_value(&mut s, 8));
+    assert_eq!(s, "abcde…");
+    // A 4-byte character straddling the cut is dropped whole.
+    let mut s = "ab😀cdefgh".to_string();
+    assert!(truncate_value(&mut s, 8));
+    assert_eq!(s, "ab…");
+    assert_eq!(truncated("ab😀cdefgh", 8), "ab…");
+}
+
+#[test]
+fn a_too_long_metric_name_rejects_its_points_and_keeps_the_rest() {
+    let long = "m".repeat(2_000);
+    let s = Translator::default().translate(bare(vec![
+        metric(&long, "", gauge(vec![num(1.0, &[]), num(2.0, &[])])),
+        metric("ok", "", gauge(vec![num(1.0, &[])])),
+    ]));
+    assert_eq!((s.outcome.accepted, s.outcome.rejected), (1, 2));
+    assert!(
+        s.outcome.message.contains("max_metric_name_length"),
+        "{}",
+        s.outcome.message
+    );
+    assert!(s.outcome.message.len() < 600, "the message quotes a bounded prefix");
+    assert_eq!(s.limited.get(LimitReason::MetricNameTooLong), 2);
+    assert_eq!(s.families.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["ok"]);
+}
+
+#[test]
+fn a_too_long_unit_counts_toward_the_name() {
+    let unit = "u".repeat(2_000);
+    let s = Translator::default().translate(bare(vec![metric("m", &unit, gauge(vec![num(1.0, &[])]))]));
+    assert_eq!(s.outcome.rejected, 1);
+    assert_eq!(s.limited.get(LimitReason::MetricNameTooLong), 1);
+}
+
+#[test]
+fn long_descriptions_are_truncated() {
+    let mut m = metric("x", "", gauge(vec![num(1.0, &[])]));
+    m.description = "d".repeat(100_000);
+    let s = Translator::default().translate(bare(vec![m]));
+    assert!(s.families[0].help.len() <= 4096 && s.families[0].help.ends_with(TRUNCATION_MARKER));
+    assert_eq!(s.limited.get(LimitReason::LabelValueTruncated), 1);
+}
+
+#[test]
+fn a_too_long_label_name_rejects_the_point() {
+    let long = "k".repeat(300);
+    let s = Translator::default().translate(bare(vec![metric(
+        "g",
+        "",
+        gauge(vec![num(1.0, &[(&long, "v")]), num(2.0, &[("fine", "v")])]),
+    )]));
+    assert_eq!((s.outcome.accepted, s.outcome.rejected), (1, 1));
+    assert!(
+        s.outcome.message.contains("max_label_name_length"),
+        "{}",
+        s.outcome.message
+    );
+    assert_eq!(s.limited.get(LimitReason::LabelNameTooLong), 1);
+    assert!(!s.text.contains(&long), "a rejected point leaves nothing in the arena");
+}
+
+#[test]
+fn too_many_attributes_rejects_the_point_quickly() {
+    let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();
+    let attrs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let s = Translator::default().translate(bare(vec![metric(
+        "g",
+        "",
+        gauge(vec![num(1.0, &attrs), num(2.0, &[("a", "b")])]),
+    )]));
+    assert_eq!((s.outcome.accepted, s.outcome.rejected), (1, 1));
+    assert!(
+        s.outcome.message.contains("max_attributes_per_point (128)"),
+        "{}",
+        s.outcome.message
+    );
+    assert_eq!(s.limited.get(LimitReason::TooManyAttributes), 1);
+    assert!(
+        s.text.len() < 64,
+        "nothing of the rejected point was copied: {} bytes",
+        s.text.len()
+    );
+}
+
+#[test]
+fn scopes_and_resources_with_too_many_attributes_are_refused() {
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let attrs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let mut res = attrs.clone();
+    res.push(("service.name", "svc"));
+    let mut req = request(&res, ("lib", "1"), vec![metric("g", "", gauge(vec![num(1.0, &[])]))]);
+    let s = Translator::default().translate(req.clone());
+    // target_info refused, the point kept.
+    assert_eq!(
+        (s.outcome.accepted, s.outcome.rejected),
+        (1, 1),
+        "{}",
+        s.outcome.message
+    );
+    assert!(s.outcome.message.contains("target_info"), "{}", s.outcome.message);
+    if let Some(scope) = req.resource_metrics[0].scope_metrics[0].scope.as_mut() {
+        scope.attributes = kvs(&attrs);
+    }
+    let s = Translator::default().translate(req);
+    assert_eq!(
+        (s.outcome.accepted, s.outcome.rejected),
+        (0, 2),
+        "{}",
+        s.outcome.message
+    );
+    assert!(s.outcome.message.contains("scope `lib`"), "{}", s.outcome.message);
+    assert_eq!(s.limited.get(LimitReason::TooManyAttributes), 2);
+}
+
+#[test]
+fn a_too_large_label_set_rejects_the_point() {
+    // 8 values of 4,000 bytes: each under the value limit, 32 kB together.
+    let v = "x".repeat(4_000);
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    let attrs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), v.as_str())).collect();
+    let s = Translator::default().translate(bare(vec![metric(
+        "g",
+        "",
+        histogram(vec![
+            hpoint(&[1.0], &[1, 1], 1.0, &attrs),
+            hpoint(&[1.0], &[1, 1], 1.0, &attrs[..2]),
+        ]),
+    )]));
+    assert_eq!((s.outcome.accepted, s.outcome.rejected), (1, 1));
+    assert!(
+        s.outcome.message.contains("max_label_set_size (16KiB)"),
+        "{}",
+        s.outcome.message
+    );
+    assert_eq!(s.limited.get(LimitReason::LabelSetTooLarge), 1);
+    assert_eq!(s.floats.len(), 1, "the rejected histogram's buckets were not kept");
+}
+
+#[test]
+fn limits_are_counted_in_telemetry_once_per_batch() {
+    let tel = Arc::new(Telemetry::default());
+    let t = Translator::default().with_telemetry(tel.clone());
+    let long = "k".repeat(300);
+    t.translate(bare(vec![metric("g", "", gauge(vec![num(1.0, &[(&long, "v")])]))]));
+    t.translate(bare(vec![metric("g", "", gauge(vec![num(1.0, &[(&long, "v")])]))]));
+    assert_eq!(tel.limited_items(Signal::Metrics, LimitReason::LabelNameTooLong), 2);
+    let mut text = String::new();
+    tel.render(crate::model::Format::OpenMetrics, 0, &mut text);
+    assert!(
+        text.contains("spindle_limited_items_total{signal=\"metrics\",reason=\"label_name_too_long\"} 2"),
+        "{text}"
+    );
+}
