@@ -5,6 +5,11 @@
 //!
 //! Requests are `oneshot` through the router and polled with a no-op waker: the trivial handler
 //! completes on the first poll, so no runtime scheduling is measured.
+//!
+//! `instrument/collect`: what one collection costs (a Prometheus scrape rendered by
+//! [`spindle_instrument::PrometheusMetrics::render`]) with the process and Tokio runtime metrics
+//! off and on; the difference is what those metrics cost per collection (they cost nothing per
+//! request: their callbacks run only when a reader collects).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -155,5 +160,65 @@ fn layer_bench(c: &mut Criterion) {
     drop(inst);
 }
 
-criterion_group!(benches, layer_bench);
+/// A Prometheus-only instrumentation that has seen requests on three routes and statuses.
+fn scrape_only(process_and_runtime: bool) -> Instrumentation {
+    let inst = Builder::for_package("bench", "0")
+        .with_env_lookup(|_| None)
+        .with_env_filter("warn")
+        .with_log_writer(std::io::sink)
+        .with_metrics_exporters([spindle_instrument::MetricsExporter::Prometheus])
+        .with_traces_exporter(spindle_instrument::TracesExporter::None)
+        .with_prometheus_listener(false)
+        .with_process_metrics(process_and_runtime)
+        .with_runtime_metrics(process_and_runtime)
+        .build()
+        .expect("instrumentation builds");
+    let router = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .route("/orders/{id}", get(|| async { "order" }))
+        .layer(HttpLayer::with_meter(&inst.guard.meter()));
+    for path in ["/users/1", "/orders/2", "/nope"] {
+        let req = Request::get(path).body(Body::empty()).expect("request");
+        let _ = poll_ready(router.clone().oneshot(req));
+    }
+    inst
+}
+
+fn collect_bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Built inside the runtime, so the runtime metrics are those of `runtime` (two workers).
+    let _entered = runtime.enter();
+    let off = scrape_only(false);
+    let on = scrape_only(true);
+    drop(_entered);
+    let render = |inst: &Instrumentation| {
+        inst.guard
+            .prometheus()
+            .expect("prometheus exporter")
+            .render()
+            .expect("renders")
+    };
+    let (a, b) = (render(&off), render(&on));
+    eprintln!(
+        "scrape sizes: {} bytes without, {} bytes with process and runtime metrics ({} more sample lines)",
+        a.len(),
+        b.len(),
+        b.lines().filter(|l| !l.starts_with('#')).count() - a.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    assert!(b.contains("process_cpu_time_seconds_total") && b.contains("tokio_runtime_worker_busy_time_seconds_total"));
+    let mut g = c.benchmark_group("instrument/collect");
+    g.bench_function("scrape (render), HTTP metrics only", |bench| {
+        bench.iter(|| render(&off))
+    });
+    g.bench_function("scrape (render), HTTP + process and runtime metrics", |bench| {
+        bench.iter(|| render(&on))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, layer_bench, collect_bench);
 criterion_main!(benches);

@@ -31,6 +31,10 @@ use crate::exemplars::{
     DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, ExemplarStore, OTEL_METRICS_EXEMPLAR_FILTER,
 };
 use crate::otlp::{OtlpMetricExporter, Transport};
+use crate::prometheus::{
+    DEFAULT_PROMETHEUS_HOST, DEFAULT_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, OTEL_EXPORTER_PROMETHEUS_PORT,
+    PrometheusMetrics,
+};
 use crate::resource::{parse_resource_attributes, random_instance_id, unknown_service};
 use crate::sampler::{DEFAULT_THRESHOLD_PRECISION, MAX_THRESHOLD_PRECISION, SamplerConfig};
 use crate::throttle::ExportLogThrottle;
@@ -54,6 +58,89 @@ pub const DEFAULT_TRACES_FILTER: &str = "info";
 /// Default minimum time between two log lines from the same OpenTelemetry SDK call site (such
 /// as "export failed"): unless set, the metric export interval.
 pub const DEFAULT_EXPORT_ERROR_LOG_INTERVAL: Option<Duration> = None;
+/// Default metrics exporters when `OTEL_METRICS_EXPORTER` is unset: OTLP only.
+pub const DEFAULT_METRICS_EXPORTERS: &[MetricsExporter] = &[MetricsExporter::Otlp];
+/// Default traces exporter when `OTEL_TRACES_EXPORTER` is unset.
+pub const DEFAULT_TRACES_EXPORTER: TracesExporter = TracesExporter::Otlp;
+
+/// Where metrics go; `OTEL_METRICS_EXPORTER` is a comma-separated list of these, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MetricsExporter {
+    /// Pushed over OTLP to Spindle (`otlp`), with exemplars.
+    Otlp,
+    /// Served for Prometheus to scrape (`prometheus`), on
+    /// `OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT` or on the service's router
+    /// ([`Guard::metrics_router`]).
+    Prometheus,
+}
+
+impl MetricsExporter {
+    /// Parses an `OTEL_METRICS_EXPORTER` value: `none`, or a comma-separated list of `otlp` and
+    /// `prometheus` (duplicates are ignored). `name` is the variable named in the error.
+    fn parse_list(name: &'static str, value: &str) -> Result<Vec<MetricsExporter>, InitError> {
+        let hint = "expected `otlp`, `prometheus`, a comma-separated list of them (`otlp,prometheus`), or `none`";
+        let mut out = Vec::new();
+        let items: Vec<&str> = value.split(',').map(str::trim).collect();
+        if items == ["none"] {
+            return Ok(out);
+        }
+        for item in items {
+            let e = match item {
+                "otlp" => MetricsExporter::Otlp,
+                "prometheus" => MetricsExporter::Prometheus,
+                "none" => {
+                    return Err(InitError::invalid_env(
+                        name,
+                        value,
+                        "`none` cannot be combined with exporters",
+                    ));
+                }
+                "" => return Err(InitError::invalid_env(name, value, format!("empty list item; {hint}"))),
+                other => {
+                    return Err(InitError::invalid_env(
+                        name,
+                        value,
+                        format!("unsupported exporter {other:?}; {hint}"),
+                    ));
+                }
+            };
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where spans go (`OTEL_TRACES_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TracesExporter {
+    /// Exported over OTLP (`otlp`).
+    Otlp,
+    /// Not exported (`none`); spans are still created and sampled, so trace context still
+    /// propagates and exemplars still name traces.
+    None,
+}
+
+impl TracesExporter {
+    fn parse(name: &'static str, value: &str) -> Result<TracesExporter, InitError> {
+        let items: Vec<&str> = value.split(',').map(str::trim).collect();
+        if items == ["none"] {
+            return Ok(TracesExporter::None);
+        }
+        if items.iter().all(|i| *i == "otlp") {
+            return Ok(TracesExporter::Otlp);
+        }
+        Err(InitError::invalid_env(
+            name,
+            value,
+            "expected `otlp` or `none` (no other span exporter is built in)",
+        ))
+    }
+}
+
 /// Targets whose spans never become OpenTelemetry spans: the exporter's own HTTP/gRPC stack and
 /// the SDK itself, so that exporting does not produce more spans to export.
 pub const OTEL_TARGETS_EXCLUDED: &[&str] = &["hyper", "tonic", "h2", "tower", "reqwest", "opentelemetry"];
@@ -111,6 +198,13 @@ pub struct Builder {
     metric_exporter: Option<MetricExporterHook>,
     metrics_capture: Option<crate::otlp::OtlpMetricsCapture>,
     exemplar_filter: Option<ExemplarFilter>,
+    metrics_exporters: Option<Vec<MetricsExporter>>,
+    traces_exporter: Option<TracesExporter>,
+    prometheus_addr: Option<std::net::SocketAddr>,
+    prometheus_listener: bool,
+    process_metrics: bool,
+    runtime_metrics: bool,
+    runtime_handle: Option<tokio::runtime::Handle>,
     env: EnvLookup,
 }
 
@@ -131,6 +225,12 @@ impl fmt::Debug for Builder {
             .field("sdk_disabled", &self.sdk_disabled)
             .field("custom_span_exporter", &self.span_exporter.is_some())
             .field("custom_metric_exporter", &self.metric_exporter.is_some())
+            .field("metrics_exporters", &self.metrics_exporters)
+            .field("traces_exporter", &self.traces_exporter)
+            .field("prometheus_addr", &self.prometheus_addr)
+            .field("prometheus_listener", &self.prometheus_listener)
+            .field("process_metrics", &self.process_metrics)
+            .field("runtime_metrics", &self.runtime_metrics)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +267,13 @@ impl Builder {
             metric_exporter: None,
             metrics_capture: None,
             exemplar_filter: None,
+            metrics_exporters: None,
+            traces_exporter: None,
+            prometheus_addr: None,
+            prometheus_listener: true,
+            process_metrics: true,
+            runtime_metrics: true,
+            runtime_handle: None,
             env: Arc::new(|name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())),
         }
     }
@@ -331,6 +438,67 @@ impl Builder {
         self
     }
 
+    /// Sets where metrics go, overriding `OTEL_METRICS_EXPORTER`; an empty list is `none`.
+    /// Default: `OTEL_METRICS_EXPORTER`, then [`DEFAULT_METRICS_EXPORTERS`] (`otlp`).
+    pub fn with_metrics_exporters(mut self, exporters: impl IntoIterator<Item = MetricsExporter>) -> Self {
+        let mut list = Vec::new();
+        for e in exporters {
+            if !list.contains(&e) {
+                list.push(e);
+            }
+        }
+        self.metrics_exporters = Some(list);
+        self
+    }
+
+    /// Sets where spans go, overriding `OTEL_TRACES_EXPORTER`. Default: `OTEL_TRACES_EXPORTER`,
+    /// then [`DEFAULT_TRACES_EXPORTER`] (`otlp`).
+    pub fn with_traces_exporter(mut self, exporter: TracesExporter) -> Self {
+        self.traces_exporter = Some(exporter);
+        self
+    }
+
+    /// Sets the address of the Prometheus listener (with the `prometheus` metrics exporter),
+    /// overriding `OTEL_EXPORTER_PROMETHEUS_HOST` and `OTEL_EXPORTER_PROMETHEUS_PORT`; port 0 picks
+    /// a free port ([`Guard::prometheus_addr`]). Default: those variables, then
+    /// [`DEFAULT_PROMETHEUS_HOST`]:[`DEFAULT_PROMETHEUS_PORT`] (`localhost:9464`).
+    pub fn with_prometheus_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.prometheus_addr = Some(addr);
+        self
+    }
+
+    /// Whether the `prometheus` metrics exporter opens a listener of its own. `false`: nothing is
+    /// bound, and the service mounts [`Guard::metrics_router`] on its own router instead.
+    /// Default: `true`.
+    pub fn with_prometheus_listener(mut self, listen: bool) -> Self {
+        self.prometheus_listener = listen;
+        self
+    }
+
+    /// Whether the process metrics (`process.cpu.time`, `process.memory.usage`, … — see
+    /// [`crate::process`]) are reported. They are read when metrics are collected, never on the
+    /// request path. Default: `true`.
+    pub fn with_process_metrics(mut self, enabled: bool) -> Self {
+        self.process_metrics = enabled;
+        self
+    }
+
+    /// Whether the Tokio runtime metrics (`tokio.runtime.*` — see [`crate::process`]) are
+    /// reported, for the runtime of [`Builder::with_runtime_handle`] or else the runtime that is
+    /// current when [`Builder::build`] runs (none outside a runtime). Read when metrics are
+    /// collected. Default: `true`.
+    pub fn with_runtime_metrics(mut self, enabled: bool) -> Self {
+        self.runtime_metrics = enabled;
+        self
+    }
+
+    /// The Tokio runtime whose metrics are reported. Default: the runtime current when
+    /// [`Builder::build`] runs, if any.
+    pub fn with_runtime_handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime_handle = Some(handle);
+        self
+    }
+
     /// Reads environment variables through `lookup` instead of the process environment (tests,
     /// or configuration from elsewhere). Empty values count as unset.
     pub fn with_env_lookup(mut self, lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
@@ -410,6 +578,30 @@ impl Builder {
             });
         }
 
+        // The service's runtime, before the exporters' runtime is entered below.
+        let service_runtime = match self.runtime_handle.take() {
+            Some(h) => Some(h),
+            None if self.runtime_metrics => tokio::runtime::Handle::try_current().ok(),
+            None => None,
+        };
+        let metrics_exporters = match self.metrics_exporters.take() {
+            Some(list) => list,
+            None => match self.env(OTEL_METRICS_EXPORTER) {
+                Some(v) => MetricsExporter::parse_list(OTEL_METRICS_EXPORTER, &v)?,
+                None => DEFAULT_METRICS_EXPORTERS.to_vec(),
+            },
+        };
+        let traces_exporter = match self.traces_exporter {
+            Some(t) => t,
+            None => match self.env(OTEL_TRACES_EXPORTER) {
+                Some(v) => TracesExporter::parse(OTEL_TRACES_EXPORTER, &v)?,
+                None => DEFAULT_TRACES_EXPORTER,
+            },
+        };
+        let otlp_metrics = metrics_exporters.contains(&MetricsExporter::Otlp);
+        let prometheus_on = metrics_exporters.contains(&MetricsExporter::Prometheus);
+        let otlp_traces = traces_exporter == TracesExporter::Otlp || self.span_exporter.is_some();
+
         let resource = self.resource()?;
         let sampler = match self.sampler {
             Some(s) => s,
@@ -426,23 +618,40 @@ impl Builder {
         }
         let traces_protocol = self.protocol(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)?;
         let metrics_protocol = self.protocol(OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)?;
-        let traces_endpoint = self.endpoint(
-            self.traces_endpoint.as_deref(),
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-            traces_protocol,
-            "/v1/traces",
-        )?;
-        let metrics_endpoint = self.endpoint(
-            self.metrics_endpoint.as_deref(),
-            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-            metrics_protocol,
-            "/v1/metrics",
-        )?;
+        // Endpoints are only resolved (and checked) for the exporters in use.
+        let traces_endpoint = if otlp_traces && self.span_exporter.is_none() {
+            self.endpoint(
+                self.traces_endpoint.as_deref(),
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                traces_protocol,
+                "/v1/traces",
+            )?
+        } else {
+            String::new()
+        };
+        let custom_metrics = self.metric_exporter.is_some() || self.metrics_capture.is_some();
+        let metrics_endpoint = if otlp_metrics && !custom_metrics {
+            self.endpoint(
+                self.metrics_endpoint.as_deref(),
+                OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+                metrics_protocol,
+                "/v1/metrics",
+            )?
+        } else {
+            String::new()
+        };
+        let prometheus_listener = if prometheus_on && self.prometheus_listener {
+            Some(self.prometheus_listener()?)
+        } else {
+            None
+        };
 
         // gRPC exporters run on a runtime of their own, so they work whatever runtime (or none)
         // the service uses, and shutting down never waits on the service's own worker threads.
-        let needs_runtime = (self.span_exporter.is_none() && traces_protocol == Protocol::Grpc)
-            || (self.metric_exporter.is_none() && self.metrics_capture.is_none());
+        // The Prometheus listener runs there too, so scrapes never use the service's workers.
+        let needs_runtime = (otlp_traces && self.span_exporter.is_none() && traces_protocol == Protocol::Grpc)
+            || (otlp_metrics && !custom_metrics)
+            || prometheus_listener.is_some();
         let runtime = if needs_runtime {
             Some(
                 tokio::runtime::Builder::new_multi_thread()
@@ -462,15 +671,19 @@ impl Builder {
             .with_resource(resource.clone());
         traces = match self.span_exporter {
             Some(hook) => hook(traces),
+            None if traces_exporter == TracesExporter::None => traces,
             None => {
+                use opentelemetry_otlp::{Compression, WithHttpConfig as _, WithTonicConfig as _};
                 let exporter = match traces_protocol {
                     Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                         .with_tonic()
+                        .with_compression(Compression::Gzip)
                         .with_endpoint(traces_endpoint)
                         .build(),
                     Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                         .with_http()
                         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_compression(Compression::Gzip)
                         .with_endpoint(traces_endpoint)
                         .build(),
                 }
@@ -484,7 +697,34 @@ impl Builder {
         let tracer_provider = traces.build();
 
         let mut metrics = SdkMeterProvider::builder().with_resource(resource);
+        let mut prometheus = None;
+        let mut prometheus_addr = None;
+        if prometheus_on {
+            let fail = |reason: String| InitError::Exporter {
+                signal: "metrics",
+                source: opentelemetry_otlp::ExporterBuildError::InternalFailure(format!(
+                    "Prometheus exporter: {reason}"
+                )),
+            };
+            let (reader, renderer) = match PrometheusMetrics::new() {
+                Ok(r) => r,
+                Err(reason) => {
+                    let _ = tracer_provider.shutdown();
+                    return Err(fail(reason));
+                }
+            };
+            if let (Some(listener), Some(rt)) = (prometheus_listener, runtime.as_ref()) {
+                prometheus_addr = listener.local_addr().ok();
+                if let Err(reason) = crate::prometheus::serve(listener, renderer.clone(), rt.handle()) {
+                    let _ = tracer_provider.shutdown();
+                    return Err(fail(reason));
+                }
+            }
+            metrics = metrics.with_reader(reader);
+            prometheus = Some(renderer);
+        }
         metrics = match (self.metric_exporter, self.metrics_capture) {
+            _ if !otlp_metrics => metrics,
             (Some(hook), _) => hook(metrics, interval),
             (None, Some(capture)) => {
                 let exporter = OtlpMetricExporter::new(Arc::clone(&exemplar_store), Transport::Capture(capture));
@@ -516,6 +756,18 @@ impl Builder {
         };
         let meter_provider = metrics.build();
         drop(_entered);
+        if otlp_metrics || prometheus_on {
+            use opentelemetry::metrics::MeterProvider as _;
+            let meter = meter_provider.meter_with_scope(crate::scope());
+            if self.process_metrics {
+                crate::process::register_process_metrics(&meter);
+            }
+            if self.runtime_metrics
+                && let Some(handle) = service_runtime
+            {
+                crate::process::register_runtime_metrics(&meter, handle);
+            }
+        }
 
         let tracer = tracer_provider.tracer_with_scope(crate::scope());
         let excluded = filter_fn(|meta| !is_excluded_target(meta.target()));
@@ -536,6 +788,8 @@ impl Builder {
                 tracer_provider: Some(tracer_provider),
                 meter_provider: Some(meter_provider),
                 exemplar_provider: Some(exemplar_provider),
+                prometheus,
+                prometheus_addr,
                 runtime,
                 done: false,
             },
@@ -596,6 +850,54 @@ impl Builder {
                 )),
             },
         }
+    }
+
+    /// Resolves and binds the Prometheus listener: code address, else
+    /// `OTEL_EXPORTER_PROMETHEUS_HOST`/`_PORT`, else `localhost:9464`.
+    fn prometheus_listener(&self) -> Result<std::net::TcpListener, InitError> {
+        use std::net::ToSocketAddrs as _;
+        let (addrs, shown) = if let Some(addr) = self.prometheus_addr {
+            (vec![addr], addr.to_string())
+        } else {
+            let port = match self.env(OTEL_EXPORTER_PROMETHEUS_PORT) {
+                None => DEFAULT_PROMETHEUS_PORT,
+                Some(v) => v.trim().parse::<u16>().map_err(|_| {
+                    InitError::invalid_env(
+                        OTEL_EXPORTER_PROMETHEUS_PORT,
+                        &v,
+                        "expected a port number from 0 to 65535, such as 9464",
+                    )
+                })?,
+            };
+            let (host, from_env) = match self.env(OTEL_EXPORTER_PROMETHEUS_HOST) {
+                Some(h) => (h.trim().to_owned(), true),
+                None => (DEFAULT_PROMETHEUS_HOST.to_owned(), false),
+            };
+            let resolved = (host.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>());
+            match resolved {
+                Ok(a) if !a.is_empty() => (a, format!("{host}:{port}")),
+                Ok(_) | Err(_) if from_env => {
+                    return Err(InitError::invalid_env(
+                        OTEL_EXPORTER_PROMETHEUS_HOST,
+                        &host,
+                        "expected a host name or IP address this machine can listen on, such as localhost or 0.0.0.0",
+                    ));
+                }
+                Ok(_) => {
+                    return Err(InitError::PrometheusListener {
+                        address: format!("{host}:{port}"),
+                        reason: "resolves to no address".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(InitError::PrometheusListener {
+                        address: format!("{host}:{port}"),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        };
+        crate::prometheus::bind(&addrs).map_err(|reason| InitError::PrometheusListener { address: shown, reason })
     }
 
     fn protocol(&self, signal_var: &'static str) -> Result<Protocol, InitError> {
@@ -744,6 +1046,8 @@ pub struct Guard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
     exemplar_provider: Option<ExemplarMeterProvider>,
+    prometheus: Option<PrometheusMetrics>,
+    prometheus_addr: Option<std::net::SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
     done: bool,
 }
@@ -753,6 +1057,8 @@ impl fmt::Debug for Guard {
         f.debug_struct("Guard")
             .field("enabled", &self.tracer_provider.is_some())
             .field("exporter_runtime", &self.runtime.is_some())
+            .field("prometheus", &self.prometheus.is_some())
+            .field("prometheus_addr", &self.prometheus_addr)
             .field("shut_down", &self.done)
             .finish()
     }
@@ -764,6 +1070,8 @@ impl Guard {
             tracer_provider: None,
             meter_provider: None,
             exemplar_provider: None,
+            prometheus: None,
+            prometheus_addr: None,
             runtime: None,
             done: false,
         }
@@ -772,6 +1080,23 @@ impl Guard {
     /// The tracer provider (`None` when the SDK is disabled).
     pub fn tracer_provider(&self) -> Option<&SdkTracerProvider> {
         self.tracer_provider.as_ref()
+    }
+
+    /// The Prometheus renderer (`None` unless `prometheus` is among the metrics exporters).
+    pub fn prometheus(&self) -> Option<&PrometheusMetrics> {
+        self.prometheus.as_ref()
+    }
+
+    /// A router answering `GET /metrics` for Prometheus, to merge into the service's own router
+    /// (`None` unless `prometheus` is among the metrics exporters); see
+    /// [`Builder::with_prometheus_listener`].
+    pub fn metrics_router(&self) -> Option<axum::Router> {
+        self.prometheus.as_ref().map(PrometheusMetrics::router)
+    }
+
+    /// The address the Prometheus listener is bound to (`None` without one).
+    pub fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
+        self.prometheus_addr
     }
 
     /// The meter provider (`None` when the SDK is disabled).

@@ -46,6 +46,14 @@ pub enum InitError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// The Prometheus listener (`OTEL_METRICS_EXPORTER=prometheus`) could not be opened.
+    #[error("cannot open the Prometheus listener on {address}: {reason}")]
+    PrometheusListener {
+        /// The address, from the builder or `OTEL_EXPORTER_PROMETHEUS_HOST`/`_PORT`.
+        address: String,
+        /// Why (address in use, not resolvable, …).
+        reason: String,
+    },
     /// The background runtime that drives the gRPC exporters could not be started.
     #[error("cannot start the exporter runtime: {0}")]
     Runtime(#[source] std::io::Error),

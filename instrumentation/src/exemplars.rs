@@ -19,9 +19,9 @@
 //! per shard ([`MAX_SERIES_PER_SHARD`]); beyond it measurements still count, they just carry no
 //! exemplar.
 //!
-//! What goes out: [`ExemplarStore::attach`] turns an SDK `ResourceMetrics` into the OTLP request
+//! What goes out: `ExemplarStore::attach` turns an SDK `ResourceMetrics` into the OTLP request
 //! and fills in the exemplars of the matching data points; the OTLP exporter of this crate
-//! ([`crate::otlp`]) sends that.
+//! (`crate::otlp`) sends that.
 
 use std::borrow::Cow;
 use std::cell::Cell;

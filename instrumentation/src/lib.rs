@@ -22,6 +22,10 @@
 //! - a resource with `service.name`, `service.version`, `service.instance.id` and
 //!   `OTEL_RESOURCE_ATTRIBUTES`.
 //!
+//! - with `OTEL_METRICS_EXPORTER=prometheus`, a Prometheus scrape endpoint instead of (or, with
+//!   `otlp,prometheus`, besides) the OTLP metric export ([`prometheus`], [`Guard::metrics_router`]);
+//! - process and Tokio runtime metrics read at collection time ([`process`]).
+//!
 //! It returns a [`Guard`] that flushes and shuts everything down when dropped. [`HttpLayer`] adds
 //! server spans and the HTTP server metrics to an axum router; [`inject_context`] carries the
 //! current trace into outgoing requests.
@@ -40,6 +44,9 @@
 //! | [`OTEL_TRACES_SAMPLER`], [`OTEL_TRACES_SAMPLER_ARG`] | sampler name and ratio | `parentbased_always_on` |
 //! | [`OTEL_METRIC_EXPORT_INTERVAL`] | milliseconds between metric exports | 60000 |
 //! | [`OTEL_METRICS_EXEMPLAR_FILTER`] | `always_on`, `always_off` or `trace_based`: which measurements of counters and histograms carry exemplars ([`exemplars`]) | `trace_based` |
+//! | [`OTEL_METRICS_EXPORTER`] | `otlp`, `prometheus`, `none`, or a list such as `otlp,prometheus` | `otlp` |
+//! | [`OTEL_TRACES_EXPORTER`] | `otlp` or `none` | `otlp` |
+//! | [`OTEL_EXPORTER_PROMETHEUS_HOST`], [`OTEL_EXPORTER_PROMETHEUS_PORT`] | where `prometheus` serves `/metrics` | `localhost`, `9464` |
 //! | [`RUST_LOG`] | log filter directives (logs only; spans: [`Builder::with_traces_filter`]) | `info` |
 //!
 //! A value that cannot be used is an [`InitError`] naming the variable, never a panic.
@@ -51,6 +58,8 @@ mod error;
 pub mod exemplars;
 pub mod http;
 mod otlp;
+pub mod process;
+pub mod prometheus;
 mod resource;
 pub mod sampler;
 mod throttle;
@@ -60,13 +69,18 @@ use opentelemetry::metrics::Meter;
 
 pub use builder::{
     Builder, DEFAULT_EXPORT_ERROR_LOG_INTERVAL, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, DEFAULT_LOG_FILTER,
-    DEFAULT_METRIC_EXPORT_INTERVAL, DEFAULT_PROTOCOL, DEFAULT_SAMPLER, DEFAULT_TRACES_FILTER, Guard, Instrumentation,
-    OTEL_TARGETS_EXCLUDED, Protocol,
+    DEFAULT_METRIC_EXPORT_INTERVAL, DEFAULT_METRICS_EXPORTERS, DEFAULT_PROTOCOL, DEFAULT_SAMPLER,
+    DEFAULT_TRACES_EXPORTER, DEFAULT_TRACES_FILTER, Guard, Instrumentation, MetricsExporter, OTEL_TARGETS_EXCLUDED,
+    Protocol, TracesExporter,
 };
 pub use error::{InitError, ShutdownError, Signal};
 pub use exemplars::{DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, OTEL_METRICS_EXEMPLAR_FILTER};
 pub use http::{HttpLayer, HttpService, UNMATCHED_ROUTE, inject_context};
 pub use otlp::OtlpMetricsCapture;
+pub use prometheus::{
+    DEFAULT_PROMETHEUS_HOST, DEFAULT_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, OTEL_EXPORTER_PROMETHEUS_PORT,
+    PrometheusMetrics,
+};
 pub use sampler::{DEFAULT_THRESHOLD_PRECISION, SamplerConfig};
 
 /// `true` turns the SDK off: logs still go to stderr, nothing is exported.
@@ -92,6 +106,11 @@ pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRIC
 pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 /// The ratio for the `*traceidratio` samplers, in `[0, 1]`.
 pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+/// Where metrics go: `otlp` (default), `prometheus`, `none`, or a comma-separated list such as
+/// `otlp,prometheus`.
+pub const OTEL_METRICS_EXPORTER: &str = "OTEL_METRICS_EXPORTER";
+/// Where spans go: `otlp` (default) or `none`.
+pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 /// Milliseconds between two metric exports.
 pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 /// Log filter directives (`tracing_subscriber::EnvFilter` syntax) for the fmt layer.

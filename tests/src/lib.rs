@@ -746,6 +746,21 @@ impl Prometheus {
         Self::launch(&binary, &config, &[]).await
     }
 
+    /// Starts Prometheus scraping a service's own `/metrics` at `target` directly, as job `job`
+    /// (no pipeline in between, so without `honor_labels`: Prometheus sets `job` and `instance`),
+    /// and waits until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_direct(target: SocketAddr, job: &str) -> Self {
+        let binary = peer_binary("prometheus");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        Self::launch(&binary, &config, &[]).await
+    }
+
     /// Starts Prometheus as a remote-write receiver (`--web.enable-remote-write-receiver`, with
     /// exemplar storage) that scrapes nothing, and waits until it is ready. Push to
     /// [`Prometheus::remote_write_url`].

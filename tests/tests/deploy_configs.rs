@@ -249,6 +249,9 @@ fn alert_rules_cover_spindle_health_and_service_slos() {
         "ServiceErrorBudgetFastBurn",
         "ServiceErrorBudgetSlowBurn",
         "ServiceLatencyHigh",
+        "ServiceMemoryGrowing",
+        "ServiceFileDescriptorsNearLimit",
+        "TokioGlobalQueueBacklog",
     ] {
         assert!(alerts.contains(wanted), "alert {wanted} missing; have {alerts:?}");
     }
@@ -639,7 +642,7 @@ fn demo_service_metrics(service: &str, trace_id: &[u8], span_id: &[u8]) -> Expor
         },
         ..Default::default()
     };
-    let metrics = vec![
+    let metrics: Vec<Metric> = vec![
         Metric {
             name: "http.server.request.duration".into(),
             unit: "s".into(),
@@ -658,7 +661,10 @@ fn demo_service_metrics(service: &str, trace_id: &[u8], span_id: &[u8]) -> Expor
         ),
         monotonic("demo.user.lookups", vec![kv("result", "found")], 7, true, ""),
         monotonic("demo.slow.calls", vec![], 2, true, ""),
-    ];
+    ]
+    .into_iter()
+    .chain(process_and_runtime_metrics())
+    .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource(service)),
@@ -674,6 +680,43 @@ fn demo_service_metrics(service: &str, trace_id: &[u8], span_id: &[u8]) -> Expor
             ..Default::default()
         }],
     }
+}
+
+/// spindle-instrument's process and Tokio runtime metrics (`instrumentation/src/process.rs`), with
+/// their units and kinds: what the process & runtime dashboard and `alerts/process.rules.yml`
+/// query. Gauges are sent as non-monotonic sums; both become Prometheus gauges of the same name.
+fn process_and_runtime_metrics() -> Vec<Metric> {
+    vec![
+        monotonic("process.cpu.time", vec![kv("cpu.mode", "user")], 3, true, "s"),
+        monotonic("process.memory.usage", vec![], 30_000_000, false, "By"),
+        monotonic("process.memory.virtual", vec![], 400_000_000, false, "By"),
+        monotonic(
+            "process.open_file_descriptor.count",
+            vec![],
+            20,
+            false,
+            "{file_descriptor}",
+        ),
+        monotonic(
+            "process.open_file_descriptor.limit",
+            vec![],
+            1024,
+            false,
+            "{file_descriptor}",
+        ),
+        monotonic("process.thread.count", vec![], 7, false, "{thread}"),
+        monotonic("process.uptime", vec![], 60, false, "s"),
+        monotonic("tokio.runtime.workers", vec![], 2, false, "{worker}"),
+        monotonic("tokio.runtime.alive_tasks", vec![], 5, false, "{task}"),
+        monotonic("tokio.runtime.global_queue.depth", vec![], 0, false, "{task}"),
+        monotonic(
+            "tokio.runtime.worker.busy_time",
+            vec![kv_int("tokio.worker.index", 0)],
+            1,
+            true,
+            "s",
+        ),
+    ]
 }
 
 /// A server span that succeeds, one that fails and a client span, for `service`.

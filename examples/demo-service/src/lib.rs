@@ -9,6 +9,10 @@
 //! - `GET /slow` — waits on a simulated slow dependency (50–450 ms).
 //! - `GET /healthz`.
 //!
+//! Metrics go where `OTEL_METRICS_EXPORTER` says: to Spindle over OTLP (`otlp`, the default), to
+//! a Prometheus scrape endpoint of the service's own (`prometheus`, on `localhost:9464` or, with
+//! `--metrics-on-listen`, at `/metrics` on the service's port), or both (`otlp,prometheus`).
+//!
 //! Custom metrics: `demo.user.lookups` (a counter through the OpenTelemetry API, attribute
 //! `result`) and `demo.slow.calls` (from a `tracing` event's `monotonic_counter.` field).
 
@@ -34,6 +38,8 @@ use tracing::Instrument;
 pub const LISTEN_ENV: &str = "DEMO_LISTEN";
 /// Environment variable for `--downstream`.
 pub const DOWNSTREAM_ENV: &str = "DEMO_DOWNSTREAM";
+/// Environment variable for `--metrics-on-listen`.
+pub const METRICS_ON_LISTEN_ENV: &str = "DEMO_METRICS_ON_LISTEN";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -51,6 +57,10 @@ pub struct Config {
     /// `http://127.0.0.1:8081`.
     #[arg(long, env = DOWNSTREAM_ENV)]
     pub downstream: Option<String>,
+    /// With `OTEL_METRICS_EXPORTER=prometheus`: serve `/metrics` on `--listen` (the service's own
+    /// port) instead of on `OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT`.
+    #[arg(long, env = METRICS_ON_LISTEN_ENV)]
+    pub metrics_on_listen: bool,
 }
 
 /// Shared state of the handlers.
