@@ -27,9 +27,9 @@ use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::{Samples, Translator};
 use crate::receive::status::Refusal;
 use crate::receive::{Consumer, Shared, grpc, http};
-use crate::server;
+use crate::server::{self, ListenerKind};
 use crate::store::Store;
-use crate::telemetry::{ListenerKind, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// The metrics and traces path behind the receivers.
 #[derive(Debug)]
@@ -255,7 +255,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Limiter::new(
             &config.processors.cardinality,
             config.prometheus.max_series,
-            telemetry.clone(),
+            telemetry.cardinality.clone(),
         )
         .map_err(anyhow::Error::msg)
         .context("cannot build `processors.cardinality`")?,
@@ -271,7 +271,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let on_forwarded = Box::new(move |exemplars| {
                 write_metrics(&st, Some(&lim), exemplars, false);
             });
-            let (exporter, handle) = traces::spawn(ex, endpoint, telemetry.clone(), on_forwarded, stage.token.clone())
+            let stats = telemetry.traces.clone();
+            let (exporter, handle) = traces::spawn(ex, endpoint, stats, on_forwarded, stage.token.clone())
                 .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
             stage
                 .tasks
@@ -290,12 +291,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Pipeline::new(
             Translator::new(config.prometheus.promote_resource_attributes.clone())
                 .with_limits(config.receivers.otlp.limits.clone())
-                .with_telemetry(telemetry.clone()),
+                .with_stats(telemetry.limited.clone()),
             store.clone(),
             Some(
                 SpanMetrics::new(config.processors.span_metrics.clone())
                     .with_limits(config.receivers.otlp.limits.clone())
-                    .with_telemetry(telemetry.clone()),
+                    .with_stats(telemetry.limited.clone()),
             ),
             exporter,
         )
@@ -307,14 +308,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         pipeline,
         otlp.max_request_size.0,
         otlp.max_inflight_bytes.0,
-        telemetry.clone(),
+        telemetry.receiver.clone(),
     );
 
     let rw = &config.exporters.remote_write;
     let remote_write_stage = match &rw.endpoint {
         Some(endpoint) => {
             let mut stage = Stage::new();
-            let handle = remote_write::spawn(rw, endpoint, store.clone(), telemetry.clone(), stage.token.clone())
+            let stats = telemetry.remote_write.clone();
+            let handle = remote_write::spawn(rw, endpoint, store.clone(), stats, stage.token.clone())
                 .context("cannot build the remote-write exporter (`exporters.remote_write`)")?;
             stage
                 .tasks
@@ -349,8 +351,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let c = receivers.token.clone();
     let s = shared.clone();
     let grpc_config = otlp.grpc.clone();
+    let conns = telemetry.connections.clone();
     receivers.tasks.spawn(async move {
-        grpc::serve(grpc_l, s, grpc_config, c)
+        grpc::serve(grpc_l, s, grpc_config, conns, c)
             .await
             .context("OTLP/gRPC server failed")
     });
@@ -364,11 +367,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         h.header_read_timeout,
         h.body_read_timeout,
     );
-    let tel = telemetry.clone();
+    let conns = telemetry.connections.clone();
     receivers.tasks.spawn(async move {
-        server::serve(http_l, router, ListenerKind::OtlpHttp, limits, tel, c.cancelled_owned())
-            .await
-            .context("OTLP/HTTP server failed")
+        server::serve(
+            http_l,
+            router,
+            ListenerKind::OtlpHttp,
+            limits,
+            conns,
+            c.cancelled_owned(),
+        )
+        .await
+        .context("OTLP/HTTP server failed")
     });
 
     let c = rest.token.clone();
@@ -386,7 +396,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         p.header_read_timeout,
         p.body_read_timeout,
     );
-    let tel = telemetry.clone();
+    let conns = telemetry.connections.clone();
     rest.tasks.spawn(async move {
         let router = routes::router(state);
         server::serve(
@@ -394,7 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             router,
             ListenerKind::Prometheus,
             limits,
-            tel,
+            conns,
             c.cancelled_owned(),
         )
         .await

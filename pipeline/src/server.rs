@@ -41,7 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::telemetry::{CloseReason, ListenerKind, Telemetry};
+pub mod stats;
+
+pub use stats::{CloseReason, ConnectionStats, ListenerKind};
 
 /// One listener's connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +193,7 @@ struct Registry {
     kind: ListenerKind,
     limits: Limits,
     epoch: Instant,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ConnectionStats>,
     conns: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
 }
@@ -213,9 +215,7 @@ impl Registry {
                 .filter(|(_, e)| e.state.in_flight.load(Ordering::Acquire) == 0)
                 .min_by_key(|(_, e)| e.state.boundary_nanos.load(Ordering::Relaxed))
                 .map(|(id, _)| *id);
-            self.telemetry
-                .connections
-                .closed(self.kind, CloseReason::MaxConnections);
+            self.stats.closed(self.kind, CloseReason::MaxConnections);
             match victim.and_then(|id| conns.remove(&id)) {
                 Some(e) => e.state.kill(),
                 None => return None,
@@ -231,7 +231,7 @@ impl Registry {
             },
         );
         drop(conns);
-        self.telemetry.connections.opened(self.kind);
+        self.stats.opened(self.kind);
         Some(Conn {
             tcp,
             state,
@@ -267,7 +267,7 @@ impl Registry {
                 }
             });
         for reason in closed {
-            self.telemetry.connections.closed(self.kind, reason);
+            self.stats.closed(self.kind, reason);
         }
     }
 }
@@ -285,7 +285,7 @@ pub struct Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.registry.conns.lock().remove(&self.id);
-        self.registry.telemetry.connections.ended(self.registry.kind);
+        self.registry.stats.ended(self.registry.kind);
     }
 }
 
@@ -405,12 +405,12 @@ pub struct GuardedListener {
 impl GuardedListener {
     /// Wraps `listener` and starts its watchdog (which stops once the listener and all its
     /// connections are gone). Must be called inside a Tokio runtime.
-    pub fn new(listener: TcpListener, kind: ListenerKind, limits: Limits, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(listener: TcpListener, kind: ListenerKind, limits: Limits, stats: Arc<ConnectionStats>) -> Self {
         let registry = Arc::new(Registry {
             kind,
             limits,
             epoch: Instant::now(),
-            telemetry,
+            stats,
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
@@ -493,16 +493,16 @@ pub async fn serve(
     router: Router,
     kind: ListenerKind,
     limits: Limits,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let make = MakeTracked {
         router,
         body_timeout: limits.body_read_timeout,
         kind,
-        telemetry: telemetry.clone(),
+        stats: stats.clone(),
     };
-    let listener = GuardedListener::new(listener, kind, limits, telemetry);
+    let listener = GuardedListener::new(listener, kind, limits, stats);
     let closer = listener.closer();
     let shutdown = async move {
         shutdown.await;
@@ -530,7 +530,7 @@ struct MakeTracked {
     router: Router,
     body_timeout: Option<Duration>,
     kind: ListenerKind,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ConnectionStats>,
 }
 
 impl Service<IncomingStream<'_, GuardedListener>> for MakeTracked {
@@ -580,12 +580,12 @@ impl Service<Request<Body>> for Tracked {
             _ => req,
         };
         let router = self.inner.router.clone();
-        let (kind, telemetry) = (self.inner.kind, self.inner.telemetry.clone());
+        let (kind, stats) = (self.inner.kind, self.inner.stats.clone());
         Box::pin(async move {
             let resp = router.oneshot(req).await?;
             let resp = match limit {
                 Some(d) if timed_out.load(Ordering::Relaxed) => {
-                    telemetry.connections.closed(kind, CloseReason::BodyReadTimeout);
+                    stats.closed(kind, CloseReason::BodyReadTimeout);
                     body_timeout_response(d, h2)
                 }
                 _ => resp,
@@ -788,9 +788,9 @@ where
 pub fn incoming(
     listener: TcpListener,
     limits: Limits,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ConnectionStats>,
 ) -> (tokio_stream::wrappers::ReceiverStream<io::Result<Conn>>, Closer) {
-    let mut listener = GuardedListener::new(listener, ListenerKind::OtlpGrpc, limits, telemetry);
+    let mut listener = GuardedListener::new(listener, ListenerKind::OtlpGrpc, limits, stats);
     let closer = listener.closer();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {

@@ -164,7 +164,7 @@ proptest! {
         // increments against the stream's previous report.
         let folded = Store::new(Duration::from_secs(60), 10_000, &[]);
         let cfg = CardinalityConfig { max_series_per_metric: 1, ..Default::default() };
-        let limiter = Limiter::new(&cfg, 10_000, Default::default()).unwrap();
+        let limiter = Limiter::new(&cfg, 10_000, spindle::process::cardinality::LimiterStats::default()).unwrap();
         let t = Translator::default();
         for r in reqs {
             // Twice: deltas accumulate, cumulative points replace.

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+pub mod config;
 pub mod remote_write;
+pub mod stats;
 pub mod traces;
 
 /// `d` scaled by a random factor in [0.8, 1.2].

@@ -33,10 +33,12 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic_types::StatusExt;
 
 use super::{jitter, retry_after};
-use crate::config::{Compression, OtlpExporterConfig, OtlpProtocol};
+pub mod config;
+pub use config::*;
+
+use super::stats::{DropReason, ExporterStats, Reason};
 use crate::process::translate::Samples;
 use crate::receive::status::Refusal;
-use crate::telemetry::{DropReason, Reason, Telemetry};
 
 /// Errors building the exporter from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +152,7 @@ impl Queue {
 #[derive(Clone)]
 pub struct TraceExporter {
     queue: Arc<Queue>,
-    telemetry: Arc<Telemetry>,
+    stats: ExporterStats<DropReason>,
 }
 
 impl std::fmt::Debug for TraceExporter {
@@ -188,8 +190,7 @@ impl TraceExporter {
                 exemplars,
             });
         }
-        self.telemetry
-            .traces
+        self.stats
             .queue(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
         self.queue.notify.notify_one();
         Ok(())
@@ -208,9 +209,9 @@ impl TraceExporter {
                 spans = left,
                 "trace exporter: aborted at shutdown; dropping {left} queued spans"
             );
-            self.telemetry.traces.dropped(DropReason::Shutdown, left);
+            self.stats.dropped(DropReason::Shutdown, left);
         }
-        self.telemetry.traces.queue(0, self.queue.capacity);
+        self.stats.queue(0, self.queue.capacity);
         left
     }
 }
@@ -323,38 +324,40 @@ mod held {
 }
 
 /// Builds the exporter and spawns its worker. The worker runs until `drain` is cancelled, then
-/// flushes the queue for at most `shutdown_timeout` and counts what it could not deliver.
+/// flushes the queue for at most `shutdown_timeout` and counts what it could not deliver. It counts
+/// into `stats` (its [`ExporterStats`], or the process's `Telemetry`, which holds them).
 ///
 /// # Errors
 /// [`ExporterError`] when the endpoint, CA file or headers are unusable.
 pub fn spawn(
     config: &OtlpExporterConfig,
     endpoint: &str,
-    telemetry: Arc<Telemetry>,
+    stats: impl Into<ExporterStats<DropReason>>,
     on_forwarded: OnForwarded,
     drain: CancellationToken,
 ) -> Result<(TraceExporter, tokio::task::JoinHandle<()>), ExporterError> {
     let client = Client::new(config, endpoint)?;
     let queue = Arc::new(Queue::new(config.queue_max_bytes.0));
-    telemetry.traces.queue(0, queue.capacity);
+    let stats = stats.into();
+    stats.queue(0, queue.capacity);
     let worker = Worker {
         queue: queue.clone(),
         client,
         config: config.clone(),
-        telemetry: telemetry.clone(),
+        stats: stats.clone(),
         on_forwarded,
         drain,
         deadline: OnceLock::new(),
     };
     let handle = tokio::spawn(worker.run());
-    Ok((TraceExporter { queue, telemetry }, handle))
+    Ok((TraceExporter { queue, stats }, handle))
 }
 
 struct Worker {
     queue: Arc<Queue>,
     client: Client,
     config: OtlpExporterConfig,
-    telemetry: Arc<Telemetry>,
+    stats: ExporterStats<DropReason>,
     on_forwarded: OnForwarded,
     drain: CancellationToken,
     /// When the flush must end: `shutdown_timeout` after `drain` was first seen cancelled.
@@ -423,9 +426,9 @@ impl Worker {
                 spans = late,
                 "trace exporter: dropping {late} spans queued after the final flush"
             );
-            self.telemetry.traces.dropped(DropReason::Shutdown, late);
+            self.stats.dropped(DropReason::Shutdown, late);
         }
-        self.telemetry.traces.queue(0, self.queue.capacity);
+        self.stats.queue(0, self.queue.capacity);
     }
 
     /// The shutdown deadline, fixed the first time it is asked for (only once draining).
@@ -456,9 +459,9 @@ impl Worker {
                 "trace exporter: shutdown_timeout ({:?}) reached with the backend unreachable; dropping {left} queued spans",
                 self.config.shutdown_timeout.0
             );
-            self.telemetry.traces.dropped(DropReason::Shutdown, left);
+            self.stats.dropped(DropReason::Shutdown, left);
         }
-        self.telemetry.traces.queue(0, self.queue.capacity);
+        self.stats.queue(0, self.queue.capacity);
     }
 
     /// Sends one batch with retries, until it is delivered or permanently refused (both counted
@@ -480,20 +483,18 @@ impl Worker {
             + exemplars.iter().map(samples_heap_bytes).sum::<u64>();
         let held = held.min(reserved);
         self.queue.release(reserved - held);
-        self.telemetry
-            .traces
+        self.stats
             .queue(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
         let outcome = self.attempts(body).await;
         self.queue.inflight_spans.store(0, Ordering::Release);
         self.queue.release(held);
-        self.telemetry
-            .traces
+        self.stats
             .queue(self.queue.bytes.load(Ordering::Relaxed), self.queue.capacity);
         match outcome {
             Ok(rejected) => {
-                self.telemetry.traces.sent(spans.saturating_sub(rejected));
+                self.stats.sent(spans.saturating_sub(rejected));
                 if rejected > 0 {
-                    self.telemetry.traces.dropped(DropReason::RejectedByBackend, rejected);
+                    self.stats.dropped(DropReason::RejectedByBackend, rejected);
                 }
                 for e in exemplars {
                     (self.on_forwarded)(e);
@@ -507,7 +508,7 @@ impl Worker {
                     reason = DropReason::Permanent.as_str(),
                     "dropping trace batch"
                 );
-                self.telemetry.traces.dropped(DropReason::Permanent, spans);
+                self.stats.dropped(DropReason::Permanent, spans);
                 Ok(())
             }
             Err(Stop::Shutdown(why)) => Err(Undelivered { spans, why }),
@@ -530,7 +531,7 @@ impl Worker {
                 }
                 a = self.client.export(body.clone()) => a,
             };
-            self.telemetry.traces.took(start.elapsed());
+            self.stats.took(start.elapsed());
             let (after, why) = match attempt {
                 Attempt::Sent { rejected } => return Ok(rejected),
                 Attempt::Permanent(why) => return Err(Stop::Permanent(why)),
@@ -549,7 +550,7 @@ impl Worker {
                     _ = self.drain.cancelled(), if !self.drain.is_cancelled() => {}
                 }
             }
-            self.telemetry.traces.retried();
+            self.stats.retried();
             tracing::debug!(%why, ?wait, "trace export failed; retrying");
             last = why;
         }

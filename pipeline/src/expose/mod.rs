@@ -7,6 +7,7 @@
 //! Rendering appends each series' pre-rendered label bytes; the only per-series work is number
 //! formatting.
 
+pub mod config;
 pub mod openmetrics;
 pub mod routes;
 pub mod text;

@@ -34,13 +34,16 @@ use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 use regex::{Captures, Regex};
 use serde_json::{Value, json};
 
-use crate::config::{CardinalityConfig, NormalizeKind};
+pub mod config;
+pub use config::*;
+pub mod stats;
+pub use stats::LimiterStats;
+
 use crate::model::{MetricKind, Temporality};
 use crate::process::enrich::Glob;
 use crate::process::translate::{ExpPoint, FamilyMeta, Label, PointValue, Samples, Span};
 use crate::store::exp::ExpHistogram;
 use crate::store::{Store, exp_from};
-use crate::telemetry::Telemetry;
 
 /// Label values of a live series are re-stamped once per this many ticks (not on every point), and
 /// are kept this much longer than the TTL, so they never expire before a series that carries them.
@@ -298,7 +301,7 @@ pub struct Limiter {
     series: AtomicUsize,
     streams: AtomicUsize,
     hasher: Hasher,
-    telemetry: Arc<Telemetry>,
+    stats: LimiterStats,
     /// The newest `/api/v1/cardinality` report, shared by callers while it is fresh.
     reports: ReportCache,
 }
@@ -325,14 +328,15 @@ struct BatchState {
 
 impl Limiter {
     /// A limiter for `config`; `prometheus_max_series` is the global bound when
-    /// `config.max_series` is `0`.
+    /// `config.max_series` is `0`. It counts into `stats` (its [`LimiterStats`], or the process's
+    /// `Telemetry`, which holds them).
     ///
     /// # Errors
     /// A normalizer pattern that does not compile (`spindle validate` reports it first).
     pub fn new(
         config: &CardinalityConfig,
         prometheus_max_series: usize,
-        telemetry: Arc<Telemetry>,
+        stats: impl Into<LimiterStats>,
     ) -> Result<Self, String> {
         let normalizers = config
             .normalize
@@ -366,7 +370,7 @@ impl Limiter {
             series: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             hasher: Hasher::default(),
-            telemetry,
+            stats: stats.into(),
             reports: ReportCache::default(),
         })
     }
@@ -514,7 +518,7 @@ impl Limiter {
                 if n > 0 {
                     batch.outcome.accepted -= n;
                     batch.outcome.reject(n, || r.message().into());
-                    self.telemetry.cardinality_rejected(r, n);
+                    self.stats.rejected(r, n);
                 }
             }
             let mut k = 0;
@@ -529,15 +533,13 @@ impl Limiter {
             });
         }
         for (f, reason, n) in st.folded {
-            self.telemetry
-                .cardinality_folded(&batch.families[f as usize].name, reason.as_str(), n);
+            self.stats.folded(&batch.families[f as usize].name, reason, n);
         }
         for (rule, label, n) in st.normalized {
             let r = &self.normalizers[rule];
-            self.telemetry
-                .cardinality_normalized(&r.labels[label], r.kind.as_str(), n);
+            self.stats.normalized(&r.labels[label], r.kind, n);
         }
-        self.telemetry.cardinality_streams(self.stream_states());
+        self.stats.streams(self.stream_states());
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -943,7 +945,7 @@ impl Limiter {
             }
         }
         self.series.fetch_sub(series + slots, Ordering::Relaxed);
-        self.telemetry.cardinality_streams(self.stream_states());
+        self.stats.streams(self.stream_states());
         series
     }
 

@@ -20,7 +20,8 @@ use parking_lot::{Mutex, RwLock};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use crate::config::{CatalogConfig, CatalogFormat, EnrichConfig, RuleAction, RuleTarget, SignalName, StaticAction};
+pub mod config;
+pub use config::*;
 
 #[cfg(test)]
 mod tests;

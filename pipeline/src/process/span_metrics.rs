@@ -23,12 +23,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 
+pub mod config;
+pub use config::*;
+
 use super::translate::{
-    FamilyMeta, LimitCounts, LimitReason, PointValue, Samples, truncate_value, truncated, write_any,
+    FamilyMeta, LimitCounts, LimitReason, LimitStats, PointValue, Samples, truncate_value, truncated, write_any,
 };
-use crate::config::{LimitsConfig, SpanMetricsConfig};
 use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
-use crate::telemetry::Telemetry;
+use crate::receive::config::LimitsConfig;
 
 /// Family name of the call counter (exposed as `traces_span_metrics_calls_total`).
 pub const CALLS: &str = "traces_span_metrics_calls";
@@ -52,7 +54,7 @@ pub struct SpanMetrics {
     /// Bit `k` set: spans of OTLP kind `k` count.
     kinds: u8,
     limits: LimitsConfig,
-    telemetry: Option<Arc<Telemetry>>,
+    stats: Option<Arc<LimitStats>>,
 }
 
 /// What one traces request contributes.
@@ -90,7 +92,7 @@ impl SpanMetrics {
             config,
             kinds,
             limits: LimitsConfig::default(),
-            telemetry: None,
+            stats: None,
         }
     }
 
@@ -102,8 +104,8 @@ impl SpanMetrics {
 
     /// The same processor, counting what its limits refuse or truncate in
     /// `spindle_limited_items_total{signal="traces"}` once per request.
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+    pub fn with_stats(mut self, stats: Arc<LimitStats>) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -128,7 +130,7 @@ impl SpanMetrics {
             });
             let mut counts = LimitCounts::default();
             counts.add(LimitReason::TooManyAttributes, removed);
-            if let Some(t) = &self.telemetry {
+            if let Some(t) = &self.stats {
                 t.limited(Signal::Traces, &counts);
             }
         }
@@ -229,7 +231,7 @@ impl SpanMetrics {
                 }
             }
         }
-        if let Some(t) = &self.telemetry
+        if let Some(t) = &self.stats
             && !limited.is_empty()
         {
             t.limited(Signal::Traces, &limited);

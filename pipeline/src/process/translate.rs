@@ -13,7 +13,7 @@
 //! - Limits (`receivers.otlp.limits`): metric names, label names, attribute counts and label-set
 //!   sizes past their limit reject the point (in the outcome, with a message); label values past
 //!   `max_label_value_length` are truncated with a trailing `…`. Each is counted per batch in
-//!   [`Samples::limited`] (and in `spindle_limited_items_total` when the translator has telemetry).
+//!   [`Samples::limited`] (and in `spindle_limited_items_total` when the translator has [`LimitStats`]).
 //!
 //! Labels that collide are merged in one pass: each merged value is written to the arena once, so
 //! the work and the arena stay linear in the number of attributes however many collide.
@@ -25,9 +25,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
 
-use crate::config::LimitsConfig;
 use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
-use crate::telemetry::Telemetry;
+use crate::receive::config::LimitsConfig;
+
+pub mod stats;
+pub use stats::LimitStats;
 
 /// Why a limit of `receivers.otlp.limits` refused or changed an item (the `reason` label of
 /// `spindle_limited_items_total`).
@@ -351,7 +353,7 @@ impl Samples {
 pub struct Translator {
     promote: Vec<String>,
     limits: LimitsConfig,
-    telemetry: Option<Arc<Telemetry>>,
+    stats: Option<Arc<LimitStats>>,
 }
 
 const SERVICE_NAME: &str = "service.name";
@@ -375,8 +377,8 @@ impl Translator {
 
     /// The same translator, counting what its limits refuse or truncate in
     /// `spindle_limited_items_total{signal="metrics"}` once per batch.
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+    pub fn with_stats(mut self, stats: Arc<LimitStats>) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -417,7 +419,7 @@ impl Translator {
                 )
             });
         }
-        if let Some(t) = &self.telemetry
+        if let Some(t) = &self.stats
             && !out.limited.is_empty()
         {
             t.limited(Signal::Metrics, &out.limited);

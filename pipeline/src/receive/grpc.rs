@@ -21,10 +21,11 @@ use tonic::codegen::BoxFuture;
 use tonic::{Status, server::NamedService};
 
 use super::decode::Encoding;
+use super::stats::ReceiverStats;
 use super::status;
 use super::{Consumer, Export, Shared};
 use crate::model::{Protocol, Signal};
-use crate::telemetry::Telemetry;
+use crate::server::ConnectionStats;
 
 /// An OTLP request type served over gRPC.
 pub trait GrpcExport: Export {
@@ -169,7 +170,7 @@ impl<T> Decoder for RawCodec<T> {
 #[derive(Clone)]
 struct Refusals<S> {
     inner: S,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ReceiverStats>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Refusals<S>
@@ -191,7 +192,7 @@ where
         } else {
             Signal::Metrics
         };
-        let telemetry = self.telemetry.clone();
+        let stats = self.stats.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -199,7 +200,7 @@ where
             let code = h.get("grpc-status").and_then(|v| v.to_str().ok());
             let message = h.get("grpc-message").and_then(|v| v.to_str().ok());
             if let Some((code, reason)) = status::grpc_refusal(code, message) {
-                telemetry.refused(signal, Protocol::Grpc, reason);
+                stats.refused(signal, Protocol::Grpc, reason);
                 resp.headers_mut()
                     .insert("grpc-status", http::HeaderValue::from(code as i32));
             }
@@ -217,10 +218,11 @@ where
 pub async fn serve<C: Consumer>(
     listener: tokio::net::TcpListener,
     shared: Shared<C>,
-    config: crate::config::GrpcListenerConfig,
+    config: super::config::GrpcListenerConfig,
+    connections: Arc<ConnectionStats>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let telemetry = shared.telemetry.clone();
+    let stats = shared.stats.clone();
     let metrics = OtlpService::<C, ExportMetricsServiceRequest>::new(shared.clone());
     let traces = OtlpService::<C, ExportTraceServiceRequest>::new(shared);
     let limits = crate::server::Limits {
@@ -231,7 +233,7 @@ pub async fn serve<C: Consumer>(
     };
     // tonic offers no HTTP/2 handshake timeout: a connection that never completes one has no
     // request in flight, so `idle_timeout` closes it.
-    let (incoming, closer) = crate::server::incoming(listener, limits, telemetry.clone());
+    let (incoming, closer) = crate::server::incoming(listener, limits, connections);
     // Idle connections would hold the graceful shutdown until their idle timeout.
     let shutdown = async move {
         cancel.cancelled().await;
@@ -245,7 +247,7 @@ pub async fn serve<C: Consumer>(
         .tcp_nodelay(true)
         .layer(tower::layer::layer_fn(move |inner| Refusals {
             inner,
-            telemetry: telemetry.clone(),
+            stats: stats.clone(),
         }))
         .layer(crate::server::TrackLayer)
         .add_service(metrics)

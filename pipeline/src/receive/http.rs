@@ -157,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn overload_is_retryable_503_with_retry_after_and_counted() {
         let telemetry = Arc::new(Telemetry::default());
-        let shared = Shared::new(Arc::new(Accept), 1000, 1000, telemetry.clone());
+        let shared = Shared::new(Arc::new(Accept), 1000, 1000, telemetry.receiver.clone());
         // Another request holds the whole in-flight budget.
         let held = shared.admit(1000).unwrap();
         let body = ExportMetricsServiceRequest::default().encode_to_vec();

@@ -9,10 +9,12 @@
 //! request holds at most its body, its decompressed copy and `DECODED_FACTOR` times that decoded,
 //! and every refusal is counted.
 
+pub mod config;
 pub mod decode;
 pub mod grpc;
 pub mod http;
 pub mod size;
+pub mod stats;
 pub mod status;
 
 use std::sync::Arc;
@@ -26,8 +28,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::stats::ReceiverStats;
 use crate::model::{Outcome, Protocol, Signal};
-use crate::telemetry::Telemetry;
 use decode::{DECODED_FACTOR, DecodeError, Encoding, MIN_DECODED, OtlpRequest};
 use status::Refusal;
 
@@ -90,7 +92,7 @@ pub struct Shared<C> {
     max_inflight: u64,
     /// Largest accepted request after decompression, in bytes.
     pub max_request_size: u64,
-    telemetry: Arc<Telemetry>,
+    stats: Arc<ReceiverStats>,
 }
 
 impl<C> Clone for Shared<C> {
@@ -100,21 +102,21 @@ impl<C> Clone for Shared<C> {
             inflight: self.inflight.clone(),
             max_inflight: self.max_inflight,
             max_request_size: self.max_request_size,
-            telemetry: self.telemetry.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
 
 impl<C: Consumer> Shared<C> {
     /// Creates the shared receiver state.
-    pub fn new(consumer: Arc<C>, max_request_size: u64, max_inflight_bytes: u64, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(consumer: Arc<C>, max_request_size: u64, max_inflight_bytes: u64, stats: Arc<ReceiverStats>) -> Self {
         let permits = max_inflight_bytes.min(Semaphore::MAX_PERMITS as u64);
         Self {
             consumer,
             inflight: Arc::new(Semaphore::new(permits as usize)),
             max_inflight: permits,
             max_request_size,
-            telemetry,
+            stats,
         }
     }
 
@@ -151,7 +153,7 @@ impl<C: Consumer> Shared<C> {
         let out = self
             .export_inner::<R>(body, encoding)
             .inspect_err(|r| self.refused(R::SIGNAL, protocol, r))?;
-        self.telemetry.received(R::SIGNAL, protocol, out.accepted, out.rejected);
+        self.stats.received(R::SIGNAL, protocol, out.accepted, out.rejected);
         Ok(R::respond(out))
     }
 
@@ -169,7 +171,7 @@ impl<C: Consumer> Shared<C> {
 
     /// Counts a request refused as a whole.
     pub fn refused(&self, signal: Signal, protocol: Protocol, r: &Refusal) {
-        self.telemetry.refused(signal, protocol, r.reason());
+        self.stats.refused(signal, protocol, r.reason());
     }
 }
 

@@ -10,6 +10,7 @@ use http::StatusCode;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::decode::DecodeError;
+use super::stats::RefusalReason;
 
 /// Delay clients are asked to wait before retrying an overloaded request.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -28,14 +29,16 @@ pub enum Refusal {
 
 impl Refusal {
     /// A closed-set reason, used as the `reason` label of `spindle_refused_requests_total`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> RefusalReason {
         match self {
-            Refusal::Decode(DecodeError::TooLarge { .. } | DecodeError::DecodedTooLarge { .. }) => "too_large",
-            Refusal::Decode(DecodeError::Corrupt { .. }) => "corrupt_compression",
-            Refusal::Decode(DecodeError::UnsupportedEncoding(_)) => "unsupported_encoding",
-            Refusal::Decode(DecodeError::UnsupportedMediaType(_)) => "unsupported_media_type",
-            Refusal::Decode(DecodeError::Protobuf(_) | DecodeError::Json(_)) => "malformed",
-            Refusal::Overloaded(_) => "overloaded",
+            Refusal::Decode(DecodeError::TooLarge { .. } | DecodeError::DecodedTooLarge { .. }) => {
+                RefusalReason::TooLarge
+            }
+            Refusal::Decode(DecodeError::Corrupt { .. }) => RefusalReason::CorruptCompression,
+            Refusal::Decode(DecodeError::UnsupportedEncoding(_)) => RefusalReason::UnsupportedEncoding,
+            Refusal::Decode(DecodeError::UnsupportedMediaType(_)) => RefusalReason::UnsupportedMediaType,
+            Refusal::Decode(DecodeError::Protobuf(_) | DecodeError::Json(_)) => RefusalReason::Malformed,
+            Refusal::Overloaded(_) => RefusalReason::Overloaded,
         }
     }
 
@@ -90,24 +93,24 @@ impl Refusal {
 ///   the same request compressed gets `RESOURCE_EXHAUSTED`: both are the latter (without
 ///   `RetryInfo`, so not retried);
 /// - an unsupported `grpc-encoding` stays `UNIMPLEMENTED` (the gRPC compression spec) and is counted.
-pub fn grpc_refusal(code: Option<&str>, message: Option<&str>) -> Option<(tonic::Code, &'static str)> {
+pub fn grpc_refusal(code: Option<&str>, message: Option<&str>) -> Option<(tonic::Code, RefusalReason)> {
     let code = tonic::Code::from_bytes(code?.as_bytes());
     let message = percent_decode(message.unwrap_or(""));
     let m = message.as_str();
     match code {
         tonic::Code::Internal if m.starts_with("Error decompressing") => {
-            Some((tonic::Code::InvalidArgument, "corrupt_compression"))
+            Some((tonic::Code::InvalidArgument, RefusalReason::CorruptCompression))
         }
         tonic::Code::Internal if m.starts_with("protocol error") || m.starts_with("Unexpected EOF") => {
-            Some((tonic::Code::InvalidArgument, "malformed"))
+            Some((tonic::Code::InvalidArgument, RefusalReason::Malformed))
         }
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
             if m.contains("message length too large") || m.contains("size limit") =>
         {
-            Some((tonic::Code::ResourceExhausted, "too_large"))
+            Some((tonic::Code::ResourceExhausted, RefusalReason::TooLarge))
         }
         tonic::Code::Unimplemented if m.contains("isn't supported") => {
-            Some((tonic::Code::Unimplemented, "unsupported_encoding"))
+            Some((tonic::Code::Unimplemented, RefusalReason::UnsupportedEncoding))
         }
         _ => None,
     }
@@ -186,21 +189,21 @@ mod tests {
                 "13",
                 "Error%20decompressing:%20invalid%20gzip%20header,%20while%20sending%20request"
             ),
-            Some((tonic::Code::InvalidArgument, "corrupt_compression"))
+            Some((tonic::Code::InvalidArgument, RefusalReason::CorruptCompression))
         );
         assert_eq!(
             r(
                 "13",
                 "protocol error: received message with invalid compression flag: 7"
             ),
-            Some((tonic::Code::InvalidArgument, "malformed"))
+            Some((tonic::Code::InvalidArgument, RefusalReason::Malformed))
         );
         assert_eq!(
             r(
                 "11",
                 "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes"
             ),
-            Some((tonic::Code::ResourceExhausted, "too_large"))
+            Some((tonic::Code::ResourceExhausted, RefusalReason::TooLarge))
         );
         assert_eq!(r("3", "malformed protobuf payload"), None);
         assert_eq!(r("0", ""), None);

@@ -18,8 +18,11 @@
 //! deadline is cut off, and a retry that would come after it is not attempted. What is left, in
 //! flight and queued, is counted once (`reason="shutdown"`) and logged once with its count.
 
+pub mod config;
 pub mod convert;
 pub mod proto;
+
+pub use config::RemoteWriteConfig;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -30,10 +33,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::stats::{ExporterStats, RemoteWriteDropReason};
 use super::{jitter, retry_after};
-use crate::config::RemoteWriteConfig;
 use crate::store::Store;
-use crate::telemetry::{RemoteWriteDropReason, Telemetry};
 use convert::{Converter, Encoded};
 
 /// Value of the `X-Prometheus-Remote-Write-Version` header (remote write 1.0).
@@ -135,17 +137,18 @@ pub fn spawn(
     config: &RemoteWriteConfig,
     endpoint: &str,
     store: Arc<Store>,
-    telemetry: Arc<Telemetry>,
+    stats: impl Into<ExporterStats<RemoteWriteDropReason>>,
     drain: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, RemoteWriteError> {
     let client = Client::new(config, endpoint)?;
     let queue = Arc::new(Queue::new(config.queue_max_bytes.0));
-    telemetry.remote_write.queue(0, queue.capacity);
+    let stats = stats.into();
+    stats.queue(0, queue.capacity);
     let sender = Sender {
         queue: queue.clone(),
         client,
         config: config.clone(),
-        telemetry: telemetry.clone(),
+        stats: stats.clone(),
         drain: drain.clone(),
         flushing: CancellationToken::new(),
         deadline: Arc::new(OnceLock::new()),
@@ -153,7 +156,7 @@ pub fn spawn(
     let snapshots = Snapshots {
         queue,
         store,
-        telemetry,
+        stats,
         config: config.clone(),
         converter: Converter::default(),
         last_ms: 0,
@@ -187,7 +190,7 @@ async fn run(mut snapshots: Snapshots, sender: Sender, drain: CancellationToken)
 struct Snapshots {
     queue: Arc<Queue>,
     store: Arc<Store>,
-    telemetry: Arc<Telemetry>,
+    stats: ExporterStats<RemoteWriteDropReason>,
     config: RemoteWriteConfig,
     converter: Converter,
     last_ms: i64,
@@ -231,13 +234,9 @@ impl Snapshots {
                 samples = dropped,
                 "remote-write queue full; dropped the oldest queued snapshot"
             );
-            self.telemetry
-                .remote_write
-                .dropped(RemoteWriteDropReason::QueueFull, dropped);
+            self.stats.dropped(RemoteWriteDropReason::QueueFull, dropped);
         }
-        self.telemetry
-            .remote_write
-            .queue(self.queue.bytes(), self.queue.capacity);
+        self.stats.queue(self.queue.bytes(), self.queue.capacity);
     }
 }
 
@@ -266,7 +265,7 @@ struct Sender {
     queue: Arc<Queue>,
     client: Client,
     config: RemoteWriteConfig,
-    telemetry: Arc<Telemetry>,
+    stats: ExporterStats<RemoteWriteDropReason>,
     /// Cancelled when shutdown begins.
     drain: CancellationToken,
     /// Cancelled once the last snapshot is queued: send what is left, then stop.
@@ -295,9 +294,7 @@ impl Sender {
             }
             match self.queue.pop() {
                 Some(req) => {
-                    self.telemetry
-                        .remote_write
-                        .queue(self.queue.bytes(), self.queue.capacity);
+                    self.stats.queue(self.queue.bytes(), self.queue.capacity);
                     if let Err(u) = self.send(req).await {
                         undelivered = Some(u);
                         break;
@@ -324,14 +321,10 @@ impl Sender {
                     "remote write: shutdown_timeout ({:?}) reached with the receiver unreachable; dropping {left} queued samples",
                     self.config.shutdown_timeout.0
                 );
-                self.telemetry
-                    .remote_write
-                    .dropped(RemoteWriteDropReason::Shutdown, left);
+                self.stats.dropped(RemoteWriteDropReason::Shutdown, left);
             }
         }
-        self.telemetry
-            .remote_write
-            .queue(self.queue.bytes(), self.queue.capacity);
+        self.stats.queue(self.queue.bytes(), self.queue.capacity);
     }
 
     /// The shutdown deadline, fixed the first time it is asked for (only once draining).
@@ -367,17 +360,16 @@ impl Sender {
                 }
                 a = self.client.send(req.body.clone()) => a,
             };
-            self.telemetry.remote_write.took(start.elapsed());
+            self.stats.took(start.elapsed());
             let (after, why) = match attempt {
                 Attempt::Sent => {
-                    self.telemetry.remote_write_sent(req.samples, req.exemplars);
+                    self.stats.sent(req.samples);
+                    self.stats.sent_exemplars(req.exemplars);
                     return Ok(());
                 }
                 Attempt::Permanent(why) => {
                     tracing::warn!(samples = req.samples, %why, "remote-write receiver refused a request; dropping it");
-                    self.telemetry
-                        .remote_write
-                        .dropped(RemoteWriteDropReason::Permanent, req.samples);
+                    self.stats.dropped(RemoteWriteDropReason::Permanent, req.samples);
                     return Ok(());
                 }
                 Attempt::Retry { after, why } => (after, why),
@@ -398,7 +390,7 @@ impl Sender {
                     _ = self.drain.cancelled(), if !self.drain.is_cancelled() => {}
                 }
             }
-            self.telemetry.remote_write.retried();
+            self.stats.retried();
             tracing::debug!(%why, ?wait, "remote write failed; retrying");
         }
     }

@@ -12,6 +12,7 @@ use crate::config::{MetricOverride, NormalizeRule};
 use crate::model::{Exemplar, Outcome};
 use crate::process::translate::FamilyMeta;
 use crate::store::{SeriesValue, Store, parse_labels};
+use crate::telemetry::Telemetry;
 
 // ---- builders ---------------------------------------------------------------------------------
 
@@ -216,7 +217,12 @@ fn past_the_per_metric_limit_new_series_fold_and_the_total_is_exact() {
     assert_eq!(rig.number("req", "user=\"u0\""), Some(1.0));
     assert_eq!(rig.number("req", "user=\"u1\""), Some(2.0));
     assert_eq!(rig.number("req", OVERFLOW), Some(3.0 + 4.0 + 5.0));
-    assert_eq!(rig.telemetry.folded_points("req", "max_series_per_metric"), 3);
+    assert_eq!(
+        rig.telemetry
+            .cardinality
+            .folded_points("req", FoldReason::MaxSeriesPerMetric),
+        3
+    );
 
     // Cumulative reports again: admitted series are replaced, folded streams add their increments.
     let pts: Vec<P> = users
@@ -386,7 +392,10 @@ fn max_label_values_folds_new_values_of_a_full_label() {
     assert_eq!(rig.number("r", "method=\"GET\",path=\"/a\""), Some(1.0));
     assert_eq!(rig.number("r", "method=\"POST\",path=\"/a\""), Some(1.0));
     assert_eq!(rig.number("r", OVERFLOW), Some(2.0), "{series:?}");
-    assert_eq!(rig.telemetry.folded_points("r", "max_label_values"), 2);
+    assert_eq!(
+        rig.telemetry.cardinality.folded_points("r", FoldReason::MaxLabelValues),
+        2
+    );
     let report = rig.limiter.report(&rig.store, 10);
     let m = &report["limited_metrics"][0];
     assert_eq!(m["metric"], "r");
@@ -421,7 +430,7 @@ fn the_global_limit_counts_one_overflow_slot_per_metric() {
     assert_eq!(rig.limiter.series_count(), 4);
     assert_eq!(rig.number("b", OVERFLOW), Some(5.0));
     assert_eq!(rig.number("a", OVERFLOW), Some(7.0));
-    assert_eq!(rig.telemetry.folded_points("b", "max_series"), 1);
+    assert_eq!(rig.telemetry.cardinality.folded_points("b", FoldReason::MaxSeries), 1);
     // A third metric has no room for even its overflow series: rejected, and the sender told.
     let out = rig.send(&[counter("c", &[("k", "1")], true, 1.0)]);
     assert_eq!((out.accepted, out.rejected), (0, 1));
@@ -547,7 +556,7 @@ fn batches_that_may_not_admit_go_where_their_series_went() {
     assert_eq!(rig.number("c", OVERFLOW), Some(0.0));
     assert!(rig.number("c", "k=\"b\"").is_none());
     assert_eq!(
-        rig.telemetry.folded_points("c", "max_series"),
+        rig.telemetry.cardinality.folded_points("c", FoldReason::MaxSeries),
         0,
         "not counted as folded"
     );
@@ -719,7 +728,10 @@ fn a_rewritten_stream_landing_on_an_unrewritten_cumulative_series_folds() {
     ]);
     assert_eq!(rig.number("c", "path=\"/u/{number}\""), Some(6.0));
     assert_eq!(rig.number("c", OVERFLOW), Some(3.0));
-    assert_eq!(rig.telemetry.folded_points("c", "label_collision"), 2);
+    assert_eq!(
+        rig.telemetry.cardinality.folded_points("c", FoldReason::LabelCollision),
+        2
+    );
 }
 
 #[test]

@@ -281,6 +281,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::LimitsConfig;
 use crate::process::translate::TRUNCATION_MARKER;
+use crate::telemetry::Telemetry;
 
 /// A 7 MiB span name becomes a truncated label: the rendered scrape stays small (the old code
 /// rendered the whole name on 19 lines: 140 MB).
@@ -288,7 +289,7 @@ use crate::process::translate::TRUNCATION_MARKER;
 fn a_huge_span_name_keeps_the_scrape_small() {
     let name = "n".repeat(7 << 20);
     let tel = Arc::new(Telemetry::default());
-    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_telemetry(tel.clone());
+    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_stats(tel.limited.clone());
     let out = sm.process(&request(
         vec![kv("service.name", "svc")],
         vec![span(&name, SpanKind::Server, 5, 1, vec![])],
@@ -298,7 +299,11 @@ fn a_huge_span_name_keeps_the_scrape_small() {
     let (_, v) = got.iter().find(|(k, _)| k == "span_name").unwrap();
     assert!(v.len() <= 4096 && v.ends_with(TRUNCATION_MARKER), "{} bytes", v.len());
     assert_eq!(out.limited.get(LimitReason::LabelValueTruncated), 1);
-    assert_eq!(tel.limited_items(Signal::Traces, LimitReason::LabelValueTruncated), 1);
+    assert_eq!(
+        tel.limited
+            .limited_items(Signal::Traces, LimitReason::LabelValueTruncated),
+        1
+    );
     let store = crate::store::Store::new(Duration::from_secs(60), 1000, &[]);
     store.write(out.counts, Instant::now());
     store.write(out.exemplars, Instant::now());
@@ -364,7 +369,7 @@ fn dimension_and_service_values_are_truncated() {
 #[test]
 fn spans_with_too_many_attributes_are_rejected_before_counting() {
     let tel = Arc::new(Telemetry::default());
-    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_telemetry(tel.clone());
+    let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_stats(tel.limited.clone());
     let many: Vec<KeyValue> = (0..1025).map(|i| kv(&format!("k{i}"), "v")).collect();
     let mut req = request(
         vec![kv("service.name", "svc")],
@@ -381,7 +386,11 @@ fn spans_with_too_many_attributes_are_rejected_before_counting() {
         "{}",
         outcome.message
     );
-    assert_eq!(tel.limited_items(Signal::Traces, LimitReason::TooManyAttributes), 1);
+    assert_eq!(
+        tel.limited
+            .limited_items(Signal::Traces, LimitReason::TooManyAttributes),
+        1
+    );
     let spans = &req.resource_spans[0].scope_spans[0].spans;
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].name, "ok");

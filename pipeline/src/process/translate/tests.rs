@@ -1063,6 +1063,7 @@ fn exponential_bucket_ranges_must_have_finite_bounds() {
 // ---- limits (receivers.otlp.limits) and linear label merging ------------------------------
 
 use crate::config::{ByteSize, LimitsConfig};
+use crate::telemetry::Telemetry;
 
 /// Limits high enough that a hostile shape reaches the merge code instead of being refused.
 fn roomy() -> LimitsConfig {
@@ -1309,11 +1310,15 @@ fn a_too_large_label_set_rejects_the_point() {
 #[test]
 fn limits_are_counted_in_telemetry_once_per_batch() {
     let tel = Arc::new(Telemetry::default());
-    let t = Translator::default().with_telemetry(tel.clone());
+    let t = Translator::default().with_stats(tel.limited.clone());
     let long = "k".repeat(300);
     t.translate(bare(vec![metric("g", "", gauge(vec![num(1.0, &[(&long, "v")])]))]));
     t.translate(bare(vec![metric("g", "", gauge(vec![num(1.0, &[(&long, "v")])]))]));
-    assert_eq!(tel.limited_items(Signal::Metrics, LimitReason::LabelNameTooLong), 2);
+    assert_eq!(
+        tel.limited
+            .limited_items(Signal::Metrics, LimitReason::LabelNameTooLong),
+        2
+    );
     let mut text = String::new();
     tel.render(crate::model::Format::OpenMetrics, 0, &mut text);
     assert!(

@@ -1,0 +1,73 @@
+//! Checks every exporter's config shares: the endpoint URL, the retry backoff pair and the
+//! configured headers. Each exporter's `validate()` calls them with its own key prefix.
+
+use crate::config::types::{DurationStr, Problem};
+
+/// An exporter endpoint must be an `http://` or `https://` URL with a host.
+pub(crate) fn endpoint_problem(path: &str, endpoint: &str, hint: &str) -> Option<Problem> {
+    let ok = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    ok.is_none().then(|| Problem {
+        path: path.into(),
+        message: format!("`{endpoint}` is not an http:// or https:// URL with a host"),
+        hint: hint.into(),
+    })
+}
+
+/// An exporter's first retry delay must not exceed its longest one.
+pub(crate) fn backoff_problem(prefix: &str, initial: DurationStr, max: DurationStr) -> Option<Problem> {
+    (initial.0 > max.0).then(|| Problem {
+        path: format!("{prefix}.retry_initial_backoff"),
+        message: "is longer than retry_max_backoff".into(),
+        hint: "e.g. initial `100ms`, max `5s`".into(),
+    })
+}
+
+/// Every configured header must be a valid HTTP header name and value.
+pub(crate) fn header_problems(prefix: &str, headers: &std::collections::BTreeMap<String, String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        let problem = if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            (
+                "is not a valid HTTP header name",
+                "use letters, digits and `-`, e.g. `X-Scope-OrgID`",
+            )
+        } else if http::HeaderValue::from_str(v).is_err() {
+            (
+                "is not a valid HTTP header value",
+                "use visible ASCII without line breaks",
+            )
+        } else {
+            continue;
+        };
+        out.push(Problem {
+            path: format!("{prefix}.headers.{k}"),
+            message: problem.0.into(),
+            hint: problem.1.into(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::problems;
+
+    #[test]
+    fn both_exporters_share_endpoint_backoff_and_header_checks() {
+        let p = problems(
+            "exporters:\n  traces:\n    otlp:\n      endpoint: tempo:4317\n      headers: {\"bad key\": x}\n      retry_initial_backoff: 10s\n      retry_max_backoff: 1s\n  remote_write:\n    endpoint: ftp://x\n    headers: {\"bad key\": x}\n    retry_initial_backoff: 10s\n    retry_max_backoff: 1s\n",
+        );
+        let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        for prefix in ["exporters.traces.otlp", "exporters.remote_write"] {
+            for key in ["endpoint", "headers.bad key", "retry_initial_backoff"] {
+                assert!(
+                    paths.contains(&format!("{prefix}.{key}").as_str()),
+                    "{prefix}.{key} missing: {paths:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `prometheus`: the scrape endpoint's listener and connection keys and the series store's bounds
+//! ([`PrometheusConfig`]), and the checks on them ([`PrometheusConfig::validate`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{DurationStr, Problem};
+
+/// `prometheus`: the scrape endpoint and the series store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Listen address of `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+    /// Most connections open at once. At the cap a new connection closes the least recently
+    /// active one with no request in flight, or is closed itself when every one is busy.
+    /// Default `256`.
+    pub max_connections: usize,
+    /// A keep-alive connection with no request for this long is closed. Default `2m` (longer
+    /// than the usual 1 m scrape interval, so a scraper's connection is reused).
+    pub idle_timeout: DurationStr,
+    /// A request's headers must arrive within this (from the connection opening for the first
+    /// request, from its first byte for later ones), else the connection is closed. Default `10s`.
+    pub header_read_timeout: DurationStr,
+    /// A request's body must arrive within this from the end of its headers, else it is answered
+    /// 408 and the connection is closed. Default `30s`.
+    pub body_read_timeout: DurationStr,
+    /// A series not updated for this long disappears. Default `5m`.
+    pub series_ttl: DurationStr,
+    /// Resource attributes that also become labels on every series of that resource
+    /// (they always appear on `target_info`). Default: none.
+    pub promote_resource_attributes: Vec<String>,
+    /// Upper bound on stored series; points that would create more are rejected and counted
+    /// (reported in `partial_success`). Default `2000000`.
+    pub max_series: usize,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_connections: 256,
+            idle_timeout: DurationStr(Duration::from_secs(120)),
+            header_read_timeout: DurationStr(Duration::from_secs(10)),
+            body_read_timeout: DurationStr(Duration::from_secs(30)),
+            series_ttl: DurationStr(Duration::from_secs(300)),
+            promote_resource_attributes: Vec::new(),
+            max_series: default_max_series(),
+        }
+    }
+}
+
+const fn default_max_series() -> usize {
+    2_000_000
+}
+
+impl PrometheusConfig {
+    /// Checks `prometheus` on its own: the series TTL and bound, the promoted attribute names;
+    /// every problem with its key path (`prometheus.…`) and a hint. Its connection keys are checked
+    /// with the other listeners' by the root config.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.series_ttl.0 < Duration::from_secs(1) {
+            out.push(Problem {
+                path: "prometheus.series_ttl".into(),
+                message: format!("{} is too short", self.series_ttl),
+                hint: "use at least `1s`; series must outlive a scrape interval (e.g. `5m`)".into(),
+            });
+        }
+        if self.max_series == 0 {
+            out.push(Problem {
+                path: "prometheus.max_series".into(),
+                message: "must be greater than zero".into(),
+                hint: "e.g. `2000000`".into(),
+            });
+        }
+        for (i, attr) in self.promote_resource_attributes.iter().enumerate() {
+            if attr.is_empty() {
+                out.push(Problem {
+                    path: format!("prometheus.promote_resource_attributes[{i}]"),
+                    message: "empty attribute name".into(),
+                    hint: "name a resource attribute such as `deployment.environment`".into(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_returns_its_own_problems_with_full_key_paths() {
+        assert_eq!(PrometheusConfig::default().validate(), vec![]);
+        let c = PrometheusConfig {
+            series_ttl: DurationStr(Duration::from_millis(10)),
+            max_series: 0,
+            promote_resource_attributes: vec!["deployment.environment".into(), String::new()],
+            ..PrometheusConfig::default()
+        };
+        let p = c.validate();
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "prometheus.series_ttl",
+                "prometheus.max_series",
+                "prometheus.promote_resource_attributes[1]"
+            ]
+        );
+        assert!(p.iter().all(|p| !p.hint.is_empty()), "{p:?}");
+    }
+}
