@@ -4,24 +4,11 @@
 //! resource attribute; translation of the same request for scale.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use spindle::config::{EnrichConfig, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute};
+use spindle::config::{EnrichConfig, RuleAction, StaticAction, StaticAttribute};
 use spindle::process::enrich::Enricher;
 use spindle::process::translate::Translator;
+use spindle::testing::enrich_rule as rule;
 use spindle_bench::metrics_request;
-
-fn rule(action: RuleAction, key: &str) -> EnrichRule {
-    EnrichRule {
-        action,
-        key: key.into(),
-        value: None,
-        new_key: None,
-        pattern: None,
-        target: RuleTarget::Attributes,
-        signals: Vec::new(),
-        services: Vec::new(),
-        names: Vec::new(),
-    }
-}
 
 fn five_rules() -> EnrichConfig {
     let mut extract = rule(RuleAction::Extract, "http.route");

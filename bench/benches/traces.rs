@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use spindle::config::{Config, SpanMetricsConfig};
+use spindle::config::SpanMetricsConfig;
 use spindle::process::span_metrics::SpanMetrics;
 use spindle::store::Store;
 use spindle_bench::{CountingBackend, traces_request};
@@ -37,12 +37,10 @@ fn forwarding(c: &mut Criterion) {
     let counted = CountingBackend::default();
     let (spindle, mut client) = rt.block_on(async {
         let down = counted.start().await;
-        let mut config = Config::default();
-        config.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().expect("addr");
-        config.receivers.otlp.http.listen = "127.0.0.1:0".parse().expect("addr");
-        config.prometheus.listen = "127.0.0.1:0".parse().expect("addr");
-        config.exporters.traces.otlp.endpoint = Some(format!("http://{down}"));
-        let spindle = spindle::app::start(config).await.expect("spindle starts");
+        let spindle = spindle::testing::start_on_port_0(|c| {
+            c.exporters.traces.otlp.endpoint = Some(format!("http://{down}"));
+        })
+        .await;
         let client = TraceServiceClient::connect(format!("http://{}", spindle.grpc_addr))
             .await
             .expect("connect")

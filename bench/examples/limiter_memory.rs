@@ -7,37 +7,27 @@
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric, number_data_point,
+    AggregationTemporality, Histogram, HistogramDataPoint, NumberDataPoint, Sum, metric, number_data_point,
 };
 use spindle::config::CardinalityConfig;
 use spindle::process::cardinality::Limiter;
 use spindle::process::translate::Translator;
 use spindle::telemetry::Telemetry;
+use spindle::testing::{self, kv};
 use spindle_bench::CountingAlloc;
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
 
-fn kv(k: &str, v: String) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-
 /// 5 labels of realistic length, as in `series_memory`: `method`, `route`, `status`, `region`, `pod`
 /// (`pod` makes every point its own series).
 fn attrs(i: u64) -> Vec<KeyValue> {
     vec![
-        kv("method", ["GET", "POST"][(i % 2) as usize].into()),
+        kv("method", ["GET", "POST"][(i % 2) as usize]),
         kv("route", format!("/api/items/{}", i % 100)),
-        kv("status", ["200", "404", "500"][(i % 3) as usize].into()),
+        kv("status", ["200", "404", "500"][(i % 3) as usize]),
         kv("region", format!("eu-west-{}", i % 3)),
         kv("pod", format!("checkout-{i:08}")),
     ]
@@ -73,19 +63,8 @@ fn batch(from: u64, n: u64, histogram: bool) -> ExportMetricsServiceRequest {
             is_monotonic: true,
         })
     };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: if histogram { "http_duration" } else { "http_requests" }.into(),
-                    data: Some(data),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let name = if histogram { "http_duration" } else { "http_requests" };
+    testing::metrics_request_in(None, None, vec![testing::metric(name, "", data)])
 }
 
 /// Sends `points` distinct series through a fresh limiter for `config` in batches of 10k and prints

@@ -4,36 +4,23 @@
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Exemplar, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric,
-    number_data_point,
-};
+use opentelemetry_proto::tonic::metrics::v1::{Exemplar, NumberDataPoint, exemplar, number_data_point};
 use spindle::process::translate::Translator;
 use spindle::store::Store;
+use spindle::testing::{self, kv};
 use spindle_bench::CountingAlloc;
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
-
-fn kv(k: &str, v: String) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v)),
-        }),
-        ..Default::default()
-    }
-}
 
 /// 5 labels of realistic length: `method`, `route`, `status`, `region`, `pod`.
 fn batch(from: u64, n: u64) -> ExportMetricsServiceRequest {
     let points = (from..from + n)
         .map(|i| NumberDataPoint {
             attributes: vec![
-                kv("method", ["GET", "POST"][(i % 2) as usize].into()),
+                kv("method", ["GET", "POST"][(i % 2) as usize]),
                 kv("route", format!("/api/items/{}", i % 100)),
-                kv("status", ["200", "404", "500"][(i % 3) as usize].into()),
+                kv("status", ["200", "404", "500"][(i % 3) as usize]),
                 kv("region", format!("eu-west-{}", i % 3)),
                 kv("pod", format!("checkout-{i:08}")),
             ],
@@ -48,23 +35,11 @@ fn batch(from: u64, n: u64) -> ExportMetricsServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "http_requests".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        data_points: points,
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::metrics_request_in(
+        None,
+        None,
+        vec![testing::metric("http_requests", "", testing::counter(points))],
+    )
 }
 
 fn main() {

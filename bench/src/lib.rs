@@ -4,24 +4,13 @@
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
-    ScopeMetrics, Sum, exemplar, metric, number_data_point,
+    Exemplar, HistogramDataPoint, Metric, NumberDataPoint, exemplar, metric, number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use spindle::process::translate::Translator;
 use spindle::store::Store;
-
-fn kv(k: &str, v: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
+use spindle::testing::{self, kv};
 
 fn exemplar(i: u64, value: f64) -> Exemplar {
     let mut trace_id = vec![0u8; 16];
@@ -71,51 +60,23 @@ pub fn metrics_request(series: u64, offset: u64) -> ExportMetricsServiceRequest 
             ..Default::default()
         })
         .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", "checkout"),
-                    kv("service.namespace", "shop"),
-                    kv("service.instance.id", "pod-7f9c"),
-                    kv("host.name", "node-3"),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "bench".into(),
-                    version: "1.0".into(),
-                    ..Default::default()
-                }),
-                metrics: vec![
-                    Metric {
-                        name: "http.server.requests".into(),
-                        unit: "{request}".into(),
-                        description: "Requests served.".into(),
-                        data: Some(metric::Data::Sum(Sum {
-                            data_points: counters,
-                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                            is_monotonic: true,
-                        })),
-                        ..Default::default()
-                    },
-                    Metric {
-                        name: "http.server.request.duration".into(),
-                        unit: "s".into(),
-                        description: "Request latency.".into(),
-                        data: Some(metric::Data::Histogram(Histogram {
-                            data_points: hists,
-                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        })),
-                        ..Default::default()
-                    },
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let resource = testing::resource(vec![
+        kv("service.name", "checkout"),
+        kv("service.namespace", "shop"),
+        kv("service.instance.id", "pod-7f9c"),
+        kv("host.name", "node-3"),
+    ]);
+    let metrics = vec![
+        Metric {
+            description: "Requests served.".into(),
+            ..testing::metric("http.server.requests", "{request}", testing::counter(counters))
+        },
+        Metric {
+            description: "Request latency.".into(),
+            ..testing::metric("http.server.request.duration", "s", testing::histogram(false, hists))
+        },
+    ];
+    testing::metrics_request_in(Some(resource), Some(testing::scope("bench", "1.0")), metrics)
 }
 
 /// A store holding `series` counter series (5 labels plus job/instance/scope, one exemplar each),
@@ -157,8 +118,7 @@ pub fn traces_request(
     spans_per_trace: u32,
     seed: u32,
 ) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status};
     let mut spans = Vec::with_capacity((traces * spans_per_trace) as usize);
     for t in 0..traces {
         let mut trace_id = [0u8; 16];
@@ -190,19 +150,10 @@ pub fn traces_request(
             });
         }
     }
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout"), kv("service.instance.id", "pod-1")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::traces_request(
+        vec![kv("service.name", "checkout"), kv("service.instance.id", "pod-1")],
+        spans,
+    )
 }
 
 /// An OTLP/gRPC trace backend that only counts the spans it receives (gzip accepted), for

@@ -16,3 +16,5 @@ pub mod receive;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+/// Builders for tests and benches: OTLP requests and a Spindle on port 0.
+pub mod testing;

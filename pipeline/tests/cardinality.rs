@@ -3,46 +3,23 @@
 
 mod common;
 
-use common::{kv, spindle};
+use common::{counter, int_point, kv, metric, metrics_request, spindle};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use spindle::app::Running;
 use spindle::config::{NormalizeKind, NormalizeRule};
 
 /// A cumulative counter `name` with one point per `(path, value)`.
-fn counter(name: &str, points: &[(String, i64)]) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "shop")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: name.into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                        data_points: points
-                            .iter()
-                            .map(|(path, v)| NumberDataPoint {
-                                attributes: vec![kv("url.path", path)],
-                                value: Some(number_data_point::Value::AsInt(*v)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+/// A request from service `shop` with one counter `name`, one integer point per `(url.path, value)`.
+fn counts(name: &str, points: &[(String, i64)]) -> ExportMetricsServiceRequest {
+    let points = points
+        .iter()
+        .map(|(path, v)| int_point(*v, vec![kv("url.path", path)]))
+        .collect();
+    metrics_request(
+        vec![kv("service.name", "shop")],
+        vec![metric(name, "", counter(points))],
+    )
 }
 
 async fn post(r: &Running, req: &ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
@@ -84,9 +61,9 @@ async fn folded_and_normalized_series_show_on_metrics_and_in_the_report() {
     // Users: 50 distinct paths → 4 series plus the overflow series.
     let users: Vec<(String, i64)> = (0..50).map(|i| (format!("/users/u{i}"), 2)).collect();
     for _ in 0..2 {
-        let resp = post(&r, &counter("orders", &orders)).await;
+        let resp = post(&r, &counts("orders", &orders)).await;
         assert!(resp.partial_success.is_none(), "{resp:?}");
-        post(&r, &counter("users", &users)).await;
+        post(&r, &counts("users", &users)).await;
     }
     let text = get(&r, "/metrics").await.text().await.unwrap();
     let value = |prefix: &str| -> Vec<f64> {
@@ -141,12 +118,12 @@ async fn folded_and_normalized_series_show_on_metrics_and_in_the_report() {
 async fn a_metric_without_room_is_rejected_in_partial_success_and_the_rest_is_kept() {
     let r = spindle(|c| c.processors.cardinality.max_series = 3).await;
     let two = [("/a".to_string(), 1), ("/b".to_string(), 1)];
-    assert!(post(&r, &counter("first", &two)).await.partial_success.is_none());
+    assert!(post(&r, &counts("first", &two)).await.partial_success.is_none());
     // `first` holds its overflow slot and two series: nothing is left for `second`.
-    let mut req = counter("second", &two[..1]);
+    let mut req = counts("second", &two[..1]);
     req.resource_metrics[0].scope_metrics[0]
         .metrics
-        .push(counter("first", &[("/a".into(), 5)]).resource_metrics[0].scope_metrics[0].metrics[0].clone());
+        .push(counts("first", &[("/a".into(), 5)]).resource_metrics[0].scope_metrics[0].metrics[0].clone());
     let resp = post(&r, &req).await;
     let ps = resp.partial_success.expect("partial_success");
     assert_eq!(ps.rejected_data_points, 1);

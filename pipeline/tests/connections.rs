@@ -10,11 +10,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::kv;
+use common::{gauge, int_point, kv, metric, metrics_request};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use spindle::config::{Config, DurationStr};
 use spindle::telemetry::{CloseReason, ListenerKind};
@@ -53,28 +51,8 @@ fn small_limits(c: &mut Config) {
 }
 
 fn request() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "good")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "good_gauge".into(),
-                    data: Some(metric::Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(1)),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let good = metric("good_gauge", "", gauge(vec![int_point(1, vec![])]));
+    metrics_request(vec![kv("service.name", "good")], vec![good])
 }
 
 /// What a flood connection does once connected.

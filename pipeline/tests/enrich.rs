@@ -7,83 +7,37 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{kv, spindle};
+use common::{counter_metric, kv, metrics_request, post_protobuf, span, spindle, traces_request};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use spindle::app::Running;
 use spindle::config::{
     CatalogConfig, Dimension, DurationStr, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
 
-fn resource() -> Option<Resource> {
-    Some(Resource {
-        attributes: vec![kv("service.name", "checkout")],
-        ..Default::default()
-    })
+/// The resource every request here comes from.
+fn checkout() -> Vec<KeyValue> {
+    vec![kv("service.name", "checkout")]
 }
 
 fn metrics(name: &str) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: resource(),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: name.into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                        data_points: vec![NumberDataPoint {
-                            attributes: vec![kv("http.target", "/api/v2/orders/17"), kv("user.id", "alice")],
-                            value: Some(number_data_point::Value::AsInt(1)),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let attrs = vec![kv("http.target", "/api/v2/orders/17"), kv("user.id", "alice")];
+    metrics_request(checkout(), vec![counter_metric(name, 1, attrs)])
 }
 
 fn traces() -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: resource(),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![1; 16],
-                    span_id: vec![2; 8],
-                    name: "GET /api/{version}/orders".into(),
-                    kind: span::SpanKind::Server as i32,
-                    start_time_unix_nano: 1_000_000_000,
-                    end_time_unix_nano: 1_050_000_000,
-                    attributes: vec![kv("http.target", "/api/v2/orders/17")],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-async fn post(r: &Running, path: &str, body: Vec<u8>) {
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}{path}", r.http_addr))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let span = Span {
+        span_id: vec![2; 8],
+        end_time_unix_nano: 1_050_000_000,
+        ..span(
+            "GET /api/{version}/orders",
+            1,
+            vec![kv("http.target", "/api/v2/orders/17")],
+        )
+    };
+    traces_request(checkout(), vec![span])
 }
 
 /// The sample line of `series` (a name followed by `{`) whose labels include every `label`.
@@ -149,8 +103,8 @@ async fn enriched_attributes_become_labels_and_span_metric_dimensions() {
         ];
     })
     .await;
-    post(&r, "/v1/metrics", metrics("orders").encode_to_vec()).await;
-    post(&r, "/v1/traces", traces().encode_to_vec()).await;
+    post_protobuf(&r, "/v1/metrics", metrics("orders").encode_to_vec()).await;
+    post_protobuf(&r, "/v1/traces", traces().encode_to_vec()).await;
     let text = common::scrape(&r).await;
     let sample = line_with(&text, "orders_total", &["api_version=\"v2\"", "team=\"payments\""])
         .unwrap_or_else(|| panic!("no enriched orders_total:\n{text}"));
@@ -185,7 +139,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
         c.prometheus.promote_resource_attributes = vec!["team".into(), "tier".into()];
     })
     .await;
-    post(&r, "/v1/metrics", metrics("before").encode_to_vec()).await;
+    post_protobuf(&r, "/v1/metrics", metrics("before").encode_to_vec()).await;
     let text = common::scrape(&r).await;
     assert!(
         line_with(&text, "before_total", &["team=\"payments\"", "tier=\"1\""]).is_some(),
@@ -195,7 +149,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
     std::fs::write(&path, "checkout: {team: checkout-core, tier: '2'}\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        post(&r, "/v1/metrics", metrics("after").encode_to_vec()).await;
+        post_protobuf(&r, "/v1/metrics", metrics("after").encode_to_vec()).await;
         let text = common::scrape(&r).await;
         if line_with(&text, "after_total", &["team=\"checkout-core\"", "tier=\"2\""]).is_some() {
             assert!(
@@ -221,7 +175,7 @@ async fn the_catalog_reloads_without_restart_and_a_broken_file_keeps_the_old_one
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    post(&r, "/v1/metrics", metrics("broken").encode_to_vec()).await;
+    post_protobuf(&r, "/v1/metrics", metrics("broken").encode_to_vec()).await;
     let text = common::scrape(&r).await;
     assert!(
         line_with(&text, "broken_total", &["team=\"checkout-core\"", "tier=\"2\""]).is_some(),

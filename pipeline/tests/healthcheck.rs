@@ -8,8 +8,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use spindle::config::Config;
-
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
 
 /// Runs `spindle healthcheck ARGS` without `SPINDLE_*` variables from the test's environment.
@@ -25,12 +23,7 @@ fn healthcheck(args: &[&str]) -> Output {
 }
 
 async fn spindle_on_loopback() -> spindle::app::Running {
-    let mut c = Config::default();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    c.receivers.otlp.grpc.listen = any;
-    c.receivers.otlp.http.listen = any;
-    c.prometheus.listen = any;
-    spindle::app::start(c).await.expect("spindle starts")
+    spindle::testing::start_on_port_0(|_| {}).await
 }
 
 fn stderr(out: &Output) -> String {

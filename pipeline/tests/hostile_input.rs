@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
 use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
@@ -208,13 +208,7 @@ fn hostile_attrs() -> impl Strategy<Value = Vec<KeyValue>> {
         4 => "\\PC{0,12}",
         1 => (1usize..3).prop_map(|n| "é\"\\\n".repeat(n * 1500)),
     ];
-    let attr = (key, value).prop_map(|(k, v)| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v)),
-        }),
-        ..Default::default()
-    });
+    let attr = (key, value).prop_map(|(k, v)| spindle::testing::kv(k, v));
     prop_oneof![
         3 => proptest::collection::vec(attr.clone(), 0..20),
         1 => (attr.clone(), 100usize..300).prop_map(|(a, n)| vec![a; n]),

@@ -7,86 +7,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kv;
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use common::{gauge_metric, kv, metrics_request, post_protobuf, span, traces_request};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use prost::Message;
-use spindle::app::Running;
 use spindle::config::Config;
 
-fn gauge(name: &str, attrs: Vec<KeyValue>) -> Metric {
-    Metric {
-        name: name.into(),
-        data: Some(metric::Data::Gauge(Gauge {
-            data_points: vec![NumberDataPoint {
-                attributes: attrs,
-                value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(1.0)),
-                ..Default::default()
-            }],
-        })),
-        ..Default::default()
-    }
-}
-
-fn metrics_request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "svc")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-fn span(name: &str, id: u8, attrs: Vec<KeyValue>) -> Span {
-    Span {
-        trace_id: vec![id; 16],
-        span_id: vec![id; 8],
-        name: name.into(),
-        kind: 2,
-        start_time_unix_nano: 1_000_000_000,
-        end_time_unix_nano: 1_005_000_000,
-        attributes: attrs,
-        ..Default::default()
-    }
-}
-
-fn traces_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "svc")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-async fn post(r: &Running, path: &str, body: Vec<u8>) -> bytes::Bytes {
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}{path}", r.http_addr))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap()
+/// The resource every request here comes from.
+fn svc() -> Vec<KeyValue> {
+    vec![kv("service.name", "svc")]
 }
 
 fn limited(text: &str, signal: &str, reason: &str) -> u64 {
@@ -109,29 +40,30 @@ async fn each_limit_rejects_with_a_message_keeps_the_good_points_and_is_counted(
     let cases: Vec<(&str, Metric, &str)> = vec![
         (
             "metric_name_too_long",
-            gauge(&"m".repeat(1_100), vec![]),
+            gauge_metric(&"m".repeat(1_100), 1.0, vec![]),
             "max_metric_name_length (1024)",
         ),
         (
             "label_name_too_long",
-            gauge("bad", vec![kv(&"k".repeat(257), "v")]),
+            gauge_metric("bad", 1.0, vec![kv(&"k".repeat(257), "v")]),
             "max_label_name_length (256)",
         ),
         (
             "too_many_attributes",
-            gauge("bad", many(129, "v")),
+            gauge_metric("bad", 1.0, many(129, "v")),
             "max_attributes_per_point (128)",
         ),
         (
             "label_set_too_large",
-            gauge("bad", many(5, &big)),
+            gauge_metric("bad", 1.0, many(5, &big)),
             "max_label_set_size (16KiB)",
         ),
     ];
     for (i, (reason, bad, needle)) in cases.into_iter().enumerate() {
         let good = format!("good_{i}");
-        let req = metrics_request(vec![gauge(&good, vec![kv("a", "b")]), bad]);
-        let resp = ExportMetricsServiceResponse::decode(post(&r, "/v1/metrics", req.encode_to_vec()).await).unwrap();
+        let req = metrics_request(svc(), vec![gauge_metric(&good, 1.0, vec![kv("a", "b")]), bad]);
+        let resp =
+            ExportMetricsServiceResponse::decode(post_protobuf(&r, "/v1/metrics", req.encode_to_vec()).await).unwrap();
         let ps = resp
             .partial_success
             .unwrap_or_else(|| panic!("{reason}: no partial_success"));
@@ -147,8 +79,9 @@ async fn each_limit_rejects_with_a_message_keeps_the_good_points_and_is_counted(
     }
     // A long value is truncated with the marker and the point kept.
     let long = "é".repeat(5_000);
-    let req = metrics_request(vec![gauge("long", vec![kv("v", &long)])]);
-    let resp = ExportMetricsServiceResponse::decode(post(&r, "/v1/metrics", req.encode_to_vec()).await).unwrap();
+    let req = metrics_request(svc(), vec![gauge_metric("long", 1.0, vec![kv("v", &long)])]);
+    let resp =
+        ExportMetricsServiceResponse::decode(post_protobuf(&r, "/v1/metrics", req.encode_to_vec()).await).unwrap();
     // Kept, with a warning (`rejected_data_points: 0`) naming the limit.
     let ps = resp.partial_success.expect("a warning");
     assert_eq!(ps.rejected_data_points, 0);
@@ -168,8 +101,8 @@ async fn each_limit_rejects_with_a_message_keeps_the_good_points_and_is_counted(
 #[tokio::test]
 async fn spans_with_too_many_attributes_are_rejected_neither_forwarded_nor_counted() {
     let r = common::spindle(|_| {}).await;
-    let req = traces_request(vec![span("big", 1, many(1025, "v")), span("ok", 2, vec![])]);
-    let resp = ExportTraceServiceResponse::decode(post(&r, "/v1/traces", req.encode_to_vec()).await).unwrap();
+    let req = traces_request(svc(), vec![span("big", 1, many(1025, "v")), span("ok", 2, vec![])]);
+    let resp = ExportTraceServiceResponse::decode(post_protobuf(&r, "/v1/traces", req.encode_to_vec()).await).unwrap();
     let ps = resp.partial_success.expect("partial_success");
     assert_eq!(ps.rejected_spans, 1);
     assert!(
@@ -192,8 +125,8 @@ async fn spans_with_too_many_attributes_are_rejected_neither_forwarded_nor_count
 #[tokio::test]
 async fn a_7_mib_span_name_leaves_the_scrape_small() {
     let r = common::spindle(|_| {}).await;
-    let req = traces_request(vec![span(&"n".repeat(7 << 20), 1, vec![])]);
-    ExportTraceServiceResponse::decode(post(&r, "/v1/traces", req.encode_to_vec()).await).unwrap();
+    let req = traces_request(svc(), vec![span(&"n".repeat(7 << 20), 1, vec![])]);
+    ExportTraceServiceResponse::decode(post_protobuf(&r, "/v1/traces", req.encode_to_vec()).await).unwrap();
     let text = common::scrape(&r).await;
     assert!(text.contains("span_name=\"nnnn"), "the span is counted");
     assert!(text.len() < 160 << 10, "scrape is {} bytes", text.len());
@@ -207,10 +140,16 @@ async fn a_7_mib_span_name_leaves_the_scrape_small() {
 #[tokio::test]
 async fn a_point_with_100000_attributes_is_rejected_quickly() {
     let r = common::spindle(|_| {}).await;
-    let req = metrics_request(vec![gauge("wide", many(100_000, "v")), gauge("narrow", vec![])]);
+    let req = metrics_request(
+        svc(),
+        vec![
+            gauge_metric("wide", 1.0, many(100_000, "v")),
+            gauge_metric("narrow", 1.0, vec![]),
+        ],
+    );
     let body = req.encode_to_vec();
     let started = Instant::now();
-    let resp = ExportMetricsServiceResponse::decode(post(&r, "/v1/metrics", body).await).unwrap();
+    let resp = ExportMetricsServiceResponse::decode(post_protobuf(&r, "/v1/metrics", body).await).unwrap();
     let took = started.elapsed();
     assert_eq!(resp.partial_success.map(|p| p.rejected_data_points), Some(1));
     assert!(took < Duration::from_secs(5), "took {took:?}");

@@ -5,55 +5,25 @@ mod common;
 
 use std::io::Write;
 
-use common::kv;
+use common::{counter_metric, kv, metrics_request, spindle};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Histogram, HistogramDataPoint, Metric, metric};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use spindle::app::{Running, start};
-use spindle::config::{ByteSize, Config};
+use spindle::app::Running;
+use spindle::config::ByteSize;
 
-async fn spindle(tweak: impl FnOnce(&mut Config)) -> Running {
-    start(common::config(tweak)).await.unwrap()
-}
-
+/// A counter `name` with one integer point on route `/a`.
 fn counter(name: &str, value: i64) -> Metric {
-    Metric {
-        name: name.into(),
-        data: Some(metric::Data::Sum(Sum {
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-            data_points: vec![NumberDataPoint {
-                attributes: vec![kv("route", "/a")],
-                value: Some(number_data_point::Value::AsInt(value)),
-                ..Default::default()
-            }],
-        })),
-        ..Default::default()
-    }
+    counter_metric(name, value, vec![kv("route", "/a")])
 }
 
+/// One request from service `svc` holding `metrics`.
 fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "svc")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    metrics_request(vec![kv("service.name", "svc")], metrics)
 }
 
 async fn post(r: &Running, path: &str, ct: &str, ce: Option<&str>, body: Vec<u8>) -> reqwest::Response {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{gauge, kv, metric, metrics_request, traces_request};
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,11 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric,
-    number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::metrics::v1::{Histogram, HistogramDataPoint, Metric, NumberDataPoint, metric};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 use prost::Message;
 use spindle::receive::decode::{self, DECODED_FACTOR, Encoding, OtlpRequest};
@@ -73,10 +71,6 @@ fn measured_and_estimated<M: OtlpRequest>(body: &[u8], enc: Encoding) -> (u64, u
     (held.max(0) as u64, estimate)
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    common::kv(k, v)
-}
-
 fn nested(depth: usize) -> AnyValue {
     let mut v = AnyValue {
         value: Some(any_value::Value::IntValue(1)),
@@ -90,31 +84,13 @@ fn nested(depth: usize) -> AnyValue {
 }
 
 fn gauge_request(points: Vec<NumberDataPoint>, resource: Vec<KeyValue>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: resource,
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "hostile".into(),
-                    data: Some(metric::Data::Gauge(Gauge { data_points: points })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    metrics_request(resource, vec![metric("hostile", "", gauge(points))])
 }
 
 fn point(attributes: Vec<KeyValue>) -> NumberDataPoint {
     NumberDataPoint {
-        attributes,
         time_unix_nano: 1,
-        value: Some(number_data_point::Value::AsDouble(1.0)),
-        ..Default::default()
+        ..common::point(1.0, attributes)
     }
 }
 
@@ -128,7 +104,7 @@ fn realistic_traces(spans: usize) -> ExportTraceServiceRequest {
             start_time_unix_nano: 1_700_000_000_000_000_000 + i,
             end_time_unix_nano: 1_700_000_000_000_100_000 + i,
             attributes: (0..8)
-                .map(|a| kv(&format!("http.attr_{a}"), &format!("value-{i}-{a}")))
+                .map(|a| kv(&format!("http.attr_{a}"), format!("value-{i}-{a}")))
                 .collect(),
             events: vec![span::Event {
                 name: "retry".into(),
@@ -138,19 +114,7 @@ fn realistic_traces(spans: usize) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout"), kv("host.name", "node-7")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request(vec![kv("service.name", "checkout"), kv("host.name", "node-7")], spans)
 }
 
 fn realistic_metrics(points: usize) -> ExportMetricsServiceRequest {
@@ -161,7 +125,7 @@ fn realistic_metrics(points: usize) -> ExportMetricsServiceRequest {
             aggregation_temporality: 2,
             data_points: (0..points)
                 .map(|i| HistogramDataPoint {
-                    attributes: vec![kv("http.route", &format!("/r/{i}")), kv("http.method", "GET")],
+                    attributes: vec![kv("http.route", format!("/r/{i}")), kv("http.method", "GET")],
                     count: 10,
                     sum: Some(1.5),
                     bucket_counts: vec![1, 2, 3, 4, 0],
@@ -173,9 +137,7 @@ fn realistic_metrics(points: usize) -> ExportMetricsServiceRequest {
         ..Default::default()
     };
     let mut req = gauge_request(
-        (0..points)
-            .map(|i| point(vec![kv("queue", &format!("q{i}"))]))
-            .collect(),
+        (0..points).map(|i| point(vec![kv("queue", format!("q{i}"))])).collect(),
         vec![kv("service.name", "svc")],
     );
     req.resource_metrics[0].scope_metrics[0].metrics.push(histogram);

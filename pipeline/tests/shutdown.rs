@@ -7,45 +7,20 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::{closed_port, gauge as gauge_data, hanging_backend, kv, metric, metrics_request, point, traces_request};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use spindle::config::DurationStr;
 use spindle::telemetry::RemoteWriteDropReason;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
-
-/// An address nothing listens on (the port was bound, then released).
-fn closed_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A backend that accepts connections and never answers; counts the connections it holds open.
-async fn hanging_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let n = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            n.fetch_add(1, Ordering::SeqCst);
-            held.push(socket);
-        }
-    });
-    (addr, accepted)
-}
 
 /// `n` spans, each in its own trace; trace ids start at `first`.
 fn spans(first: u32, n: u32) -> ExportTraceServiceRequest {
@@ -64,19 +39,7 @@ fn spans(first: u32, n: u32) -> ExportTraceServiceRequest {
             }
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![common::kv("service.name", "orders")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request(vec![kv("service.name", "orders")], spans)
 }
 
 #[test]
@@ -180,31 +143,15 @@ fn sigterm_with_the_backend_down_exits_within_shutdown_timeout_and_logs_the_drop
 
 /// One gauge point of service `svc`.
 fn gauge() -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![common::kv("service.name", "svc"), common::kv("host.name", "h1")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "queue_depth".into(),
-                    data: Some(metric::Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            time_unix_nano: 1_700_000_000_000_000_000,
-                            value: Some(
-                                opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(3.0),
-                            ),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let depth = metric(
+        "queue_depth",
+        "",
+        gauge_data(vec![NumberDataPoint {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            ..point(3.0, vec![])
+        }]),
+    );
+    metrics_request(vec![kv("service.name", "svc"), kv("host.name", "h1")], vec![depth])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::kv;
+use common::{closed_port, hanging_backend, kv, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use parking_lot::Mutex;
 use prost::Message;
 use spindle::app::{Running, start};
@@ -146,19 +145,7 @@ fn spans(first: u32, n: u32) -> ExportTraceServiceRequest {
             }
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "svc")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request(vec![kv("service.name", "svc")], spans)
 }
 
 /// A client of Spindle's OTLP/gRPC trace receiver.
@@ -607,30 +594,6 @@ async fn span_metrics_past_the_limit_fold_with_exemplars_of_forwarded_spans() {
     );
     r.shutdown().await.unwrap();
     stop.cancel();
-}
-
-/// An address nothing listens on (the port was bound, then released).
-fn closed_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A backend that accepts connections and never answers; counts the connections it holds open.
-async fn hanging_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let n = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            n.fetch_add(1, Ordering::SeqCst);
-            held.push(socket);
-        }
-    });
-    (addr, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -97,20 +97,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts Spindle in-process with every listener on `127.0.0.1:0`, after `configure` has had its
-/// say on the config. Call [`Running::shutdown`] at the end of the test.
+/// say on the config (the one helper is [`spindle::testing::start_on_port_0`]). Call
+/// [`Running::shutdown`] at the end of the test.
 ///
 /// # Panics
-/// When `spindle::app::start` fails.
+/// When the configuration does not validate or `spindle::app::start` fails.
 pub async fn start_spindle(configure: impl FnOnce(&mut Config)) -> Running {
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let mut config = Config::default();
-    config.receivers.otlp.grpc.listen = any;
-    config.receivers.otlp.http.listen = any;
-    config.prometheus.listen = any;
-    configure(&mut config);
-    spindle::app::start(config)
-        .await
-        .unwrap_or_else(|err| panic!("spindle::app::start failed: {err:#}"))
+    spindle::testing::start_on_port_0(configure).await
 }
 
 /// Output of a successful peer process.

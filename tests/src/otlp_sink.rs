@@ -545,35 +545,18 @@ impl OtlpSink {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     fn request(service: &str) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(service.into())),
-                        }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![Span {
-                        trace_id: vec![0xab; 16],
-                        span_id: vec![0x01; 8],
-                        name: "op".into(),
-                        kind: SPAN_KIND_SERVER,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
+        let span = Span {
+            trace_id: vec![0xab; 16],
+            span_id: vec![0x01; 8],
+            name: "op".into(),
+            kind: SPAN_KIND_SERVER,
+            ..Default::default()
+        };
+        spindle::testing::traces_request(vec![spindle::testing::kv("service.name", service)], vec![span])
     }
 
     #[tokio::test]

@@ -26,15 +26,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
-    ScopeMetrics, Sum, exemplar, metric, number_data_point,
+    AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, exemplar, metric,
+    number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use serde_yaml_ng::Value;
 use spindle::config::Config;
+use spindle::testing::{self, int_kv, kv};
 use spindle_e2e::{peer_binary, run_process, start_spindle, wait_for_openmetrics, workspace_root};
 
 // ---------------------------------------------------------------------------------------------
@@ -560,26 +560,6 @@ fn promql_tokenizer_finds_metrics_and_labels() {
 // ---------------------------------------------------------------------------------------------
 // metric names against a running Spindle
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn kv_int(k: &str, v: i64) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -587,14 +567,12 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-fn resource(service: &str) -> Resource {
-    Resource {
-        attributes: vec![
-            kv("service.name", service),
-            kv("service.instance.id", &format!("{service}-1")),
-        ],
-        ..Default::default()
-    }
+/// The resource attributes of `service`'s one instance.
+fn resource(service: &str) -> Vec<KeyValue> {
+    vec![
+        kv("service.name", service),
+        kv("service.instance.id", format!("{service}-1")),
+    ]
 }
 
 fn monotonic(name: &str, attrs: Vec<KeyValue>, value: i64, monotonic: bool, unit: &str) -> Metric {
@@ -622,7 +600,7 @@ fn demo_service_metrics(service: &str, trace_id: &[u8], span_id: &[u8]) -> Expor
         attributes: vec![
             kv("http.request.method", "GET"),
             kv("http.route", "/orders/{id}"),
-            kv_int("http.response.status_code", status),
+            int_kv("http.response.status_code", status),
         ],
         time_unix_nano: now_nanos(),
         count,
@@ -665,21 +643,8 @@ fn demo_service_metrics(service: &str, trace_id: &[u8], span_id: &[u8]) -> Expor
     .into_iter()
     .chain(process_and_runtime_metrics())
     .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(resource(service)),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "spindle-instrument".into(),
-                    version: "0.1.0".into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let scope = testing::scope("spindle-instrument", "0.1.0");
+    testing::metrics_request_in(Some(testing::resource(resource(service))), Some(scope), metrics)
 }
 
 /// spindle-instrument's process and Tokio runtime metrics (`instrumentation/src/process.rs`), with
@@ -711,7 +676,7 @@ fn process_and_runtime_metrics() -> Vec<Metric> {
         monotonic("tokio.runtime.global_queue.depth", vec![], 0, false, "{task}"),
         monotonic(
             "tokio.runtime.worker.busy_time",
-            vec![kv_int("tokio.worker.index", 0)],
+            vec![int_kv("tokio.worker.index", 0)],
             1,
             true,
             "s",
@@ -735,20 +700,12 @@ fn demo_service_spans(service: &str, trace_id: &[u8]) -> ExportTraceServiceReque
         }),
         ..Default::default()
     };
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource(service)),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![
-                    span(1, "GET /orders/{id}", 2, 0),
-                    span(2, "GET /users/{id}", 2, 2),
-                    span(3, "GET", 3, 0),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let spans = vec![
+        span(1, "GET /orders/{id}", 2, 0),
+        span(2, "GET /users/{id}", 2, 2),
+        span(3, "GET", 3, 0),
+    ];
+    testing::traces_request(resource(service), spans)
 }
 
 /// Names Prometheus makes itself for every target (not on Spindle's `/metrics`).

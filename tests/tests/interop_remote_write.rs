@@ -15,22 +15,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 use spindle::app::Running;
 use spindle::config::DurationStr;
 use spindle::export::remote_write::proto::WriteRequest;
 use spindle::telemetry::RemoteWriteDropReason;
+use spindle::testing::{self, kv, traces_request};
 use spindle_e2e::{Prometheus, Protocol, SendOptions, SentSummary, send_metrics, start_spindle, unix_now, url_encode};
 use tokio::sync::Mutex;
 
@@ -101,16 +97,6 @@ async fn exemplar_trace_ids(prom: &Prometheus, selector: &str, known: impl Fn(&s
     .await
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
@@ -133,19 +119,7 @@ fn spans(svc: &str, n: u8) -> ExportTraceServiceRequest {
             }
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", svc)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request(vec![kv("service.name", svc)], spans)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -365,31 +339,12 @@ fn value_of(req: &WriteRequest, name: &str) -> Option<f64> {
 
 /// One cumulative counter `rw_test_total` = `v` over OTLP/gRPC.
 async fn send_counter(spindle: &Running, v: f64) {
-    let req = ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "rw-test")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "rw_test".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            value: Some(number_data_point::Value::AsDouble(v)),
-                            time_unix_nano: now_nanos(),
-                            ..Default::default()
-                        }],
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+    let point = NumberDataPoint {
+        time_unix_nano: now_nanos(),
+        ..testing::point(v, vec![])
     };
+    let counter = testing::metric("rw_test", "", testing::counter(vec![point]));
+    let req = testing::metrics_request(vec![kv("service.name", "rw-test")], vec![counter]);
     MetricsServiceClient::connect(format!("http://{}", spindle.grpc_addr))
         .await
         .unwrap()

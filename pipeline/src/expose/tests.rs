@@ -8,60 +8,29 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    self as pm, AggregationTemporality, ResourceMetrics, ScopeMetrics, exponential_histogram_data_point::Buckets,
-    metric::Data,
+    self as pm, AggregationTemporality, exponential_histogram_data_point::Buckets, metric::Data,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use proptest::prelude::*;
 
 use super::*;
 use crate::process::translate::Translator;
+use crate::testing::{self, counter, gauge, kvs, metrics_request_in, point, sum};
 
 // ---- OTLP builders -------------------------------------------------------------------------
 
-fn kvs(attrs: &[(&str, &str)]) -> Vec<KeyValue> {
-    attrs
-        .iter()
-        .map(|(k, v)| KeyValue {
-            key: k.to_string(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.to_string())),
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
 fn request(resource: &[(&str, &str)], scope: (&str, &str), metrics: Vec<pm::Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: kvs(resource),
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: scope.0.into(),
-                    version: scope.1.into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    metrics_request_in(
+        Some(testing::resource(kvs(resource))),
+        Some(testing::scope(scope.0, scope.1)),
+        metrics,
+    )
 }
 
 fn metric(name: &str, unit: &str, help: &str, data: Data) -> pm::Metric {
     pm::Metric {
-        name: name.into(),
-        unit: unit.into(),
         description: help.into(),
-        data: Some(data),
-        ..Default::default()
+        ..testing::metric(name, unit, data)
     }
 }
 
@@ -69,49 +38,21 @@ const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 
 fn num(v: f64, attrs: &[(&str, &str)], exemplars: Vec<pm::Exemplar>) -> pm::NumberDataPoint {
     pm::NumberDataPoint {
-        attributes: kvs(attrs),
-        value: Some(pm::number_data_point::Value::AsDouble(v)),
         exemplars,
-        ..Default::default()
+        ..point(v, kvs(attrs))
     }
-}
-
-fn counter(points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Sum(pm::Sum {
-        data_points: points,
-        aggregation_temporality: CUMULATIVE,
-        is_monotonic: true,
-    })
-}
-
-fn gauge(points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Gauge(pm::Gauge { data_points: points })
 }
 
 fn updown(points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Sum(pm::Sum {
-        data_points: points,
-        aggregation_temporality: CUMULATIVE,
-        is_monotonic: false,
-    })
+    sum(false, false, points)
 }
 
 fn hpoint(bounds: &[f64], counts: &[u64], sum: Option<f64>, attrs: &[(&str, &str)]) -> pm::HistogramDataPoint {
-    pm::HistogramDataPoint {
-        attributes: kvs(attrs),
-        count: counts.iter().sum(),
-        sum,
-        bucket_counts: counts.to_vec(),
-        explicit_bounds: bounds.to_vec(),
-        ..Default::default()
-    }
+    testing::hpoint(bounds, counts, sum, kvs(attrs))
 }
 
 fn histogram(points: Vec<pm::HistogramDataPoint>) -> Data {
-    Data::Histogram(pm::Histogram {
-        data_points: points,
-        aggregation_temporality: CUMULATIVE,
-    })
+    testing::histogram(false, points)
 }
 
 fn exponential(points: Vec<pm::ExponentialHistogramDataPoint>) -> Data {
@@ -1118,15 +1059,7 @@ fn build_store(fams: &[GenFamily]) -> Store {
         })
         .collect();
     let o = s.write(
-        Translator::default().translate(ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics {
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }),
+        Translator::default().translate(metrics_request_in(None, None, metrics)),
         Instant::now(),
     );
     assert_eq!(o.rejected, 0, "{}", o.message);

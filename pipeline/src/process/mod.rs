@@ -5,8 +5,12 @@
 //! series limits on translated batches before the store (keeping bounded state of admitted series
 //! and folded streams, expired on the store's clock). None of them does I/O (the enrichment catalog
 //! is reloaded by a task in `app`).
+//!
+//! [`pipeline`] strings them together per request, as the receivers' `Consumer`: it is the one
+//! place where a batch reaches the store and spans reach the trace exporter's queue.
 
 pub mod cardinality;
 pub mod enrich;
+pub mod pipeline;
 pub mod span_metrics;
 pub mod translate;

@@ -149,7 +149,7 @@ fn read_capped(r: impl Read, limit: u64, encoding: &'static str) -> Result<Vec<u
 /// An OTLP export request as the receivers handle it: how big it gets once decoded, and how its
 /// OTLP/JSON form is checked beyond what serde sees.
 pub trait OtlpRequest: Message + Default + DeserializeOwned + Send + 'static {
-    /// Its message type, for [`size`](super::size) estimates.
+    /// Its message type, for [`size`] estimates.
     const KIND: Kind;
 
     /// Checks what the generated serde code lets pass silently: a oneof (`sum`, `asDouble`, …)

@@ -5,73 +5,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    self as pm, AggregationTemporality, ResourceMetrics, ScopeMetrics, exponential_histogram_data_point::Buckets,
-    metric::Data,
-};
+use opentelemetry_proto::tonic::metrics::v1::{self as pm, exponential_histogram_data_point::Buckets, metric::Data};
 use proptest::prelude::*;
 
 use super::*;
 use crate::process::translate::Translator;
+use crate::testing::{self, kvs, metrics_request_in, sum, temporality};
 
 // ---- OTLP builders -------------------------------------------------------------------------
 
-fn kvs(attrs: &[(&str, &str)]) -> Vec<KeyValue> {
-    attrs
-        .iter()
-        .map(|(k, v)| KeyValue {
-            key: k.to_string(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.to_string())),
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
 fn req(metrics: Vec<pm::Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    metrics_request_in(None, None, metrics)
 }
 
 fn metric(name: &str, data: Data) -> pm::Metric {
-    pm::Metric {
-        name: name.into(),
-        data: Some(data),
-        ..Default::default()
-    }
-}
-
-fn temporality(delta: bool) -> i32 {
-    if delta {
-        AggregationTemporality::Delta as i32
-    } else {
-        AggregationTemporality::Cumulative as i32
-    }
+    testing::metric(name, "", data)
 }
 
 fn num(v: f64, attrs: &[(&str, &str)]) -> pm::NumberDataPoint {
-    pm::NumberDataPoint {
-        attributes: kvs(attrs),
-        value: Some(pm::number_data_point::Value::AsDouble(v)),
-        ..Default::default()
-    }
-}
-
-fn sum(monotonic: bool, delta: bool, points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Sum(pm::Sum {
-        data_points: points,
-        aggregation_temporality: temporality(delta),
-        is_monotonic: monotonic,
-    })
+    testing::point(v, kvs(attrs))
 }
 
 fn counter(name: &str, delta: bool, v: f64, attrs: &[(&str, &str)]) -> pm::Metric {
@@ -79,33 +31,15 @@ fn counter(name: &str, delta: bool, v: f64, attrs: &[(&str, &str)]) -> pm::Metri
 }
 
 fn gauge(name: &str, v: f64, attrs: &[(&str, &str)]) -> pm::Metric {
-    metric(
-        name,
-        Data::Gauge(pm::Gauge {
-            data_points: vec![num(v, attrs)],
-        }),
-    )
+    metric(name, testing::gauge(vec![num(v, attrs)]))
 }
 
 fn hpoint(bounds: &[f64], counts: &[u64], sum: f64, attrs: &[(&str, &str)]) -> pm::HistogramDataPoint {
-    pm::HistogramDataPoint {
-        attributes: kvs(attrs),
-        count: counts.iter().sum(),
-        sum: Some(sum),
-        bucket_counts: counts.to_vec(),
-        explicit_bounds: bounds.to_vec(),
-        ..Default::default()
-    }
+    testing::hpoint(bounds, counts, Some(sum), kvs(attrs))
 }
 
 fn histogram(name: &str, delta: bool, points: Vec<pm::HistogramDataPoint>) -> pm::Metric {
-    metric(
-        name,
-        Data::Histogram(pm::Histogram {
-            data_points: points,
-            aggregation_temporality: temporality(delta),
-        }),
-    )
+    metric(name, testing::histogram(delta, points))
 }
 
 struct Exp<'a> {

@@ -1,27 +1,19 @@
-//! Helpers shared by the in-process integration tests: a Spindle on port 0, attribute builders.
+//! Helpers shared by the in-process integration tests: the builders of [`spindle::testing`], and a
+//! scrape.
 
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use spindle::app::{Running, start};
-use spindle::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use spindle::app::Running;
+pub use spindle::testing::*;
 
 /// Defaults with every listener on `127.0.0.1:0`, then `tweak`.
-pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config::default();
-    c.receivers.otlp.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.receivers.otlp.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.prometheus.listen = "127.0.0.1:0".parse().unwrap();
-    tweak(&mut c);
-    c
-}
-
+pub use spindle::testing::config_on_port_0 as config;
 /// A Spindle started from [`config`]; the configuration must validate.
-pub async fn spindle(tweak: impl FnOnce(&mut Config)) -> Running {
-    let c = config(tweak);
-    assert_eq!(c.validate(), vec![], "test config must validate");
-    start(c).await.unwrap()
-}
+pub use spindle::testing::start_on_port_0 as spindle;
 
 /// The text of `GET /metrics` (Prometheus text format).
 pub async fn scrape(r: &Running) -> String {
@@ -33,13 +25,39 @@ pub async fn scrape(r: &Running) -> String {
         .unwrap()
 }
 
-/// A string attribute.
-pub fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
+/// `POST`s a protobuf `body` to Spindle's OTLP/HTTP `path`, expects 200 and returns the answer's body.
+pub async fn post_protobuf(r: &Running, path: &str, body: Vec<u8>) -> bytes::Bytes {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}{path}", r.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap()
+}
+
+/// An address nothing listens on (the port was bound, then released).
+pub fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A backend that accepts connections and never answers; counts the connections it holds open.
+pub async fn hanging_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (addr, accepted)
 }

@@ -6,12 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    self as pm, AggregationTemporality, ResourceMetrics, ScopeMetrics, exponential_histogram_data_point::Buckets,
-    metric::Data,
+    self as pm, AggregationTemporality, exponential_histogram_data_point::Buckets, metric::Data,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::convert::{Batcher, Converter, Encoded};
@@ -19,19 +16,10 @@ use super::proto::{Label, MetricType, Sample, TimeSeries, WriteRequest};
 use super::*;
 use crate::model::Format;
 use crate::process::translate::Translator;
+use crate::testing::{self, kv};
 
 const TS: i64 = 1_700_000_000_123;
 const TRACE: [u8; 16] = [0xab; 16];
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 fn exemplar(span: u8, value: f64, ms: u64) -> pm::Exemplar {
     pm::Exemplar {
@@ -45,11 +33,8 @@ fn exemplar(span: u8, value: f64, ms: u64) -> pm::Exemplar {
 
 fn metric(name: &str, unit: &str, data: Data) -> pm::Metric {
     pm::Metric {
-        name: name.into(),
-        unit: unit.into(),
         description: format!("{name} help"),
-        data: Some(data),
-        ..Default::default()
+        ..testing::metric(name, unit, data)
     }
 }
 
@@ -142,19 +127,10 @@ fn every_kind(exemplar_span: u8) -> ExportMetricsServiceRequest {
             }),
         ),
     ];
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "svc"), kv("deployment.environment", "test")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testing::metrics_request(
+        vec![kv("service.name", "svc"), kv("deployment.environment", "test")],
+        metrics,
+    )
 }
 
 fn store_with(req: ExportMetricsServiceRequest) -> Store {
@@ -390,31 +366,10 @@ fn batches_hold_at_most_max_samples_counting_exemplars() {
 
 #[test]
 fn a_large_store_is_split_into_requests() {
-    let cum = AggregationTemporality::Cumulative as i32;
     let points = (0..250)
-        .map(|i| pm::NumberDataPoint {
-            attributes: vec![kv("i", &i.to_string())],
-            value: Some(pm::number_data_point::Value::AsDouble(i as f64)),
-            ..Default::default()
-        })
+        .map(|i| testing::point(i as f64, vec![kv("i", i.to_string())]))
         .collect();
-    let req = ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![metric(
-                    "n",
-                    "",
-                    Data::Sum(pm::Sum {
-                        data_points: points,
-                        aggregation_temporality: cum,
-                        is_monotonic: false,
-                    }),
-                )],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let req = testing::metrics_request_in(None, None, vec![metric("n", "", testing::sum(false, false, points))]);
     let store = store_with(req);
     let reqs = Converter::default().snapshot(&store, TS, 100);
     assert_eq!(reqs.iter().map(|r| r.samples).collect::<Vec<_>>(), vec![100, 100, 50]);

@@ -5,30 +5,12 @@ use std::io::Write as _;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::metrics::v1::{NumberDataPoint, metric};
+use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::*;
 use crate::config::{CatalogConfig, DurationStr, EnrichRule, StaticAttribute};
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    string_kv(k.into(), v.into())
-}
-
-fn rule(action: RuleAction, key: &str) -> EnrichRule {
-    EnrichRule {
-        action,
-        key: key.into(),
-        value: None,
-        new_key: None,
-        pattern: None,
-        target: RuleTarget::Attributes,
-        signals: Vec::new(),
-        services: Vec::new(),
-        names: Vec::new(),
-    }
-}
+use crate::testing::{self, enrich_rule as rule, kv};
 
 fn with_value(mut r: EnrichRule, v: &str) -> EnrichRule {
     r.value = Some(v.into());
@@ -43,49 +25,24 @@ fn enricher(rules: Vec<EnrichRule>) -> Enricher {
     .unwrap()
 }
 
+/// One gauge point without a value, with `attrs`, from `service`.
 fn metrics(service: &str, name: &str, attrs: Vec<KeyValue>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: name.into(),
-                    data: Some(metric::Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            attributes: attrs,
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let point = NumberDataPoint {
+        attributes: attrs,
+        ..Default::default()
+    };
+    let gauge = testing::metric(name, "", testing::gauge(vec![point]));
+    testing::metrics_request(vec![kv("service.name", service)], vec![gauge])
 }
 
+/// One span with `attrs` and nothing else, from `service`.
 fn traces(service: &str, name: &str, attrs: Vec<KeyValue>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    name: name.into(),
-                    attributes: attrs,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let span = Span {
+        name: name.into(),
+        attributes: attrs,
+        ..Default::default()
+    };
+    testing::traces_request(vec![kv("service.name", service)], vec![span])
 }
 
 /// The point's attributes as `(key, text)` pairs.

@@ -1,47 +1,16 @@
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span::SpanKind};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::{Status, span::SpanKind};
 
 use super::*;
 use crate::config::{Dimension, SpanKindName};
 use crate::process::translate::Point;
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
+use crate::testing::{self, kv, traces_request};
 
 fn span(name: &str, kind: SpanKind, millis: u64, id: u8, attrs: Vec<KeyValue>) -> OtlpSpan {
     OtlpSpan {
-        trace_id: vec![id; 16],
-        span_id: vec![id; 8],
-        name: name.into(),
         kind: kind as i32,
-        start_time_unix_nano: 1_000_000_000,
         end_time_unix_nano: 1_000_000_000 + millis * 1_000_000,
-        attributes: attrs,
-        ..Default::default()
-    }
-}
-
-fn request(resource: Vec<KeyValue>, spans: Vec<OtlpSpan>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: resource,
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+        ..testing::span(name, id, attrs)
     }
 }
 
@@ -85,7 +54,7 @@ fn spans_become_calls_and_duration_histograms_aggregated_per_label_set() {
         buckets: vec![0.01, 0.1, 1.0],
         ..Default::default()
     });
-    let req = request(
+    let req = traces_request(
         vec![kv("service.name", "checkout")],
         vec![
             span("GET /a", SpanKind::Server, 5, 1, vec![]),
@@ -135,7 +104,7 @@ fn exemplar_batch_is_zero_valued_and_names_the_newest_span_per_series_and_bucket
     });
     let mut late = span("op", SpanKind::Internal, 5, 9, vec![]);
     late.end_time_unix_nano += 1_000_000_000;
-    let req = request(
+    let req = traces_request(
         vec![kv("service.name", "svc")],
         vec![
             span("op", SpanKind::Internal, 5, 1, vec![]),
@@ -186,7 +155,7 @@ fn dimensions_come_from_span_then_resource_then_default() {
         ],
         ..Default::default()
     });
-    let req = request(
+    let req = traces_request(
         vec![kv("service.name", "svc"), kv("deployment.environment", "prod")],
         vec![
             span("a", SpanKind::Server, 1, 1, vec![kv("http.route", "/u/{id}")]),
@@ -218,7 +187,7 @@ fn span_kind_filter_status_and_adjusted_count_weighting() {
         code: 2,
         ..Default::default()
     });
-    let req = request(
+    let req = traces_request(
         vec![kv("service.name", "svc")],
         vec![sampled, span("b", SpanKind::Client, 1, 2, vec![])],
     );
@@ -238,7 +207,7 @@ fn span_kind_filter_status_and_adjusted_count_weighting() {
 #[test]
 fn missing_service_name_is_unknown_service() {
     let sm = SpanMetrics::new(SpanMetricsConfig::default());
-    let out = sm.process(&request(vec![], vec![span("a", SpanKind::Server, 1, 1, vec![])]));
+    let out = sm.process(&traces_request(vec![], vec![span("a", SpanKind::Server, 1, 1, vec![])]));
     let calls = points_of(&out.counts, CALLS);
     assert!(labels(&out.counts, calls[0]).contains(&("service_name".into(), "unknown_service".into())));
 }
@@ -260,7 +229,7 @@ fn extreme_sampling_weights_saturate_instead_of_overflowing() {
             s
         })
         .collect();
-    let out = sm.process(&request(vec![kv("service.name", "svc")], spans));
+    let out = sm.process(&traces_request(vec![kv("service.name", "svc")], spans));
     let h = points_of(&out.counts, DURATION)[0];
     let PointValue::Histogram { count, counts, .. } = h.value else {
         panic!()
@@ -290,7 +259,7 @@ fn a_huge_span_name_keeps_the_scrape_small() {
     let name = "n".repeat(7 << 20);
     let tel = Arc::new(Telemetry::default());
     let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_stats(tel.limited.clone());
-    let out = sm.process(&request(
+    let out = sm.process(&traces_request(
         vec![kv("service.name", "svc")],
         vec![span(&name, SpanKind::Server, 5, 1, vec![])],
     ));
@@ -339,7 +308,7 @@ fn truncated_names_merge_and_keep_totals() {
             )
         })
         .collect();
-    let out = sm.process(&request(vec![kv("service.name", "svc")], spans));
+    let out = sm.process(&traces_request(vec![kv("service.name", "svc")], spans));
     let calls = points_of(&out.counts, CALLS);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].value, PointValue::Number(5.0));
@@ -356,7 +325,7 @@ fn dimension_and_service_values_are_truncated() {
         }],
         ..Default::default()
     });
-    let out = sm.process(&request(
+    let out = sm.process(&traces_request(
         vec![kv("service.name", &long)],
         vec![span("GET", SpanKind::Server, 5, 1, vec![kv("http.route", &long)])],
     ));
@@ -371,7 +340,7 @@ fn spans_with_too_many_attributes_are_rejected_before_counting() {
     let tel = Arc::new(Telemetry::default());
     let sm = SpanMetrics::new(SpanMetricsConfig::default()).with_stats(tel.limited.clone());
     let many: Vec<KeyValue> = (0..1025).map(|i| kv(&format!("k{i}"), "v")).collect();
-    let mut req = request(
+    let mut req = traces_request(
         vec![kv("service.name", "svc")],
         vec![
             span("big", SpanKind::Server, 5, 1, many),

@@ -1,122 +1,39 @@
 //! Tests of the OTLP → Prometheus translation: names, units, labels, resource handling, validation.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    self as pm, AggregationTemporality, DataPointFlags, ResourceMetrics, ScopeMetrics, metric::Data,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{self as pm, DataPointFlags, metric::Data};
 use proptest::prelude::*;
 
 use super::*;
+use crate::testing::{self, counter, gauge, kvs, metric, metrics_request_in, point, str_value as sv, sum, temporality};
 
 // ---- OTLP builders -------------------------------------------------------------------------
 
-fn sv(s: &str) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::StringValue(s.into())),
-    }
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(sv(v)),
-        ..Default::default()
-    }
-}
-
-fn kvs(attrs: &[(&str, &str)]) -> Vec<KeyValue> {
-    attrs.iter().map(|(k, v)| kv(k, v)).collect()
-}
-
-/// One resource, one scope, the given metrics.
+/// One resource (none when `resource` is empty), one scope, the given metrics.
 fn request(resource: &[(&str, &str)], scope: (&str, &str), metrics: Vec<pm::Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: (!resource.is_empty()).then(|| Resource {
-                attributes: kvs(resource),
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: scope.0.into(),
-                    version: scope.1.into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let resource = (!resource.is_empty()).then(|| testing::resource(kvs(resource)));
+    metrics_request_in(resource, Some(testing::scope(scope.0, scope.1)), metrics)
 }
 
 fn bare(metrics: Vec<pm::Metric>) -> ExportMetricsServiceRequest {
     request(&[], ("", ""), metrics)
 }
 
-fn metric(name: &str, unit: &str, data: Data) -> pm::Metric {
-    pm::Metric {
-        name: name.into(),
-        unit: unit.into(),
-        data: Some(data),
-        ..Default::default()
-    }
-}
-
 fn num(v: f64, attrs: &[(&str, &str)]) -> pm::NumberDataPoint {
-    pm::NumberDataPoint {
-        attributes: kvs(attrs),
-        value: Some(pm::number_data_point::Value::AsDouble(v)),
-        ..Default::default()
-    }
-}
-
-fn temporality(delta: bool) -> i32 {
-    if delta {
-        AggregationTemporality::Delta as i32
-    } else {
-        AggregationTemporality::Cumulative as i32
-    }
-}
-
-fn counter(points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Sum(pm::Sum {
-        data_points: points,
-        aggregation_temporality: temporality(false),
-        is_monotonic: true,
-    })
+    point(v, kvs(attrs))
 }
 
 fn updown(delta: bool, points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Sum(pm::Sum {
-        data_points: points,
-        aggregation_temporality: temporality(delta),
-        is_monotonic: false,
-    })
-}
-
-fn gauge(points: Vec<pm::NumberDataPoint>) -> Data {
-    Data::Gauge(pm::Gauge { data_points: points })
+    sum(false, delta, points)
 }
 
 fn hpoint(bounds: &[f64], counts: &[u64], sum: f64, attrs: &[(&str, &str)]) -> pm::HistogramDataPoint {
-    pm::HistogramDataPoint {
-        attributes: kvs(attrs),
-        count: counts.iter().sum(),
-        sum: Some(sum),
-        bucket_counts: counts.to_vec(),
-        explicit_bounds: bounds.to_vec(),
-        ..Default::default()
-    }
+    testing::hpoint(bounds, counts, Some(sum), kvs(attrs))
 }
 
 fn histogram(points: Vec<pm::HistogramDataPoint>) -> Data {
-    Data::Histogram(pm::Histogram {
-        data_points: points,
-        aggregation_temporality: temporality(false),
-    })
+    testing::histogram(false, points)
 }
 
 fn exp_point(scale: i32, offset: i32, counts: &[u64]) -> pm::ExponentialHistogramDataPoint {

@@ -1,0 +1,335 @@
+//! One OTLP data point (number, histogram, exponential histogram, summary) → [`Point`]s of
+//! [`Samples`], with its labels and exemplars; invalid or limited points are rejected.
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1 as pm;
+
+use crate::model::{Exemplar, MetricKind, Temporality};
+use crate::receive::config::LimitsConfig;
+
+use super::Scratch;
+use super::labels::{merge_labels, push_sanitized_label_name, push_str, sort_labels, write_any};
+use super::limits::{LimitReason, Limited, check_labels, too_many_attributes, truncate_value};
+use super::samples::{ExpPoint, Label, Point, PointValue, Samples, Span};
+
+pub(super) struct PointCtx<'a> {
+    pub(super) family: u32,
+    pub(super) kind: MetricKind,
+    pub(super) scope_labels: &'a [Label],
+    pub(super) limits: &'a LimitsConfig,
+}
+
+/// Why a point was rejected: invalid, or past a limit (counted by reason).
+pub(super) enum Rejection {
+    Invalid(String),
+    Limit(Limited),
+}
+
+pub(super) const NO_RECORDED_VALUE: u32 = pm::DataPointFlags::NoRecordedValueMask as u32;
+
+impl PointCtx<'_> {
+    /// Pushes the point's labels; returns their span or a rejection reason. A rejected point
+    /// leaves nothing behind in the arenas.
+    fn labels(&self, attrs: &[KeyValue], out: &mut Samples, scratch: &mut Scratch) -> Result<Span, Rejection> {
+        let limits = self.limits;
+        if attrs.len() > limits.max_attributes_per_point {
+            let why = too_many_attributes("data point", attrs.len(), limits.max_attributes_per_point);
+            return Err(Rejection::Limit((LimitReason::TooManyAttributes, why)));
+        }
+        let start = out.labels.len();
+        let text_start = out.text.len();
+        let mut truncations = self.push_labels(attrs.iter(), out, scratch);
+        if sort_labels(out, start) {
+            // Names collided after sanitizing: values are joined in the order of the original keys.
+            out.labels.truncate(start);
+            out.text.truncate(text_start);
+            let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+            sorted.sort_by(|a, b| a.key.cmp(&b.key));
+            truncations = self.push_labels(sorted.into_iter(), out, scratch);
+            sort_labels(out, start);
+            truncations += merge_labels(out, start, limits.max_label_value_length, &mut scratch.merged);
+        }
+        if let Err(e) = check_labels(out, start, limits) {
+            out.labels.truncate(start);
+            out.text.truncate(text_start);
+            return Err(Rejection::Limit(e));
+        }
+        let reserved = match self.kind {
+            MetricKind::Histogram => Some("le"),
+            MetricKind::Summary => Some("quantile"),
+            _ => None,
+        };
+        if let Some(r) = reserved
+            && out.labels[start..].iter().any(|l| &out.text[l.name.range()] == r)
+        {
+            out.labels.truncate(start);
+            out.text.truncate(text_start);
+            return Err(Rejection::Invalid(format!(
+                "attribute `{r}` is reserved for {} buckets",
+                self.kind.openmetrics_type()
+            )));
+        }
+        out.limited.add(LimitReason::LabelValueTruncated, truncations);
+        Ok(Span::new(start, out.labels.len()))
+    }
+
+    /// Pushes the scope labels and one label per attribute (values truncated); returns how many
+    /// values were truncated.
+    fn push_labels<'a>(
+        &self,
+        attrs: impl Iterator<Item = &'a KeyValue>,
+        out: &mut Samples,
+        scratch: &mut Scratch,
+    ) -> u64 {
+        out.labels.extend_from_slice(self.scope_labels);
+        let mut truncations = 0;
+        for kv in attrs {
+            scratch.value.clear();
+            if let Some(v) = &kv.value {
+                write_any(v, &mut scratch.value);
+            }
+            truncations += u64::from(truncate_value(&mut scratch.value, self.limits.max_label_value_length));
+            let name = push_sanitized_label_name(&mut out.text, &kv.key);
+            let value = push_str(&mut out.text, &scratch.value);
+            out.labels.push(Label { name, value });
+        }
+        truncations
+    }
+
+    fn push(&self, out: &mut Samples, labels: Span, t: Temporality, value: PointValue, exemplars: Span) {
+        out.points.push(Point {
+            family: self.family,
+            labels,
+            temporality: t,
+            value,
+            exemplars,
+        });
+        out.outcome.accepted += 1;
+    }
+
+    fn reject(&self, out: &mut Samples, why: impl FnOnce() -> String) {
+        let name = &out.families[self.family as usize].name;
+        let msg = format!("{name}: {}", why());
+        out.outcome.reject(1, || msg);
+    }
+
+    /// Rejects a point whose labels were refused, counting a limit by its reason.
+    fn reject_labels(&self, out: &mut Samples, r: Rejection) {
+        match r {
+            Rejection::Invalid(why) => self.reject(out, || why),
+            Rejection::Limit((reason, why)) => {
+                out.limited.add(reason, 1);
+                self.reject(out, || why);
+            }
+        }
+    }
+}
+
+pub(super) fn number_point(
+    ctx: &PointCtx<'_>,
+    dp: pm::NumberDataPoint,
+    t: Temporality,
+    out: &mut Samples,
+    s: &mut Scratch,
+) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    let v = match dp.value {
+        Some(pm::number_data_point::Value::AsDouble(d)) => d,
+        Some(pm::number_data_point::Value::AsInt(i)) => i as f64,
+        None => return ctx.reject(out, || "data point has no value".into()),
+    };
+    if ctx.kind == MetricKind::Counter && (v.is_nan() || v < 0.0) {
+        return ctx.reject(out, || {
+            format!("monotonic sum has value {v}; counters must be non-negative numbers")
+        });
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject_labels(out, e),
+    };
+    let ex = if ctx.kind == MetricKind::Counter {
+        push_exemplars(&dp.exemplars, out)
+    } else {
+        Span::default()
+    };
+    ctx.push(out, labels, t, PointValue::Number(v), ex);
+}
+
+pub(super) fn histogram_point(
+    ctx: &PointCtx<'_>,
+    dp: pm::HistogramDataPoint,
+    t: Temporality,
+    out: &mut Samples,
+    s: &mut Scratch,
+) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    let nb = dp.explicit_bounds.len();
+    if !dp.bucket_counts.is_empty() && dp.bucket_counts.len() != nb + 1 {
+        return ctx.reject(out, || {
+            format!(
+                "histogram has {} bucket counts for {nb} bounds (expected {})",
+                dp.bucket_counts.len(),
+                nb + 1
+            )
+        });
+    }
+    if dp.explicit_bounds.iter().any(|b| !b.is_finite()) {
+        return ctx.reject(out, || {
+            "histogram bounds must be finite (the +Inf bucket is implicit)".into()
+        });
+    }
+    if dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return ctx.reject(out, || "histogram bounds are not strictly increasing".into());
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject_labels(out, e),
+    };
+    let fb = out.floats.len();
+    let cb = out.counts.len();
+    if dp.bucket_counts.is_empty() {
+        // No buckets: a single +Inf bucket holding every observation.
+        out.counts.push(dp.count);
+    } else {
+        out.floats.extend_from_slice(&dp.explicit_bounds);
+        out.counts.extend_from_slice(&dp.bucket_counts);
+    }
+    let bounds = Span::new(fb, out.floats.len());
+    let counts = Span::new(cb, out.counts.len());
+    let ex = push_exemplars(&dp.exemplars, out);
+    let value = PointValue::Histogram {
+        count: dp.count,
+        sum: dp.sum.unwrap_or(f64::NAN),
+        bounds,
+        counts,
+    };
+    ctx.push(out, labels, t, value, ex);
+}
+
+pub(super) fn exponential_point(
+    ctx: &PointCtx<'_>,
+    dp: pm::ExponentialHistogramDataPoint,
+    t: Temporality,
+    out: &mut Samples,
+    s: &mut Scratch,
+) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if !(-10..=20).contains(&dp.scale) {
+        return ctx.reject(out, || {
+            format!("exponential histogram scale {} outside [-10, 20]", dp.scale)
+        });
+    }
+    if !(dp.zero_threshold >= 0.0 && dp.zero_threshold.is_finite()) {
+        return ctx.reject(out, || {
+            format!(
+                "exponential histogram zero_threshold {} is not a finite non-negative number",
+                dp.zero_threshold
+            )
+        });
+    }
+    for side in [&dp.positive, &dp.negative].into_iter().flatten() {
+        if !finite_bucket_range(dp.scale, side.offset, side.bucket_counts.len()) {
+            return ctx.reject(out, || {
+                format!(
+                    "exponential histogram buckets from offset {} lie outside the float range",
+                    side.offset
+                )
+            });
+        }
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject_labels(out, e),
+    };
+    let (po, pos) = dp.positive.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
+    let (no, neg) = dp.negative.map(|b| (b.offset, b.bucket_counts)).unwrap_or_default();
+    let p0 = out.counts.len();
+    out.counts.extend_from_slice(&pos);
+    let n0 = out.counts.len();
+    out.counts.extend_from_slice(&neg);
+    let ex = push_exemplars(&dp.exemplars, out);
+    let value = PointValue::Exponential(ExpPoint {
+        count: dp.count,
+        sum: dp.sum.unwrap_or(f64::NAN),
+        scale: dp.scale,
+        zero_count: dp.zero_count,
+        zero_threshold: dp.zero_threshold,
+        positive_offset: po,
+        positive: Span::new(p0, n0),
+        negative_offset: no,
+        negative: Span::new(n0, out.counts.len()),
+    });
+    ctx.push(out, labels, t, value, ex);
+}
+
+/// Whether buckets `offset .. offset + len` at `scale` all have finite bounds: bucket `i` spans
+/// `(2^(i·2^-scale), 2^((i+1)·2^-scale)]`, and `f64` covers `2^-1075 .. 2^1024`. This also keeps every
+/// index arithmetic on stored histograms well inside `i32`.
+pub(super) fn finite_bucket_range(scale: i32, offset: i32, len: usize) -> bool {
+    let at_scale = |exp: i64| if scale >= 0 { exp << scale } else { exp >> -scale };
+    let (lo, hi) = (i64::from(offset), i64::from(offset) + len as i64);
+    lo >= at_scale(-1075) && hi < at_scale(1024)
+}
+
+pub(super) fn summary_point(ctx: &PointCtx<'_>, dp: pm::SummaryDataPoint, out: &mut Samples, s: &mut Scratch) {
+    if dp.flags & NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if dp.quantile_values.iter().any(|q| !(0.0..=1.0).contains(&q.quantile)) {
+        return ctx.reject(out, || "summary quantile outside [0, 1]".into());
+    }
+    if dp.sum < 0.0 || dp.quantile_values.iter().any(|q| q.value < 0.0) {
+        return ctx.reject(out, || {
+            "summary with negative values cannot be exposed in OpenMetrics".into()
+        });
+    }
+    let labels = match ctx.labels(&dp.attributes, out, s) {
+        Ok(l) => l,
+        Err(e) => return ctx.reject_labels(out, e),
+    };
+    let f0 = out.floats.len();
+    for q in &dp.quantile_values {
+        out.floats.push(q.quantile);
+        out.floats.push(q.value);
+    }
+    let value = PointValue::Summary {
+        count: dp.count,
+        sum: dp.sum,
+        quantiles: Span::new(f0, out.floats.len()),
+    };
+    ctx.push(out, labels, Temporality::Cumulative, value, Span::default());
+}
+
+/// Keeps exemplars that link to a trace (16-byte non-zero trace id, 8-byte span id).
+pub(super) fn push_exemplars(exs: &[pm::Exemplar], out: &mut Samples) -> Span {
+    let start = out.exemplars.len();
+    for e in exs {
+        let (Ok(trace_id), Ok(span_id)) = (
+            <[u8; 16]>::try_from(e.trace_id.as_slice()),
+            <[u8; 8]>::try_from(e.span_id.as_slice()),
+        ) else {
+            continue;
+        };
+        if trace_id == [0; 16] {
+            continue;
+        }
+        let value = match e.value {
+            Some(pm::exemplar::Value::AsDouble(d)) => d,
+            Some(pm::exemplar::Value::AsInt(i)) => i as f64,
+            None => continue,
+        };
+        out.exemplars.push(Exemplar {
+            trace_id,
+            span_id,
+            value,
+            time_unix_nano: e.time_unix_nano,
+        });
+    }
+    Span::new(start, out.exemplars.len())
+}
