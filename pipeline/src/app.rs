@@ -23,7 +23,7 @@ use crate::process::enrich::{CatalogHandle, Enricher};
 use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::{Shared, grpc, http};
-use crate::server::{self, ListenerKind};
+use crate::server::{self, ConnectionStats, ListenerKind};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -94,6 +94,26 @@ impl Stage {
             }
         }
         first
+    }
+}
+
+impl Stage {
+    /// Serves `router` on `listener` through [`server::serve`] until this stage is cancelled.
+    fn serve_http(
+        &mut self,
+        listener: TcpListener,
+        router: axum::Router,
+        kind: ListenerKind,
+        limits: server::Limits,
+        conns: Arc<ConnectionStats>,
+        failed: &'static str,
+    ) {
+        let stop = self.token.clone().cancelled_owned();
+        self.tasks.spawn(async move {
+            server::serve(listener, router, kind, limits, conns, stop)
+                .await
+                .context(failed)
+        });
     }
 }
 
@@ -239,30 +259,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("OTLP/gRPC server failed")
     });
 
-    let c = receivers.token.clone();
-    let router = http::router(shared);
     let h = &otlp.http;
-    let limits = http_limits(
-        h.max_connections,
-        h.idle_timeout,
-        h.header_read_timeout,
-        h.body_read_timeout,
+    receivers.serve_http(
+        http_l,
+        http::router(shared),
+        ListenerKind::OtlpHttp,
+        http_limits(
+            h.max_connections,
+            h.idle_timeout,
+            h.header_read_timeout,
+            h.body_read_timeout,
+        ),
+        telemetry.connections.clone(),
+        "OTLP/HTTP server failed",
     );
-    let conns = telemetry.connections.clone();
-    receivers.tasks.spawn(async move {
-        server::serve(
-            http_l,
-            router,
-            ListenerKind::OtlpHttp,
-            limits,
-            conns,
-            c.cancelled_owned(),
-        )
-        .await
-        .context("OTLP/HTTP server failed")
-    });
 
-    let c = rest.token.clone();
     let state = ExposeState {
         store: store.clone(),
         telemetry: telemetry.clone(),
@@ -271,26 +282,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiter: limiter.clone(),
     };
     let p = &config.prometheus;
-    let limits = http_limits(
-        p.max_connections,
-        p.idle_timeout,
-        p.header_read_timeout,
-        p.body_read_timeout,
+    rest.serve_http(
+        prom_l,
+        routes::router(state),
+        ListenerKind::Prometheus,
+        http_limits(
+            p.max_connections,
+            p.idle_timeout,
+            p.header_read_timeout,
+            p.body_read_timeout,
+        ),
+        telemetry.connections.clone(),
+        "Prometheus endpoint failed",
     );
-    let conns = telemetry.connections.clone();
-    rest.tasks.spawn(async move {
-        let router = routes::router(state);
-        server::serve(
-            prom_l,
-            router,
-            ListenerKind::Prometheus,
-            limits,
-            conns,
-            c.cancelled_owned(),
-        )
-        .await
-        .context("Prometheus endpoint failed")
-    });
 
     let c = rest.token.clone();
     let (st, tel, lim) = (store.clone(), telemetry.clone(), limiter.clone());
