@@ -18,3 +18,4 @@ pub mod store;
 pub mod telemetry;
 /// Builders for tests and benches: OTLP requests and a Spindle on port 0.
 pub mod testing;
+pub mod util;

@@ -16,10 +16,11 @@ use std::time::Duration;
 use crate::export::stats::{DURATION_BUCKETS, DurationHistogram};
 pub use crate::export::stats::{DropReason, ExporterStats, Reason, RemoteWriteDropReason};
 use crate::model::Format;
+use crate::model::batch::LimitReason;
 use crate::process::cardinality::LimiterStats;
 use crate::process::cardinality::RejectReason;
 use crate::process::cardinality::stats::MAX_FOLDED_SERIES as FOLDED_SERIES;
-use crate::process::translate::{LimitReason, LimitStats};
+use crate::process::translate::LimitStats;
 use crate::receive::stats::{PROTOCOLS, ReceiverStats, RefusalReason, SIGNALS};
 pub use crate::server::stats::{CloseReason, ConnectionStats, ListenerKind};
 
@@ -429,7 +430,7 @@ impl Telemetry {
         w.header(&CARDINALITY_FOLDED);
         c.each_folded(|metric, reason, n| {
             escaped.clear();
-            crate::store::escape_label_value(metric, &mut escaped);
+            crate::util::labels::escape_label_value(metric, &mut escaped);
             let _ = writeln!(
                 w.out,
                 "{}_total{{metric=\"{}\",reason=\"{reason}\"}} {n}",
@@ -563,8 +564,8 @@ mod tests {
 
     use super::*;
     use crate::config::NormalizeKind;
+    use crate::model::batch::LimitCounts;
     use crate::model::{Protocol, Signal};
-    use crate::process::translate::LimitCounts;
 
     fn rendered(t: &Telemetry, format: Format) -> String {
         let mut s = String::new();

@@ -14,7 +14,7 @@ use prost::Message;
 use spindle::config::{ByteSize, DurationStr, OtlpExporterConfig};
 use spindle::export::traces;
 use spindle::model::Format;
-use spindle::process::translate::Samples;
+use spindle::model::batch::Samples;
 use spindle::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 

@@ -432,14 +432,13 @@ async fn shutdown_pushes_a_last_snapshot() {
     let spindle = start_spindle(|c| {
         let rw = &mut c.exporters.remote_write;
         rw.endpoint = Some(format!("http://{addr}/api/v1/write"));
-        // Only the snapshot at start-up (empty: nothing sent) would come before shutdown.
+        // The first periodic snapshot would come an hour after start: only shutdown pushes.
         rw.interval = DurationStr(Duration::from_secs(3600));
     })
     .await;
     send_counter(&spindle, 5.0).await;
     let telemetry = spindle.telemetry.clone();
-    // Under load the start-up snapshot may run late and carry the counter too, so what proves
-    // the shutdown push is a snapshot taken after shutdown began, as the last request.
+    // What proves the shutdown push is a snapshot taken after shutdown began, as the last request.
     let shutdown_began_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

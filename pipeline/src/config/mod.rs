@@ -29,8 +29,7 @@ pub use crate::export::traces::config::{
 pub use crate::expose::config::PrometheusConfig;
 pub use crate::process::cardinality::config::{CardinalityConfig, MetricOverride, NormalizeKind, NormalizeRule};
 pub use crate::process::enrich::config::{
-    CatalogConfig, CatalogFormat, EnrichConfig, EnrichRule, RuleAction, RuleTarget, SignalName, StaticAction,
-    StaticAttribute,
+    CatalogConfig, CatalogFormat, EnrichConfig, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
 pub use crate::process::span_metrics::config::{Dimension, SpanKindName, SpanMetricsConfig};
 pub use crate::receive::config::{

@@ -12,8 +12,8 @@ pub mod openmetrics;
 pub mod routes;
 pub mod text;
 
+use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Format, MetricKind};
-use crate::process::translate::FamilyMeta;
 use crate::store::{Series, SeriesValue, Store};
 use crate::telemetry::Telemetry;
 

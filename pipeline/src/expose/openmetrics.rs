@@ -1,8 +1,8 @@
 //! OpenMetrics 1.0.0 encoder: `# TYPE`/`# UNIT`/`# HELP`, exemplars, `# EOF`.
 
 use super::{Encoder, escape_help, write_f64};
+use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Format};
-use crate::process::translate::FamilyMeta;
 
 /// The `Content-Type` of OpenMetrics responses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -210,8 +210,8 @@ mod tests {
 
     /// Routes over a store with `n` series of one counter, and the limiter they report from.
     fn state_with(n: usize) -> ExposeState {
+        use crate::model::batch::{FamilyMeta, PointValue, Samples};
         use crate::model::{MetricKind, Temporality};
-        use crate::process::translate::{FamilyMeta, PointValue, Samples};
         let telemetry = Arc::new(Telemetry::default());
         let store = Arc::new(Store::new(std::time::Duration::from_secs(60), usize::MAX, &[]));
         let mut b = Samples::default();

@@ -1,8 +1,8 @@
 //! Prometheus text format 0.0.4 encoder: `# HELP`/`# TYPE`, no exemplars, no `# EOF`.
 
 use super::{Encoder, escape_help};
+use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Format, MetricKind};
-use crate::process::translate::FamilyMeta;
 
 /// The `Content-Type` of text-format responses.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

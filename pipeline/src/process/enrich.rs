@@ -20,6 +20,9 @@ use parking_lot::{Mutex, RwLock};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
+use crate::model::Signal;
+use crate::util::glob::Glob;
+
 pub mod config;
 pub use config::*;
 
@@ -291,41 +294,6 @@ fn parse_bytes(bytes: &[u8], format: CatalogFormat, path: &str) -> Result<Catalo
     })
 }
 
-/// A glob with `*` (any run, also empty) and `?` (one character).
-#[derive(Debug, Clone)]
-pub struct Glob(Vec<char>);
-
-impl Glob {
-    /// The glob `pattern`.
-    pub fn new(pattern: &str) -> Self {
-        Self(pattern.chars().collect())
-    }
-
-    /// Whether `text` matches the whole glob.
-    pub fn matches(&self, text: &str) -> bool {
-        let p = &self.0;
-        let t: Vec<char> = text.chars().collect();
-        let (mut pi, mut ti) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
-                star = Some((pi, ti));
-                pi += 1;
-            } else if let Some((sp, st)) = star {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            } else {
-                return false;
-            }
-        }
-        p[pi..].iter().all(|c| *c == '*')
-    }
-}
-
 fn any_match(globs: &[Glob], text: &str) -> bool {
     globs.is_empty() || globs.iter().any(|g| g.matches(text))
 }
@@ -402,8 +370,8 @@ impl Enricher {
                 key: r.key.clone(),
                 op,
                 resource: r.target == RuleTarget::Resource,
-                metrics: all || r.signals.contains(&SignalName::Metrics),
-                traces: all || r.signals.contains(&SignalName::Traces),
+                metrics: all || r.signals.contains(&Signal::Metrics),
+                traces: all || r.signals.contains(&Signal::Traces),
                 services: r.services.iter().map(|g| Glob::new(g)).collect(),
                 names: r.names.iter().map(|g| Glob::new(g)).collect(),
             });
@@ -562,12 +530,7 @@ fn apply(rule: &Rule, attrs: &mut Vec<KeyValue>) {
         (Op::Hash, Some(i)) => {
             if let Some(text) = attrs[i].value.as_ref().and_then(value_text) {
                 let digest = Sha256::digest(text.as_bytes());
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let hex: String = digest
-                    .iter()
-                    .flat_map(|b| [HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char])
-                    .collect();
-                attrs[i].value = Some(string_value(hex));
+                attrs[i].value = Some(string_value(crate::util::hex::encode(&digest)));
             }
         }
         (Op::Extract(re), Some(i)) => {

@@ -13,10 +13,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::export::traces::TraceExporter;
 use crate::model::Outcome;
+use crate::model::batch::Samples;
 use crate::process::cardinality::Limiter;
 use crate::process::enrich::Enricher;
 use crate::process::span_metrics::SpanMetrics;
-use crate::process::translate::{Samples, Translator};
+use crate::process::translate::Translator;
 use crate::receive::Consumer;
 use crate::receive::status::Refusal;
 use crate::store::Store;

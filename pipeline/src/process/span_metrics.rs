@@ -26,9 +26,9 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 pub mod config;
 pub use config::*;
 
-use super::translate::{
-    FamilyMeta, LimitCounts, LimitReason, LimitStats, PointValue, Samples, truncate_value, truncated, write_any,
-};
+use super::translate::{LimitStats, truncate_value, truncated, write_any};
+
+use crate::model::batch::{FamilyMeta, LimitCounts, LimitReason, PointValue, Samples};
 use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
 use crate::receive::config::LimitsConfig;
 

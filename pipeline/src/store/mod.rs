@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use hashbrown::{HashMap, HashSet, HashTable};
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
+use crate::model::batch::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples};
 use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
-use crate::process::translate::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples};
+use crate::util::labels::escape_label_value;
 use exp::{Buckets, ExpHistogram};
 
 type Hasher = foldhash::fast::RandomState;
@@ -425,23 +426,6 @@ pub fn render_labels(batch: &Samples, labels: &[Label], out: &mut Vec<u8>) {
         out.extend_from_slice(b"=\"");
         escape_label_value(batch.str(l.value), out);
         out.push(b'"');
-    }
-}
-
-/// Escapes a label value for both exposition formats: `\` → `\\`, `"` → `\"`, newline → `\n`.
-pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
-    let b = v.as_bytes();
-    if !b.iter().any(|c| matches!(c, b'\\' | b'"' | b'\n')) {
-        out.extend_from_slice(b);
-        return;
-    }
-    for &c in b {
-        match c {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            c => out.push(c),
-        }
     }
 }
 

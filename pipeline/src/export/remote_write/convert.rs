@@ -19,8 +19,8 @@ use hashbrown::HashSet;
 use prost::Message;
 
 use super::proto::{Exemplar, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest};
+use crate::model::batch::FamilyMeta;
 use crate::model::{self, MetricKind};
-use crate::process::translate::FamilyMeta;
 use crate::store::{self, SeriesValue, Store};
 
 /// One encoded request, ready to send.

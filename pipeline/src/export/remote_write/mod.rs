@@ -170,7 +170,10 @@ async fn run(mut snapshots: Snapshots, sender: Sender, drain: CancellationToken)
     let deadline = sender.deadline.clone();
     let shutdown_timeout = sender.config.shutdown_timeout.0;
     let sending = tokio::spawn(sender.run());
-    let mut tick = tokio::time::interval(snapshots.config.interval.0);
+    // The first snapshot one interval after start: at start the receivers have only just opened,
+    // so a snapshot then would race them and usually carry nothing.
+    let every = snapshots.config.interval.0;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -35,7 +35,7 @@ use queue::{Pending, Queue, heap_bytes, samples_heap_bytes};
 use worker::Worker;
 
 use super::stats::{DropReason, ExporterStats};
-use crate::process::translate::Samples;
+use crate::model::batch::Samples;
 use crate::receive::status::Refusal;
 
 /// Errors building the exporter from its configuration.

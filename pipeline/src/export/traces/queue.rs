@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::process::translate::Samples;
+use crate::model::batch::Samples;
 
 pub(super) struct Pending {
     pub(super) req: ExportTraceServiceRequest,
@@ -115,7 +115,7 @@ pub(super) fn heap_bytes(req: &ExportTraceServiceRequest) -> u64 {
 
 /// Heap bytes a batch of exemplars holds (its arenas, by capacity; the struct itself not).
 pub(super) fn samples_heap_bytes(s: &Samples) -> u64 {
-    use crate::process::translate::{FamilyMeta, Label, Point};
+    use crate::model::batch::{FamilyMeta, Label, Point};
     let families: usize = s
         .families
         .iter()

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::export::jitter;
 use crate::export::stats::{DropReason, ExporterStats, Reason};
-use crate::process::translate::Samples;
+use crate::model::batch::Samples;
 
 use super::OnForwarded;
 use super::client::{Attempt, Client};

@@ -297,7 +297,7 @@ fn label_list_problems(allow: &[String], deny: &[String], prefix: &str, out: &mu
 /// Labels are matched as Prometheus sees them, so a name with characters Prometheus replaces never
 /// matches.
 fn label_name_problem(path: &str, name: &str) -> Option<Problem> {
-    let fixed = crate::process::translate::sanitized_label_name(name);
+    let fixed = crate::util::labels::sanitized_label_name(name);
     (fixed != name).then(|| Problem {
         path: path.into(),
         message: format!("`{name}` is not a label name Spindle produces, so it would never match"),

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::model::Temporality;
-use crate::process::translate::{ExpPoint, PointValue, Samples, Span};
+use crate::model::batch::{ExpPoint, PointValue, Samples, Span};
 use crate::store::exp_from;
 
 use super::state::{FamilyState, Last, LastHistogram, StreamState};

@@ -48,11 +48,11 @@ use rules::{Normalizer, Policy, builtin_pattern};
 use state::{Admitted, FamilyHandle, FamilyState, FamilyStats};
 pub use stats::LimiterStats;
 
-use crate::model::{MetricKind, Temporality};
-use crate::process::enrich::Glob;
 #[cfg(test)]
-use crate::process::translate::ExpPoint;
-use crate::process::translate::{FamilyMeta, PointValue, Samples, Span};
+use crate::model::batch::ExpPoint;
+use crate::model::batch::{FamilyMeta, PointValue, Samples, Span};
+use crate::model::{MetricKind, Temporality};
+use crate::util::glob::Glob;
 
 /// Label values of a live series are re-stamped once per this many ticks (not on every point), and
 /// are kept this much longer than the TTL, so they never expire before a series that carries them.

@@ -10,7 +10,7 @@ use hashbrown::{HashMap, HashTable};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use crate::process::translate::{Samples, Span};
+use crate::model::batch::{Samples, Span};
 use crate::store::Store;
 
 use super::state::FamilyHandle;

@@ -3,8 +3,8 @@
 
 use regex::{Captures, Regex};
 
-use crate::process::enrich::Glob;
-use crate::process::translate::{Label, Samples, Span};
+use crate::model::batch::{Label, Samples, Span};
+use crate::util::glob::Glob;
 
 use super::state::FamilyState;
 use super::{BatchState, Limiter, NormalizeKind};

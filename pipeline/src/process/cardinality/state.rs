@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-use crate::process::translate::{Samples, Span};
+use crate::model::batch::{Samples, Span};
 use crate::store::exp::ExpHistogram;
 
 use super::rules::Policy;

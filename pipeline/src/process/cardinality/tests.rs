@@ -9,8 +9,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::{MetricOverride, NormalizeRule};
+use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Outcome};
-use crate::process::translate::FamilyMeta;
 use crate::store::{SeriesValue, Store, parse_labels};
 use crate::telemetry::Telemetry;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{DurationStr, Problem};
+use crate::model::Signal;
 
 /// `processors.enrich`: applied to every metrics and traces request before anything else reads
 /// it. Order: catalog attributes, then `resource_attributes`, then `rules` in order. Default:
@@ -81,16 +82,6 @@ pub enum RuleTarget {
     Resource,
 }
 
-/// A signal, as written in config.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalName {
-    /// Metrics requests.
-    Metrics,
-    /// Traces requests (and so span metrics).
-    Traces,
-}
-
 /// One rule of `processors.enrich.rules`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +104,7 @@ pub struct EnrichRule {
     pub target: RuleTarget,
     /// Signals the rule applies to (`metrics`, `traces`). Default: both.
     #[serde(default)]
-    pub signals: Vec<SignalName>,
+    pub signals: Vec<Signal>,
     /// Globs (`*`, `?`) on `service.name`; the rule applies when one matches. Default: every service.
     #[serde(default)]
     pub services: Vec<String>,
@@ -351,7 +342,7 @@ mod tests {
         let e = &c.processors.enrich;
         assert_eq!(e.resource_attributes[0].action, StaticAction::Upsert);
         assert_eq!(e.rules[0].action, RuleAction::Extract);
-        assert_eq!(e.rules[0].signals, vec![SignalName::Traces]);
+        assert_eq!(e.rules[0].signals, vec![Signal::Traces]);
         assert_eq!(e.rules[1].target, RuleTarget::Resource);
         assert_eq!(
             Config::default().processors.enrich,

@@ -184,7 +184,7 @@ fn rules_apply_in_order() {
 #[test]
 fn signal_scope() {
     let mut r = with_value(rule(RuleAction::Insert, "k"), "v");
-    r.signals = vec![SignalName::Traces];
+    r.signals = vec![Signal::Traces];
     let e = enricher(vec![r]);
     let mut m = metrics("svc", "op", vec![]);
     e.metrics(&mut m);
@@ -277,22 +277,6 @@ fn default_config_is_a_noop() {
     let before = m.clone();
     e.metrics(&mut m);
     assert_eq!(m, before);
-}
-
-#[test]
-fn globs_match_whole_names() {
-    for (g, t, want) in [
-        ("*", "", true),
-        ("a*c", "abbbc", true),
-        ("a*c", "abbbd", false),
-        ("a?c", "abc", true),
-        ("a?c", "ac", false),
-        ("*.duration", "http.server.duration", true),
-        ("http", "https", false),
-        ("*a*b", "xaybzb", true),
-    ] {
-        assert_eq!(Glob::new(g).matches(t), want, "{g} vs {t}");
-    }
 }
 
 #[test]

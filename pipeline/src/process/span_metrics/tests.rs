@@ -3,7 +3,7 @@ use opentelemetry_proto::tonic::trace::v1::{Status, span::SpanKind};
 
 use super::*;
 use crate::config::{Dimension, SpanKindName};
-use crate::process::translate::Point;
+use crate::model::batch::Point;
 use crate::testing::{self, kv, traces_request};
 
 fn span(name: &str, kind: SpanKind, millis: u64, id: u8, attrs: Vec<KeyValue>) -> OtlpSpan {

@@ -4,7 +4,8 @@
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 
 use super::limits::truncate_value;
-use super::samples::{Label, Samples, Span};
+use crate::model::batch::{Label, Samples, Span};
+use crate::util::labels;
 
 /// Sorts the labels from `start` by name and joins values of names that collide (`;`, in the
 /// order they were pushed), truncating joined values to `max_value` bytes. Returns how many
@@ -75,38 +76,10 @@ pub(super) fn push_label(text: &mut String, name: &str, value: &str) -> Label {
     Label { name, value }
 }
 
-/// Appends `raw` sanitized as a label name: invalid characters → `_`, runs of `_` collapsed,
-/// `key_` prefix when it would start with a digit, `key` prefix when it would start with `_`.
-/// An attribute key as the label name translation gives it (`http.route` → `http_route`).
-pub fn sanitized_label_name(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 4);
-    push_sanitized_label_name(&mut out, raw);
-    out
-}
-
 pub(super) fn push_sanitized_label_name(text: &mut String, raw: &str) -> Span {
     let start = text.len();
-    match raw.chars().next() {
-        Some(c) if c.is_ascii_digit() => text.push_str("key_"),
-        Some('_') => text.push_str("key"),
-        None => text.push_str("key_empty"),
-        _ => {}
-    }
-    push_sanitized(text, raw, false);
+    labels::push_sanitized_label_name(text, raw);
     Span::new(start, text.len())
-}
-
-/// Appends `raw` with characters outside `[a-zA-Z0-9_]` (and `:` if `colon`) replaced by `_`, and
-/// runs of `_` collapsed to one.
-pub(super) fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
-    for c in raw.chars() {
-        let ok = c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':');
-        let c = if ok { c } else { '_' };
-        if c == '_' && out.ends_with('_') {
-            continue;
-        }
-        out.push(c);
-    }
 }
 
 /// Renders an attribute value as a label value: strings as is, scalars in their usual form,
@@ -123,9 +96,7 @@ pub(crate) fn write_any(v: &AnyValue, out: &mut String) {
             let _ = write!(out, "{d}");
         }
         Some(any_value::Value::BytesValue(b)) => {
-            for byte in b {
-                let _ = write!(out, "{byte:02x}");
-            }
+            crate::util::hex::push_str(b, out);
         }
         Some(any_value::Value::ArrayValue(a)) => {
             out.push('[');

@@ -5,66 +5,7 @@ use std::borrow::Cow;
 
 use crate::receive::config::LimitsConfig;
 
-use super::samples::Samples;
-
-/// Why a limit of `receivers.otlp.limits` refused or changed an item (the `reason` label of
-/// `spindle_limited_items_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitReason {
-    /// A metric name longer than `max_metric_name_length`: its points are rejected.
-    MetricNameTooLong,
-    /// A label name longer than `max_label_name_length`: the point is rejected.
-    LabelNameTooLong,
-    /// A label value longer than `max_label_value_length`: truncated, the point kept.
-    LabelValueTruncated,
-    /// More attributes than `max_attributes_per_point` / `max_attributes_per_span`: rejected.
-    TooManyAttributes,
-    /// A label set larger than `max_label_set_size`: the point is rejected.
-    LabelSetTooLarge,
-}
-
-impl LimitReason {
-    /// Every reason, in label order.
-    pub const ALL: [LimitReason; 5] = [
-        LimitReason::MetricNameTooLong,
-        LimitReason::LabelNameTooLong,
-        LimitReason::LabelValueTruncated,
-        LimitReason::TooManyAttributes,
-        LimitReason::LabelSetTooLarge,
-    ];
-
-    /// The `reason` label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LimitReason::MetricNameTooLong => "metric_name_too_long",
-            LimitReason::LabelNameTooLong => "label_name_too_long",
-            LimitReason::LabelValueTruncated => "label_value_truncated",
-            LimitReason::TooManyAttributes => "too_many_attributes",
-            LimitReason::LabelSetTooLarge => "label_set_too_large",
-        }
-    }
-}
-
-/// Items each limit refused or changed in one batch, indexed by [`LimitReason`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitCounts(pub [u64; LimitReason::ALL.len()]);
-
-impl LimitCounts {
-    /// Adds `n` items for `reason`.
-    pub fn add(&mut self, reason: LimitReason, n: u64) {
-        self.0[reason as usize] += n;
-    }
-
-    /// Items counted for `reason`.
-    pub fn get(&self, reason: LimitReason) -> u64 {
-        self.0[reason as usize]
-    }
-
-    /// Whether nothing was counted.
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|n| *n == 0)
-    }
-}
+use crate::model::batch::{LimitReason, Samples};
 
 /// The marker that ends a truncated label value.
 pub const TRUNCATION_MARKER: &str = "…";

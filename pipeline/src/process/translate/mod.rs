@@ -39,16 +39,15 @@ mod points;
 mod samples;
 pub mod stats;
 
-pub use labels::sanitized_label_name;
+use crate::model::batch::{FamilyMeta, Label, LimitReason, Point, PointValue, Samples, Span};
 pub(crate) use labels::write_any;
 use labels::{finish_labels, push_label, push_sanitized_label_name, push_str};
-pub use limits::{LimitCounts, LimitReason, TRUNCATION_MARKER, truncate_value, truncated};
 use limits::{Limited, check_labels, label_name_too_long, preview, too_many_attributes};
+pub use limits::{TRUNCATION_MARKER, truncate_value, truncated};
 pub use names::{prometheus_name, prometheus_unit};
 #[cfg(test)]
 use points::finite_bucket_range;
 use points::{PointCtx, exponential_point, histogram_point, number_point, summary_point};
-pub use samples::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples, Span};
 pub use stats::LimitStats;
 
 /// Configuration of the translation.

@@ -2,7 +2,7 @@
 
 use crate::model::MetricKind;
 
-use super::labels::push_sanitized;
+use crate::util::labels::push_sanitized;
 
 /// The Prometheus family name and unit of an OTLP metric.
 ///

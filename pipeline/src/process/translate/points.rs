@@ -9,8 +9,9 @@ use crate::receive::config::LimitsConfig;
 
 use super::Scratch;
 use super::labels::{merge_labels, push_sanitized_label_name, push_str, sort_labels, write_any};
-use super::limits::{LimitReason, Limited, check_labels, too_many_attributes, truncate_value};
-use super::samples::{ExpPoint, Label, Point, PointValue, Samples, Span};
+use super::limits::{Limited, check_labels, too_many_attributes, truncate_value};
+use crate::model::batch::LimitReason;
+use crate::model::batch::{ExpPoint, Label, Point, PointValue, Samples, Span};
 
 pub(super) struct PointCtx<'a> {
     pub(super) family: u32,

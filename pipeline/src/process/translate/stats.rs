@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{LimitCounts, LimitReason};
 use crate::model::Signal;
+use crate::model::batch::{LimitCounts, LimitReason};
 
 // The counters are indexed by `as usize`: every reason must be listed at its index.
 const _: () = {

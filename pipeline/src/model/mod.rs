@@ -2,8 +2,11 @@
 //!
 //! Every module may import from here; this module imports from none of them.
 
-/// The kind of telemetry in a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub mod batch;
+
+/// The kind of telemetry in a request (in config: `metrics`, `traces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// OTLP metrics.
     Metrics,

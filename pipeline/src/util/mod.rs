@@ -1,0 +1,6 @@
+//! Small shared helpers below every component: hex encoding, globs, label-name sanitizing and
+//! label-value escaping. Every module may import from here; this module imports from none of them.
+
+pub mod glob;
+pub mod hex;
+pub mod labels;
