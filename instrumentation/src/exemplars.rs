@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -177,13 +177,88 @@ fn bucket_of(bounds: &[f64], v: f64) -> usize {
     bounds.partition_point(|&b| b < v)
 }
 
-type SeriesKey = (u32, Vec<KeyValue>);
+/// One series of one shard: instrument, sorted attributes and reservoir.
+#[derive(Debug)]
+struct Series {
+    id: u32,
+    attrs: Vec<KeyValue>,
+    reservoir: Reservoir,
+}
 
+/// Series keyed by the hash of (instrument, sorted attributes), so that a measurement finds its
+/// series without building an owned key; equal hashes share the bucket's list.
 #[derive(Debug, Default)]
 struct Shard {
-    series: HashMap<SeriesKey, Reservoir>,
+    series: HashMap<u64, Vec<Series>, BuildHasherDefault<PreHashed>>,
+    len: usize,
     rng: u64,
 }
+
+/// The `Hasher` of keys that are hashes already.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FX_SEED);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+/// A fast non-cryptographic hasher (the rustc `FxHasher` mix) for attribute sets.
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Attribute sets up to this size are sorted in a stack buffer (no allocation per measurement).
+const INLINE_ATTRIBUTES: usize = 16;
 
 impl Shard {
     fn next_random(&mut self) -> u64 {
@@ -250,7 +325,8 @@ impl ExemplarStore {
             shards: (0..n)
                 .map(|_| {
                     Mutex::new(Shard {
-                        series: HashMap::new(),
+                        series: HashMap::default(),
+                        len: 0,
                         rng: seed(),
                     })
                 })
@@ -283,26 +359,64 @@ impl ExemplarStore {
             trace_id,
             span_id,
         };
-        let mut attrs = attributes.to_vec();
-        attrs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        attrs.dedup_by(|a, b| a.key == b.key);
+        // The attributes' order, sorted by key with duplicates removed, without allocating.
+        let mut inline = [0usize; INLINE_ATTRIBUTES];
+        let mut heap = Vec::new();
+        let order: &mut [usize] = if attributes.len() <= INLINE_ATTRIBUTES {
+            let order = &mut inline[..attributes.len()];
+            for (i, slot) in order.iter_mut().enumerate() {
+                *slot = i;
+            }
+            order
+        } else {
+            heap.extend(0..attributes.len());
+            &mut heap
+        };
+        order.sort_unstable_by(|&a, &b| attributes[a].key.cmp(&attributes[b].key));
+        let mut kept = 0;
+        for i in 0..order.len() {
+            if kept == 0 || attributes[order[kept - 1]].key != attributes[order[i]].key {
+                order[kept] = order[i];
+                kept += 1;
+            }
+        }
+        let order = &order[..kept];
+        let mut hasher = FxHasher(u64::from(id));
+        for &i in order {
+            attributes[i].hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        let same = |s: &Series| {
+            s.id == id && s.attrs.len() == order.len() && s.attrs.iter().zip(order).all(|(a, &i)| *a == attributes[i])
+        };
         let shard = &self.shards[thread_index() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (id, attrs);
-        if !shard.series.contains_key(&key) {
-            if shard.series.len() >= MAX_SERIES_PER_SHARD {
-                return;
-            }
-            let reservoir = match kind {
-                Kind::Counter => Reservoir::Counter { seen: 0, sampled: None },
-                Kind::Histogram(bounds) => Reservoir::Histogram {
-                    slots: vec![None; bounds.len() + 1],
-                },
-            };
-            shard.series.insert(key.clone(), reservoir);
-        }
         let random = shard.next_random();
-        let Some(reservoir) = shard.series.get_mut(&key) else {
+        let found = shard.series.get(&hash).and_then(|bucket| bucket.iter().position(same));
+        let position = match found {
+            Some(p) => p,
+            None => {
+                if shard.len >= MAX_SERIES_PER_SHARD {
+                    return;
+                }
+                let reservoir = match kind {
+                    Kind::Counter => Reservoir::Counter { seen: 0, sampled: None },
+                    Kind::Histogram(bounds) => Reservoir::Histogram {
+                        slots: vec![None; bounds.len() + 1],
+                    },
+                };
+                let series = Series {
+                    id,
+                    attrs: order.iter().map(|&i| attributes[i].clone()).collect(),
+                    reservoir,
+                };
+                shard.len += 1;
+                let bucket = shard.series.entry(hash).or_default();
+                bucket.push(series);
+                bucket.len() - 1
+            }
+        };
+        let Some(Series { reservoir, .. }) = shard.series.get_mut(&hash).and_then(|b| b.get_mut(position)) else {
             return;
         };
         match (reservoir, kind) {
@@ -338,7 +452,7 @@ impl ExemplarStore {
         let mut pick = seed();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((id, attrs), reservoir) in shard.series.iter_mut() {
+            for Series { id, attrs, reservoir } in shard.series.values_mut().flatten() {
                 let Some(name) = names.get(*id as usize) else {
                     continue;
                 };

@@ -23,13 +23,12 @@ use axum::extract::MatchedPath;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
 use tracing::field::Empty;
-use tracing::instrument::{Instrument, Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// `http.route` of requests that matched no route (404 fallbacks).
@@ -210,28 +209,46 @@ where
             }
         }
 
-        let active_attrs = [
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("url.scheme", scheme),
-        ];
-        self.metrics.active.add(1, &active_attrs);
         let record = RecordOnDone {
             metrics: self.metrics.clone(),
             start,
-            attrs: [
-                KeyValue::new("http.request.method", method),
-                KeyValue::new("url.scheme", scheme),
-                KeyValue::new("network.protocol.version", version),
-                KeyValue::new("http.route", route.to_owned()),
-            ],
-            active_attrs,
+            method,
+            scheme,
+            version,
+            route: cached_route(route),
         };
-        // The handler runs when the future is polled, inside the span (Instrumented enters it).
+        self.metrics.active.add(1, &record.active_attributes());
         ResponseFuture {
-            inner: self.inner.call(req).instrument(span),
+            inner: Some(self.inner.call(req)),
+            span,
             record: Some(record),
         }
     }
+}
+
+/// Route templates already seen on this thread, shared by reference count so that a request's
+/// `http.route` metric attribute costs no allocation; at most [`ROUTE_CACHE_SIZE`] per thread
+/// (beyond that each request allocates its own).
+const ROUTE_CACHE_SIZE: usize = 256;
+
+thread_local! {
+    static ROUTES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn cached_route(route: &str) -> Arc<str> {
+    ROUTES
+        .try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(r) = cache.iter().find(|r| &***r == route) {
+                return Arc::clone(r);
+            }
+            let r: Arc<str> = Arc::from(route);
+            if cache.len() < ROUTE_CACHE_SIZE {
+                cache.push(Arc::clone(&r));
+            }
+            r
+        })
+        .unwrap_or_else(|_| Arc::from(route))
 }
 
 /// Holds what the metrics need until the response is there; decrements
@@ -239,17 +256,28 @@ where
 struct RecordOnDone {
     metrics: Arc<HttpMetrics>,
     start: Instant,
-    attrs: [KeyValue; 4],
-    active_attrs: [KeyValue; 2],
+    method: &'static str,
+    scheme: &'static str,
+    version: &'static str,
+    route: Arc<str>,
 }
 
 impl RecordOnDone {
-    fn finish(self, span: &Span, status: Option<u16>, error_type: Option<&'static str>) {
+    fn active_attributes(&self) -> [KeyValue; 2] {
+        [
+            KeyValue::new("http.request.method", self.method),
+            KeyValue::new("url.scheme", self.scheme),
+        ]
+    }
+
+    /// Records the outcome on the span and the duration histogram; called while the request
+    /// span is entered, so the measurement carries its exemplar.
+    fn finish(&self, span: &Span, status: Option<u16>, error_type: Option<&'static str>) {
         let seconds = self.start.elapsed().as_secs_f64();
         let server_error = status.is_some_and(|s| s >= 500);
-        let error_type: Option<String> = match (error_type, status) {
-            (Some(e), _) => Some(e.to_owned()),
-            (None, Some(s)) if server_error => Some(s.to_string()),
+        let error_type: Option<Value> = match (error_type, status) {
+            (Some(e), _) => Some(Value::from(e)),
+            (None, Some(s)) if server_error => Some(Value::from(s.to_string())),
             _ => None,
         };
         if !span.is_disabled() {
@@ -257,37 +285,60 @@ impl RecordOnDone {
                 span.record("http.response.status_code", i64::from(s));
             }
             if let Some(e) = &error_type {
-                span.record("error.type", e.as_str());
+                span.record("error.type", e.as_str().as_ref());
                 span.record("otel.status_code", "ERROR");
             }
         }
-        let [a, b, c, d] = self.attrs.clone();
-        let mut attrs: Vec<KeyValue> = Vec::with_capacity(6);
-        attrs.extend([a, b, c, d]);
+        let mut n = 4;
+        let mut attrs = [
+            KeyValue::new("http.request.method", self.method),
+            KeyValue::new("url.scheme", self.scheme),
+            KeyValue::new("network.protocol.version", self.version),
+            KeyValue::new("http.route", Value::String(StringValue::from(Arc::clone(&self.route)))),
+            KeyValue::new("http.response.status_code", 0_i64),
+            KeyValue::new("error.type", ""),
+        ];
         if let Some(s) = status {
-            attrs.push(KeyValue::new("http.response.status_code", i64::from(s)));
+            attrs[n] = KeyValue::new("http.response.status_code", i64::from(s));
+            n += 1;
         }
         if let Some(e) = error_type {
-            attrs.push(KeyValue::new("error.type", e));
+            attrs[n] = KeyValue::new("error.type", e);
+            n += 1;
         }
-        // Recorded inside the request span, so the measurement carries its exemplar.
-        let _entered = span.enter();
-        self.metrics.duration.record(seconds, &attrs);
+        self.metrics.duration.record(seconds, &attrs[..n]);
     }
 }
 
 impl Drop for RecordOnDone {
     fn drop(&mut self) {
-        self.metrics.active.add(-1, &self.active_attrs);
+        self.metrics.active.add(-1, &self.active_attributes());
     }
 }
 
 pin_project! {
-    /// The response future of [`HttpService`].
+    /// The response future of [`HttpService`]. Each poll enters the request span once: the
+    /// handler runs in it, and on completion the outcome is recorded and the handler's future
+    /// dropped before the span is left (one enter and exit per poll, where an `Instrumented`
+    /// future plus a separate recording step took three).
+    ///
+    /// Like an `async fn`, it panics when polled again after it completed.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: Option<F>,
+        span: Span,
         record: Option<RecordOnDone>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                // Cancelled: the handler's future is dropped inside its span, as it ran there.
+                let _entered = this.span.enter();
+                this.inner.set(None);
+            }
+        }
     }
 }
 
@@ -305,12 +356,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll(cx));
+        let _entered = this.span.enter();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            panic!("spindle_instrument::http::ResponseFuture polled after completion");
+        };
+        let result = ready!(inner.poll(cx));
+        this.inner.set(None);
         if let Some(record) = this.record.take() {
-            let span = this.inner.as_ref().get_ref().span();
             match &result {
-                Ok(resp) => record.finish(span, Some(resp.status().as_u16()), None),
-                Err(_) => record.finish(span, None, Some(std::any::type_name::<E>())),
+                Ok(resp) => record.finish(this.span, Some(resp.status().as_u16()), None),
+                Err(_) => record.finish(this.span, None, Some(std::any::type_name::<E>())),
             }
         }
         Poll::Ready(result)
