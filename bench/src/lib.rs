@@ -156,6 +156,80 @@ pub fn traces_request(
     )
 }
 
+/// A traces request shaped like the side-by-side forwarding load (`../shared/bench/loadgen`): one
+/// resource (service `svc-{k % 8}`), `spans` server spans over six routes, each in its own trace with
+/// random ids, and `attrs` HTTP attributes (8 or 4); 1 in 50 spans is an error.
+pub fn forwarding_request(
+    spans: usize,
+    attrs: usize,
+    k: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+    let int = |k: &str, v: i64| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(v)),
+        }),
+        ..Default::default()
+    };
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (k as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut rng = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let routes = [
+        "/users/{id}",
+        "/orders",
+        "/orders/{id}",
+        "/checkout",
+        "/search",
+        "/cart",
+    ];
+    let spans = (0..spans)
+        .map(|j| {
+            let trace_id = [rng().to_le_bytes(), rng().to_le_bytes()].concat();
+            let start = 1_700_000_000_000_000_000u64 + (j as u64) * 1000;
+            let error = j % 50 == 0;
+            let mut attributes = vec![
+                kv("http.request.method", "GET"),
+                kv("http.route", routes[j % routes.len()]),
+                int("http.response.status_code", if error { 500 } else { 200 }),
+                kv("url.scheme", "http"),
+                kv("server.address", "api.example.com"),
+                int("server.port", 8080),
+                kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) bench"),
+                kv("network.protocol.version", "1.1"),
+            ];
+            attributes.truncate(attrs);
+            Span {
+                trace_id,
+                span_id: rng().to_le_bytes().to_vec(),
+                name: format!("GET {}", routes[j % routes.len()]),
+                kind: 2,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 1_000_000 + rng() % 400_000_000,
+                attributes,
+                status: Some(Status {
+                    code: if error { 2 } else { 0 },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    testing::traces_request(
+        vec![
+            kv("service.name", format!("svc-{}", k % 8)),
+            kv("service.instance.id", format!("i-{}", k % 8)),
+            kv("deployment.environment", "bench"),
+        ],
+        spans,
+    )
+}
+
 /// An OTLP/gRPC trace backend that only counts the spans it receives (gzip accepted), for
 /// forwarding benches.
 #[derive(Debug, Clone, Default)]

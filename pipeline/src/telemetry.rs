@@ -5,18 +5,22 @@
 //! (`receive::stats`, `server::stats`, `process::translate::stats`, `process::cardinality::stats`,
 //! `export::stats`) and counts once per batch or connection, never per item. [`Telemetry`] only
 //! composes them: it holds one of each, hands them to the components when the process is wired
-//! (`app.rs`), and renders every family by its named descriptor ([`Family`]). Imports point one
-//! way: this module imports the components' stats; no component imports it.
+//! (`app.rs`), and walks every family, by its named descriptor ([`Family`]), through the same
+//! sample walk and encoders as the stored families ([`crate::expose::walk`], via
+//! [`SelfMetrics`]). Imports point one way: this module imports the components' stats and the
+//! walk; no component imports it.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::export::stats::{DURATION_BUCKETS, DurationHistogram};
 pub use crate::export::stats::{DropReason, ExporterStats, Reason, RemoteWriteDropReason};
-use crate::model::Format;
+pub use crate::expose::walk::Family;
+use crate::expose::walk::{Own, Sink};
+use crate::expose::{SelfMetrics, render_own};
 use crate::model::batch::LimitReason;
+use crate::model::{Format, MetricKind};
 use crate::process::cardinality::LimiterStats;
 use crate::process::cardinality::RejectReason;
 use crate::process::cardinality::stats::MAX_FOLDED_SERIES as FOLDED_SERIES;
@@ -28,118 +32,86 @@ pub use crate::server::stats::{CloseReason, ConnectionStats, ListenerKind};
 /// [`process::cardinality::stats`](crate::process::cardinality::stats)).
 pub const MAX_FOLDED_SERIES: usize = FOLDED_SERIES;
 
-/// The type of a self-metric family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A counter; its samples end in `_total`.
-    Counter,
-    /// A gauge.
-    Gauge,
-    /// A histogram with `_bucket`, `_count` and `_sum` samples.
-    Histogram,
+/// One family Spindle exposes about itself: name (a counter's without `_total`), type and help.
+const fn family(name: &'static str, kind: MetricKind, help: &'static str) -> Family<'static> {
+    Family::own(name, kind, help)
 }
 
-impl Kind {
-    /// The `# TYPE` value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// One family Spindle exposes about itself: its name (a counter's without `_total`), type and help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Family {
-    /// The family name; a counter's samples append `_total`.
-    pub name: &'static str,
-    /// The family type.
-    pub kind: Kind,
-    /// The `# HELP` text.
-    pub help: &'static str,
-}
-
-const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
-    Family { name, kind, help }
-}
-
-const RECEIVED_REQUESTS: Family = family(
+const RECEIVED_REQUESTS: Family<'static> = family(
     "spindle_received_requests",
-    Kind::Counter,
+    MetricKind::Counter,
     "OTLP export requests accepted, by signal and protocol.",
 );
-const RECEIVED_ITEMS: Family = family(
+const RECEIVED_ITEMS: Family<'static> = family(
     "spindle_received_items",
-    Kind::Counter,
+    MetricKind::Counter,
     "Data points or spans accepted, by signal and protocol.",
 );
-const REJECTED_ITEMS: Family = family(
+const REJECTED_ITEMS: Family<'static> = family(
     "spindle_rejected_items",
-    Kind::Counter,
+    MetricKind::Counter,
     "Data points or spans rejected as invalid or conflicting (reported in partial_success).",
 );
-const REFUSED_REQUESTS: Family = family(
+const REFUSED_REQUESTS: Family<'static> = family(
     "spindle_refused_requests",
-    Kind::Counter,
+    MetricKind::Counter,
     "Requests refused as a whole, by signal, protocol and reason.",
 );
-const ACTIVE_SERIES: Family = family(
+const ACTIVE_SERIES: Family<'static> = family(
     "spindle_active_series",
-    Kind::Gauge,
+    MetricKind::Gauge,
     "Series currently held for the Prometheus endpoint.",
 );
-const EXPIRED_SERIES: Family = family(
+const EXPIRED_SERIES: Family<'static> = family(
     "spindle_expired_series",
-    Kind::Counter,
+    MetricKind::Counter,
     "Series removed after prometheus.series_ttl without updates.",
 );
-const SCRAPE_DURATION: Family = family(
+const SCRAPE_DURATION: Family<'static> = family(
     "spindle_scrape_duration_seconds",
-    Kind::Histogram,
+    MetricKind::Histogram,
     "Time to render /metrics.",
 );
 
 /// The six families of one exporter, in render order.
 struct ExporterFamilies {
-    sent: Family,
-    dropped: Family,
-    retries: Family,
-    queue_bytes: Family,
-    queue_capacity: Family,
-    duration: Family,
+    sent: Family<'static>,
+    dropped: Family<'static>,
+    retries: Family<'static>,
+    queue_bytes: Family<'static>,
+    queue_capacity: Family<'static>,
+    duration: Family<'static>,
 }
 
 const TRACE_EXPORTER: ExporterFamilies = ExporterFamilies {
     sent: family(
         "spindle_exporter_sent_spans",
-        Kind::Counter,
+        MetricKind::Counter,
         "Spans the trace backend acknowledged.",
     ),
     dropped: family(
         "spindle_exporter_dropped_spans",
-        Kind::Counter,
+        MetricKind::Counter,
         "Spans the trace exporter dropped, by reason.",
     ),
     retries: family(
         "spindle_exporter_retries",
-        Kind::Counter,
+        MetricKind::Counter,
         "Trace export attempts that failed and were retried.",
     ),
     queue_bytes: family(
         "spindle_exporter_queue_bytes",
-        Kind::Gauge,
+        MetricKind::Gauge,
         "Bytes of memory held by spans queued for the trace backend (decoded requests and their exemplars) or in flight (encoded).",
     ),
     queue_capacity: family(
         "spindle_exporter_queue_capacity_bytes",
-        Kind::Gauge,
+        MetricKind::Gauge,
         "Bound of the trace export queue (exporters.traces.otlp.queue_max_bytes).",
     ),
     duration: family(
         "spindle_exporter_export_duration_seconds",
-        Kind::Histogram,
+        MetricKind::Histogram,
         "Duration of trace export attempts.",
     ),
 };
@@ -147,85 +119,85 @@ const TRACE_EXPORTER: ExporterFamilies = ExporterFamilies {
 const REMOTE_WRITE: ExporterFamilies = ExporterFamilies {
     sent: family(
         "spindle_remote_write_sent_samples",
-        Kind::Counter,
+        MetricKind::Counter,
         "Samples the remote-write receiver acknowledged.",
     ),
     dropped: family(
         "spindle_remote_write_dropped_samples",
-        Kind::Counter,
+        MetricKind::Counter,
         "Samples (and exemplars) the remote-write exporter dropped, by reason.",
     ),
     retries: family(
         "spindle_remote_write_retries",
-        Kind::Counter,
+        MetricKind::Counter,
         "Remote-write requests that failed and were retried.",
     ),
     queue_bytes: family(
         "spindle_remote_write_queue_bytes",
-        Kind::Gauge,
+        MetricKind::Gauge,
         "Compressed bytes of remote-write requests waiting to be sent.",
     ),
     queue_capacity: family(
         "spindle_remote_write_queue_capacity_bytes",
-        Kind::Gauge,
+        MetricKind::Gauge,
         "Bound of the remote-write queue (exporters.remote_write.queue_max_bytes).",
     ),
     duration: family(
         "spindle_remote_write_request_duration_seconds",
-        Kind::Histogram,
+        MetricKind::Histogram,
         "Duration of remote-write request attempts.",
     ),
 };
 
-const REMOTE_WRITE_SENT_EXEMPLARS: Family = family(
+const REMOTE_WRITE_SENT_EXEMPLARS: Family<'static> = family(
     "spindle_remote_write_sent_exemplars",
-    Kind::Counter,
+    MetricKind::Counter,
     "Exemplars the remote-write receiver acknowledged.",
 );
-const CATALOG_RELOADS: Family = family(
+const CATALOG_RELOADS: Family<'static> = family(
     "spindle_enrich_catalog_reloads",
-    Kind::Counter,
+    MetricKind::Counter,
     "Service-catalog reloads after the file changed, by result (ok, or error: the old catalog stays).",
 );
-const CARDINALITY_FOLDED: Family = family(
+const CARDINALITY_FOLDED: Family<'static> = family(
     "spindle_cardinality_folded_points",
-    Kind::Counter,
+    MetricKind::Counter,
     "Data points folded into their metric's overflow series, by metric and reason.",
 );
-const CARDINALITY_REJECTED: Family = family(
+const CARDINALITY_REJECTED: Family<'static> = family(
     "spindle_cardinality_rejected_points",
-    Kind::Counter,
+    MetricKind::Counter,
     "Data points the cardinality limiter rejected (reported in partial_success), by reason.",
 );
-const CARDINALITY_NORMALIZED: Family = family(
+const CARDINALITY_NORMALIZED: Family<'static> = family(
     "spindle_cardinality_normalized_values",
-    Kind::Counter,
+    MetricKind::Counter,
     "Label values rewritten by processors.cardinality.normalize, by label and kind.",
 );
-const CARDINALITY_STREAMS: Family = family(
+const CARDINALITY_STREAMS: Family<'static> = family(
     "spindle_cardinality_stream_states",
-    Kind::Gauge,
+    MetricKind::Gauge,
     "Cumulative streams whose last report is kept to fold or merge them exactly.",
 );
-const LIMITED_ITEMS: Family = family(
+const LIMITED_ITEMS: Family<'static> = family(
     "spindle_limited_items",
-    Kind::Counter,
+    MetricKind::Counter,
     "Data points or spans rejected, or label values truncated, by receivers.otlp.limits, by signal and reason.",
 );
-const CONNECTIONS_CLOSED: Family = family(
+const CONNECTIONS_CLOSED: Family<'static> = family(
     "spindle_connections_closed",
-    Kind::Counter,
+    MetricKind::Counter,
     "Connections the server closed or refused, by listener and reason (max_connections, idle_timeout, header_read_timeout, body_read_timeout).",
 );
-const OPEN_CONNECTIONS: Family = family(
+const OPEN_CONNECTIONS: Family<'static> = family(
     "spindle_open_connections",
-    Kind::Gauge,
+    MetricKind::Gauge,
     "Connections currently open, by listener.",
 );
 
 /// Every family, for [`Telemetry::reserved_names`] (order does not matter; a test checks it equals
-/// what [`Telemetry::render`] writes).
-const FAMILIES: &[Family] = &[
+/// what [`Telemetry::walk`](SelfMetrics::walk) walks).
+const FAMILIES: &[Family<'static>] = &[
     RECEIVED_REQUESTS,
     RECEIVED_ITEMS,
     REJECTED_ITEMS,
@@ -308,15 +280,10 @@ impl Telemetry {
         let mut v = Vec::new();
         for f in FAMILIES {
             let name = f.name;
-            match f.kind {
-                Kind::Counter => v.extend([format!("{name}_total"), format!("{name}_created"), name.to_string()]),
-                Kind::Histogram => v.extend(
-                    ["_bucket", "_count", "_sum", "_created", ""]
-                        .iter()
-                        .map(|s| format!("{name}{s}")),
-                ),
-                Kind::Gauge => v.push(name.to_string()),
-            }
+            v.extend(f.kind.suffixes().iter().map(|s| format!("{name}{s}")));
+            // The family name itself: a gauge's sample, and what a text-format scraper may read
+            // as a counter's or histogram's family.
+            v.push(name.to_string());
         }
         v
     }
@@ -344,45 +311,15 @@ impl Telemetry {
         )
     }
 
-    /// Appends the self metrics in `format` (without the OpenMetrics `# EOF`).
+    /// Appends the self metrics in `format` (without the OpenMetrics `# EOF`), as a scrape
+    /// renders them after the stored families; `active_series` is the store's series count.
     pub fn render(&self, format: Format, active_series: usize, out: &mut String) {
-        let w = &mut Writer { format, out };
-        self.render_receiver(w);
-        w.header(&ACTIVE_SERIES);
-        let _ = writeln!(w.out, "{} {active_series}", ACTIVE_SERIES.name);
-        w.header(&EXPIRED_SERIES);
-        let _ = writeln!(
-            w.out,
-            "{}_total {}",
-            EXPIRED_SERIES.name,
-            self.expired_series.load(Ordering::Relaxed)
-        );
-        w.header(&SCRAPE_DURATION);
-        w.histogram(SCRAPE_DURATION.name, &self.scrape);
-        w.exporter(&TRACE_EXPORTER, &self.traces);
-        w.exporter(&REMOTE_WRITE, &self.remote_write);
-        w.header(&REMOTE_WRITE_SENT_EXEMPLARS);
-        let _ = writeln!(
-            w.out,
-            "{}_total {}",
-            REMOTE_WRITE_SENT_EXEMPLARS.name,
-            self.remote_write.sent_exemplars_total()
-        );
-        w.header(&CATALOG_RELOADS);
-        for (i, result) in RELOAD_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                w.out,
-                "{}_total{{result=\"{result}\"}} {}",
-                CATALOG_RELOADS.name,
-                self.catalog_reloads[i].load(Ordering::Relaxed)
-            );
-        }
-        self.render_cardinality(w);
-        self.render_limited(w);
-        self.render_connections(w);
+        let mut bytes = Vec::new();
+        render_own(self, format, active_series, &mut bytes);
+        out.push_str(&String::from_utf8_lossy(&bytes));
     }
 
-    fn render_receiver(&self, w: &mut Writer<'_>) {
+    fn walk_receiver<S: Sink + ?Sized>(&self, w: &mut Own<'_, S>) {
         let r = &*self.receiver;
         for (f, get) in [
             (
@@ -392,170 +329,127 @@ impl Telemetry {
             (&RECEIVED_ITEMS, ReceiverStats::accepted_items),
             (&REJECTED_ITEMS, ReceiverStats::rejected_items),
         ] {
-            w.header(f);
+            w.family(f);
             for sig in SIGNALS {
                 for proto in PROTOCOLS {
-                    let _ = writeln!(
-                        w.out,
-                        "{}_total{{signal=\"{}\",protocol=\"{}\"}} {}",
-                        f.name,
-                        sig.as_str(),
-                        proto.as_str(),
-                        get(r, sig, proto)
+                    w.number(
+                        &[("signal", sig.as_str()), ("protocol", proto.as_str())],
+                        get(r, sig, proto),
                     );
                 }
             }
         }
-        w.header(&REFUSED_REQUESTS);
+        w.family(&REFUSED_REQUESTS);
         for sig in SIGNALS {
             for proto in PROTOCOLS {
                 for reason in RefusalReason::ALL {
-                    let _ = writeln!(
-                        w.out,
-                        "{}_total{{signal=\"{}\",protocol=\"{}\",reason=\"{}\"}} {}",
-                        REFUSED_REQUESTS.name,
-                        sig.as_str(),
-                        proto.as_str(),
-                        reason.as_str(),
-                        r.refused_total(sig, proto, reason)
+                    w.number(
+                        &[
+                            ("signal", sig.as_str()),
+                            ("protocol", proto.as_str()),
+                            ("reason", reason.as_str()),
+                        ],
+                        r.refused_total(sig, proto, reason),
                     );
                 }
             }
         }
     }
 
-    fn render_cardinality(&self, w: &mut Writer<'_>) {
+    fn walk_cardinality<S: Sink + ?Sized>(&self, w: &mut Own<'_, S>) {
         let c = &self.cardinality;
-        let mut escaped = Vec::new();
-        w.header(&CARDINALITY_FOLDED);
-        c.each_folded(|metric, reason, n| {
-            escaped.clear();
-            crate::util::labels::escape_label_value(metric, &mut escaped);
-            let _ = writeln!(
-                w.out,
-                "{}_total{{metric=\"{}\",reason=\"{reason}\"}} {n}",
-                CARDINALITY_FOLDED.name,
-                String::from_utf8_lossy(&escaped)
-            );
-        });
-        w.header(&CARDINALITY_REJECTED);
+        w.family(&CARDINALITY_FOLDED);
+        c.each_folded(|metric, reason, n| w.number(&[("metric", metric), ("reason", reason)], n));
+        w.family(&CARDINALITY_REJECTED);
         for r in RejectReason::ALL {
-            let _ = writeln!(
-                w.out,
-                "{}_total{{reason=\"{}\"}} {}",
-                CARDINALITY_REJECTED.name,
-                r.as_str(),
-                c.rejected_points(r)
-            );
+            w.number(&[("reason", r.as_str())], c.rejected_points(r));
         }
-        w.header(&CARDINALITY_NORMALIZED);
-        c.each_normalized(|label, kind, n| {
-            let _ = writeln!(
-                w.out,
-                "{}_total{{label=\"{label}\",kind=\"{kind}\"}} {n}",
-                CARDINALITY_NORMALIZED.name
-            );
-        });
-        w.header(&CARDINALITY_STREAMS);
-        let _ = writeln!(w.out, "{} {}", CARDINALITY_STREAMS.name, c.stream_states());
+        w.family(&CARDINALITY_NORMALIZED);
+        c.each_normalized(|label, kind, n| w.number(&[("label", label), ("kind", kind)], n));
+        w.family(&CARDINALITY_STREAMS);
+        w.number(&[], c.stream_states());
     }
 
-    fn render_limited(&self, w: &mut Writer<'_>) {
-        w.header(&LIMITED_ITEMS);
+    fn walk_limited<S: Sink + ?Sized>(&self, w: &mut Own<'_, S>) {
+        w.family(&LIMITED_ITEMS);
         for sig in SIGNALS {
             for r in LimitReason::ALL {
-                let _ = writeln!(
-                    w.out,
-                    "{}_total{{signal=\"{}\",reason=\"{}\"}} {}",
-                    LIMITED_ITEMS.name,
-                    sig.as_str(),
-                    r.as_str(),
-                    self.limited.limited_items(sig, r)
+                w.number(
+                    &[("signal", sig.as_str()), ("reason", r.as_str())],
+                    self.limited.limited_items(sig, r),
                 );
             }
         }
     }
 
-    fn render_connections(&self, w: &mut Writer<'_>) {
+    fn walk_connections<S: Sink + ?Sized>(&self, w: &mut Own<'_, S>) {
         let c = &*self.connections;
-        w.header(&CONNECTIONS_CLOSED);
+        w.family(&CONNECTIONS_CLOSED);
         for l in ListenerKind::ALL {
             for r in CloseReason::ALL.into_iter().filter(|r| r.applies_to(l)) {
-                let _ = writeln!(
-                    w.out,
-                    "{}_total{{listener=\"{}\",reason=\"{}\"}} {}",
-                    CONNECTIONS_CLOSED.name,
-                    l.as_str(),
-                    r.as_str(),
-                    c.closed_total(l, r)
+                w.number(
+                    &[("listener", l.as_str()), ("reason", r.as_str())],
+                    c.closed_total(l, r),
                 );
             }
         }
-        w.header(&OPEN_CONNECTIONS);
+        w.family(&OPEN_CONNECTIONS);
         for l in ListenerKind::ALL {
-            let _ = writeln!(
-                w.out,
-                "{}{{listener=\"{}\"}} {}",
-                OPEN_CONNECTIONS.name,
-                l.as_str(),
-                c.open_now(l)
-            );
+            w.number(&[("listener", l.as_str())], c.open_now(l));
         }
     }
 }
 
-/// Where and how the families are written.
-struct Writer<'a> {
-    format: Format,
-    out: &'a mut String,
+/// Spindle's own families, walked after the stored ones on every scrape.
+impl SelfMetrics for Telemetry {
+    fn walk(&self, active_series: usize, sink: &mut dyn Sink) {
+        let w = &mut Own::new(sink);
+        self.walk_receiver(w);
+        w.family(&ACTIVE_SERIES);
+        w.number(&[], active_series as u64);
+        w.family(&EXPIRED_SERIES);
+        w.number(&[], self.expired_series.load(Ordering::Relaxed));
+        w.family(&SCRAPE_DURATION);
+        duration(w, &self.scrape);
+        exporter(w, &TRACE_EXPORTER, &self.traces);
+        exporter(w, &REMOTE_WRITE, &self.remote_write);
+        w.family(&REMOTE_WRITE_SENT_EXEMPLARS);
+        w.number(&[], self.remote_write.sent_exemplars_total());
+        w.family(&CATALOG_RELOADS);
+        for (i, result) in RELOAD_RESULTS.iter().enumerate() {
+            w.number(&[("result", result)], self.catalog_reloads[i].load(Ordering::Relaxed));
+        }
+        self.walk_cardinality(w);
+        self.walk_limited(w);
+        self.walk_connections(w);
+    }
+
+    fn scrape_took(&self, took: Duration) {
+        Telemetry::scrape_took(self, took);
+    }
 }
 
-impl Writer<'_> {
-    /// `# HELP` and `# TYPE` of `f` (a counter is named with `_total` in the text format).
-    fn header(&mut self, f: &Family) {
-        let out = &mut *self.out;
-        let (name, ty, help) = (f.name, f.kind.as_str(), f.help);
-        if self.format == Format::Text && f.kind == Kind::Counter {
-            let _ = writeln!(out, "# HELP {name}_total {help}\n# TYPE {name}_total {ty}");
-        } else {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
-        }
-    }
+/// A duration histogram's one series.
+fn duration<S: Sink + ?Sized>(w: &mut Own<'_, S>, h: &DurationHistogram) {
+    w.histogram(&[], &DURATION_BUCKETS, &h.cumulative(), h.sum_seconds());
+}
 
-    fn histogram(&mut self, name: &str, h: &DurationHistogram) {
-        let out = &mut *self.out;
-        let cum = h.cumulative();
-        for (b, n) in DURATION_BUCKETS.iter().zip(cum) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b:?}\"}} {n}");
-        }
-        let total = cum[DURATION_BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_count {total}");
-        let _ = writeln!(out, "{name}_sum {:?}", h.sum_seconds());
+/// The six families of one exporter.
+fn exporter<S: Sink + ?Sized, R: Reason>(w: &mut Own<'_, S>, f: &ExporterFamilies, s: &ExporterStats<R>) {
+    w.family(&f.sent);
+    w.number(&[], s.sent_total());
+    w.family(&f.dropped);
+    for r in R::ALL {
+        w.number(&[("reason", r.as_str())], s.dropped_total(*r));
     }
-
-    fn exporter<R: Reason>(&mut self, f: &ExporterFamilies, s: &ExporterStats<R>) {
-        self.header(&f.sent);
-        let _ = writeln!(self.out, "{}_total {}", f.sent.name, s.sent_total());
-        self.header(&f.dropped);
-        for r in R::ALL {
-            let _ = writeln!(
-                self.out,
-                "{}_total{{reason=\"{}\"}} {}",
-                f.dropped.name,
-                r.as_str(),
-                s.dropped_total(*r)
-            );
-        }
-        self.header(&f.retries);
-        let _ = writeln!(self.out, "{}_total {}", f.retries.name, s.retries_total());
-        self.header(&f.queue_bytes);
-        let _ = writeln!(self.out, "{} {}", f.queue_bytes.name, s.queue_bytes());
-        self.header(&f.queue_capacity);
-        let _ = writeln!(self.out, "{} {}", f.queue_capacity.name, s.queue_capacity());
-        self.header(&f.duration);
-        self.histogram(f.duration.name, s.attempts());
-    }
+    w.family(&f.retries);
+    w.number(&[], s.retries_total());
+    w.family(&f.queue_bytes);
+    w.number(&[], s.queue_bytes());
+    w.family(&f.queue_capacity);
+    w.number(&[], s.queue_capacity());
+    w.family(&f.duration);
+    duration(w, s.attempts());
 }
 
 #[cfg(test)]
@@ -721,6 +615,153 @@ mod tests {
         assert!(om.contains("spindle_remote_write_request_duration_seconds_count 0"));
         let text = rendered(&t, Format::Text);
         assert!(text.contains("# TYPE spindle_received_items_total counter"), "{text}");
+    }
+
+    /// Records the walk of the self metrics: families, and each sample with its series' labels.
+    #[derive(Default)]
+    struct Recorder {
+        families: Vec<(&'static str, MetricKind)>,
+        samples: Vec<Recorded>,
+    }
+
+    /// One sample: family name, series labels, sample kind, value.
+    struct Recorded(String, Vec<(String, String)>, crate::expose::walk::SampleKind, u64);
+
+    impl Sink for Recorder {
+        fn family(&mut self, f: &Family<'_>) {
+            let own = FAMILIES.iter().find(|o| o.name == f.name).expect("a declared family");
+            assert_eq!(f, own, "walked with its declared descriptor");
+            self.families.push((own.name, f.kind));
+        }
+
+        fn sample(&mut self, s: &crate::expose::walk::Sample<'_>) {
+            let labels = crate::store::label_pairs(s.labels)
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect();
+            let value = match s.value {
+                crate::expose::walk::Value::Int(v) => v,
+                crate::expose::walk::Value::Float(v) => v as u64,
+            };
+            self.samples.push(Recorded(s.name.to_string(), labels, s.kind, value));
+        }
+    }
+
+    fn walked(t: &Telemetry) -> Recorder {
+        let mut r = Recorder::default();
+        SelfMetrics::walk(t, 42, &mut r);
+        r
+    }
+
+    /// The self metrics go through the exposition's sample walk: every declared family once, in
+    /// declaration order, with counters as `_total`, gauges bare, and histograms as cumulative
+    /// buckets whose `+Inf` equals `_count`.
+    #[test]
+    fn own_families_are_walked_like_stored_ones() {
+        use crate::expose::walk::SampleKind;
+        let r = walked(&populated());
+        let declared: Vec<(&str, MetricKind)> = FAMILIES.iter().map(|f| (f.name, f.kind)).collect();
+        assert_eq!(r.families, declared);
+        for Recorded(name, _, kind, _) in &r.samples {
+            let fam = FAMILIES.iter().find(|f| f.name == name).expect("declared");
+            let ok = match fam.kind {
+                MetricKind::Counter => *kind == SampleKind::Total,
+                MetricKind::Gauge => *kind == SampleKind::Value,
+                MetricKind::Histogram => matches!(kind, SampleKind::Bucket(_) | SampleKind::Count | SampleKind::Sum),
+                _ => false,
+            };
+            assert!(ok, "{name}: {kind:?}");
+        }
+        for fam in FAMILIES.iter().filter(|f| f.kind == MetricKind::Histogram) {
+            let of: Vec<_> = r.samples.iter().filter(|s| s.0 == fam.name).collect();
+            let inf = of
+                .iter()
+                .find(|s| s.2 == SampleKind::Bucket(f64::INFINITY))
+                .expect("+Inf");
+            let count = of.iter().find(|s| s.2 == SampleKind::Count).expect("_count");
+            assert_eq!(inf.3, count.3, "{}", fam.name);
+            assert!(of.windows(2).all(|w| match (w[0].2, w[1].2) {
+                (SampleKind::Bucket(a), SampleKind::Bucket(b)) => a < b && w[0].3 <= w[1].3,
+                _ => true,
+            }));
+        }
+        assert!(
+            r.samples
+                .iter()
+                .any(|s| s.0 == "spindle_scrape_duration_seconds" && s.2 == SampleKind::Count && s.3 == 1)
+        );
+    }
+
+    /// Every label value of the self metrics comes from a closed set: the components' reason
+    /// enums, signals, protocols, listeners, reload results and normalizer kinds. Only `metric`
+    /// (bounded by `MAX_FOLDED_SERIES`) and `label` (from the configuration) are open.
+    #[test]
+    fn self_metric_label_values_come_from_closed_sets() {
+        use crate::process::cardinality::FoldReason;
+        let mut reasons: BTreeSet<&str> = BTreeSet::new();
+        reasons.extend(RefusalReason::ALL.map(RefusalReason::as_str));
+        reasons.extend(DropReason::ALL.iter().map(|r| r.as_str()));
+        reasons.extend(RemoteWriteDropReason::ALL.iter().map(|r| r.as_str()));
+        reasons.extend(FoldReason::ALL.map(FoldReason::as_str));
+        reasons.extend(RejectReason::ALL.map(RejectReason::as_str));
+        reasons.extend(LimitReason::ALL.map(LimitReason::as_str));
+        reasons.extend(CloseReason::ALL.map(CloseReason::as_str));
+        let kind = |k: NormalizeKind| match k {
+            // Exhaustive: a new kind fails to compile here until it is listed below.
+            NormalizeKind::Uuid | NormalizeKind::HexId | NormalizeKind::Number | NormalizeKind::Ip => k.as_str(),
+            NormalizeKind::Regex => k.as_str(),
+        };
+        let kinds = [
+            NormalizeKind::Uuid,
+            NormalizeKind::HexId,
+            NormalizeKind::Number,
+            NormalizeKind::Ip,
+            NormalizeKind::Regex,
+        ]
+        .map(kind);
+        let r = walked(&populated());
+        let mut seen = BTreeSet::new();
+        for Recorded(name, labels, _, _) in &r.samples {
+            for (k, v) in labels {
+                let closed = match k.as_str() {
+                    "signal" => SIGNALS.iter().any(|s| s.as_str() == v),
+                    "protocol" => PROTOCOLS.iter().any(|p| p.as_str() == v),
+                    "listener" => ListenerKind::ALL.iter().any(|l| l.as_str() == v),
+                    "result" => RELOAD_RESULTS.contains(&v.as_str()),
+                    "reason" => reasons.contains(v.as_str()),
+                    "kind" => kinds.contains(&v.as_str()),
+                    "metric" => name == CARDINALITY_FOLDED.name,
+                    "label" => name == CARDINALITY_NORMALIZED.name,
+                    _ => false,
+                };
+                assert!(closed, "{name}: {k}=\"{v}\" is not from a closed set");
+                seen.insert(k.clone());
+            }
+        }
+        let all = [
+            "kind", "label", "listener", "metric", "protocol", "reason", "result", "signal",
+        ];
+        assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), all);
+    }
+
+    /// Sums and bounds of the self histograms are written by the exposition's float formatter,
+    /// like every stored float (`0.00001`, not `1e-5`).
+    #[test]
+    fn own_histograms_use_the_one_float_formatter() {
+        let t = Telemetry::default();
+        t.scrape_took(Duration::from_micros(10));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = rendered(&t, format);
+            assert!(
+                text.contains("\nspindle_scrape_duration_seconds_sum 0.00001\n"),
+                "{text}"
+            );
+            assert!(text.contains("spindle_scrape_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The trace export queue's bound counts the memory its requests hold decoded, measured with a
+//! The trace export queue's bound counts the memory its requests really hold, measured with a
 //! counting allocator (hence a test binary of its own, with one test): requests of many tiny
 //! spans fill the queue, and the bytes it counts stay within 1.5× of the heap they really hold —
-//! while their encoded length, which the queue used to count, is several times lower.
+//! which, now that the queue holds encoded bodies, is several times less than the same requests
+//! take decoded.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -76,9 +77,10 @@ fn gauge(text: &str, name: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn the_queue_bound_counts_the_memory_decoded_spans_hold() {
+async fn the_queue_bound_counts_the_memory_queued_spans_hold() {
     const SPANS: u32 = 2000;
-    const CAPACITY: u64 = 16 << 20;
+    // About 33 of the 60 requests (~62 KB each encoded) fit.
+    const CAPACITY: u64 = 2 << 20;
     let config = OtlpExporterConfig {
         queue_max_bytes: ByteSize(CAPACITY),
         // Nothing leaves the queue during the test: batches wait for a full hour or 10M spans.
@@ -100,32 +102,44 @@ async fn the_queue_bound_counts_the_memory_decoded_spans_hold() {
         drain.clone(),
     )
     .unwrap();
-    // Encoded requests are built beforehand: only their decoded forms are measured.
+    // Encoded requests are built beforehand: only their decoded and queued forms are measured.
     let bodies: Vec<Vec<u8>> = (0..60).map(|i| tiny_spans(i * SPANS, SPANS)).collect();
-    let before = LIVE.load(Ordering::Relaxed);
+    // Decoded as a receiver decodes them: what a queue of decoded requests would hold.
+    let base = LIVE.load(Ordering::Relaxed);
+    let decoded: Vec<ExportTraceServiceRequest> = bodies
+        .iter()
+        .map(|b| ExportTraceServiceRequest::decode(&b[..]).unwrap())
+        .collect();
+    let decoded_heap = (LIVE.load(Ordering::Relaxed) - base) as u64;
     let mut encoded = 0u64;
     let mut queued = 0;
-    for body in &bodies {
-        // Decoded as a receiver decodes it.
-        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+    let mut decoded_queued = 0u64;
+    let per_request = decoded_heap / bodies.len() as u64;
+    for (req, body) in decoded.into_iter().zip(&bodies) {
+        // The decoded request is handed over (and dropped): only what the queue keeps stays.
         if exporter.try_enqueue(req, u64::from(SPANS), Samples::default()).is_err() {
             break;
         }
         encoded += body.len() as u64;
+        decoded_queued += per_request;
         queued += 1;
     }
-    let held = (LIVE.load(Ordering::Relaxed) - before) as u64;
+    // Every decoded request is gone by now (queued ones were encoded, the rest dropped).
+    let held = (LIVE.load(Ordering::Relaxed) - base) as u64;
     let mut text = String::new();
     telemetry.render(Format::Text, 0, &mut text);
     let counted = gauge(&text, "spindle_exporter_queue_bytes");
-    eprintln!("{queued} requests of {SPANS} tiny spans: counted {counted} B, heap held {held} B, encoded {encoded} B");
+    eprintln!(
+        "{queued} requests of {SPANS} tiny spans: counted {counted} B, heap held {held} B, encoded {encoded} B, \
+         {decoded_queued} B decoded"
+    );
     assert!(
         counted as f64 <= held as f64 * 1.5 && held as f64 <= counted as f64 * 1.5,
         "counted {counted} B is within 1.5× of the {held} B the queued requests hold"
     );
     assert!(
-        encoded * 3 < held,
-        "the encoded length ({encoded} B) would have undercounted the {held} B held"
+        held * 3 < decoded_queued,
+        "the queue holds far less ({held} B) than the same requests decoded ({decoded_queued} B)"
     );
     assert!(
         queued > 0 && queued < bodies.len(),

@@ -269,8 +269,8 @@ impl Config {
         out
     }
 
-    /// `exporters.traces.otlp.queue_max_bytes` counts decoded memory, so it must hold
-    /// [`DECODED_SIZE_FACTOR`] × `receivers.otlp.max_request_size`.
+    /// `exporters.traces.otlp.queue_max_bytes` must hold [`DECODED_SIZE_FACTOR`] of the largest
+    /// requests (`receivers.otlp.max_request_size`).
     fn trace_queue_problem(&self) -> Option<Problem> {
         let ex = &self.exporters.traces.otlp;
         let largest_held = self
@@ -282,8 +282,8 @@ impl Config {
         (ex.queue_max_bytes.0 < largest_held).then(|| Problem {
             path: "exporters.traces.otlp.queue_max_bytes".into(),
             message: format!(
-                "{} is less than {DECODED_SIZE_FACTOR} × receivers.otlp.max_request_size ({}): the queue counts the memory \
-                 decoded spans hold, typically {DECODED_SIZE_FACTOR}× their encoded size, so one large request would fill it",
+                "{} is less than {DECODED_SIZE_FACTOR} × receivers.otlp.max_request_size ({}): the queue must have room for \
+                 a few of the largest requests, or one large request would fill it",
                 ex.queue_max_bytes, self.receivers.otlp.max_request_size
             ),
             hint: format!(

@@ -1,19 +1,9 @@
-//! What the exporters report about themselves: items sent and dropped (by a closed set of
-//! reasons), retries, queue fill and bound, and attempt durations. `crate::telemetry` holds one
-//! [`ExporterStats`] per exporter and renders them; the exporters only count.
+//! What the exporters report about themselves: the sender's one stats type ([`ExporterStats`],
+//! re-exported here for `crate::telemetry`, which holds one per exporter and renders them) and
+//! each exporter's closed set of drop reasons.
 
-use std::marker::PhantomData;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// A closed set of `reason` label values for an exporter's drops.
-pub trait Reason: Copy + Into<usize> + 'static {
-    /// Every value, in label order (`ALL[i]` converts to `i`).
-    const ALL: &'static [Self];
-    /// The `reason` label value.
-    fn as_str(self) -> &'static str;
-}
+use super::sender::stats::MAX_REASONS;
+pub use super::sender::stats::{DURATION_BUCKETS, DurationHistogram, ExporterStats, Reason};
 
 /// Why spans were dropped by the trace exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +22,9 @@ impl Reason for DropReason {
         DropReason::RejectedByBackend,
         DropReason::Shutdown,
     ];
+    const PERMANENT: Self = DropReason::Permanent;
+    const SHUTDOWN: Self = DropReason::Shutdown;
+    const REJECTED: Option<Self> = Some(DropReason::RejectedByBackend);
 
     fn as_str(self) -> &'static str {
         match self {
@@ -59,6 +52,9 @@ impl Reason for RemoteWriteDropReason {
         RemoteWriteDropReason::Permanent,
         RemoteWriteDropReason::Shutdown,
     ];
+    const PERMANENT: Self = RemoteWriteDropReason::Permanent;
+    const SHUTDOWN: Self = RemoteWriteDropReason::Shutdown;
+    const REJECTED: Option<Self> = None;
 
     fn as_str(self) -> &'static str {
         match self {
@@ -81,9 +77,6 @@ impl From<RemoteWriteDropReason> for usize {
     }
 }
 
-/// Most drop reasons any exporter has.
-const MAX_REASONS: usize = 3;
-
 // Every reason indexes the `dropped` counters: the sets must fit and list their values in order.
 const _: () = {
     assert!(DropReason::ALL.len() <= MAX_REASONS);
@@ -99,152 +92,6 @@ const _: () = {
         i += 1;
     }
 };
-
-/// Upper bounds (seconds) of the attempt and scrape duration histograms.
-pub const DURATION_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-
-/// A duration histogram with the fixed [`DURATION_BUCKETS`].
-#[derive(Debug, Default)]
-pub struct DurationHistogram {
-    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl DurationHistogram {
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = DURATION_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
-    }
-
-    /// Cumulative counts: one per bound of [`DURATION_BUCKETS`], then the `+Inf` count.
-    pub fn cumulative(&self) -> [u64; DURATION_BUCKETS.len() + 1] {
-        let mut out = [0; DURATION_BUCKETS.len() + 1];
-        let mut cum = 0;
-        for (o, b) in out.iter_mut().zip(&self.buckets) {
-            cum += b.load(Ordering::Relaxed);
-            *o = cum;
-        }
-        out
-    }
-
-    /// Sum of the recorded durations, in seconds.
-    pub fn sum_seconds(&self) -> f64 {
-        self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-    }
-}
-
-/// What every exporter reports: items sent, items dropped by reason, retried attempts, queue fill
-/// and bound, and attempt durations. A cheap handle: clones count into the same counters.
-#[derive(Debug)]
-pub struct ExporterStats<R> {
-    inner: Arc<Counters>,
-    reason: PhantomData<R>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    sent: AtomicU64,
-    sent_exemplars: AtomicU64,
-    dropped: [AtomicU64; MAX_REASONS],
-    retries: AtomicU64,
-    queue_bytes: AtomicU64,
-    queue_capacity: AtomicU64,
-    attempts: DurationHistogram,
-}
-
-impl<R> Clone for ExporterStats<R> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            reason: PhantomData,
-        }
-    }
-}
-
-impl<R> Default for ExporterStats<R> {
-    fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            reason: PhantomData,
-        }
-    }
-}
-
-impl<R: Reason> ExporterStats<R> {
-    /// Counts items the receiving end acknowledged.
-    pub fn sent(&self, n: u64) {
-        self.inner.sent.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts exemplars the receiving end acknowledged (remote write, which sends them apart from
-    /// samples).
-    pub fn sent_exemplars(&self, n: u64) {
-        self.inner.sent_exemplars.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts dropped items.
-    pub fn dropped(&self, reason: R, n: u64) {
-        self.inner.dropped[reason.into()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one failed attempt that will be retried.
-    pub fn retried(&self) {
-        self.inner.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sets the queue's fill and bound, in bytes.
-    pub fn queue(&self, bytes: u64, capacity: u64) {
-        self.inner.queue_bytes.store(bytes, Ordering::Relaxed);
-        self.inner.queue_capacity.store(capacity, Ordering::Relaxed);
-    }
-
-    /// Records the duration of one attempt.
-    pub fn took(&self, d: Duration) {
-        self.inner.attempts.observe(d);
-    }
-
-    /// Items sent so far.
-    pub fn sent_total(&self) -> u64 {
-        self.inner.sent.load(Ordering::Relaxed)
-    }
-
-    /// Exemplars sent so far.
-    pub fn sent_exemplars_total(&self) -> u64 {
-        self.inner.sent_exemplars.load(Ordering::Relaxed)
-    }
-
-    /// Items dropped for `reason` so far.
-    pub fn dropped_total(&self, reason: R) -> u64 {
-        self.inner.dropped[reason.into()].load(Ordering::Relaxed)
-    }
-
-    /// Retried attempts so far.
-    pub fn retries_total(&self) -> u64 {
-        self.inner.retries.load(Ordering::Relaxed)
-    }
-
-    /// Bytes queued now.
-    pub fn queue_bytes(&self) -> u64 {
-        self.inner.queue_bytes.load(Ordering::Relaxed)
-    }
-
-    /// The queue's bound, in bytes.
-    pub fn queue_capacity(&self) -> u64 {
-        self.inner.queue_capacity.load(Ordering::Relaxed)
-    }
-
-    /// Attempt durations.
-    pub fn attempts(&self) -> &DurationHistogram {
-        &self.inner.attempts
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -278,18 +125,5 @@ mod tests {
             every(RemoteWriteDropReason::Permanent),
             every(RemoteWriteDropReason::Shutdown),
         ]);
-    }
-
-    #[test]
-    fn clones_count_into_the_same_counters() {
-        let a = ExporterStats::<DropReason>::default();
-        let b = a.clone();
-        b.sent(3);
-        b.dropped(DropReason::Shutdown, 2);
-        b.took(Duration::from_millis(3));
-        assert_eq!(a.sent_total(), 3);
-        assert_eq!(a.dropped_total(DropReason::Shutdown), 2);
-        assert_eq!(a.attempts().cumulative()[1], 0);
-        assert_eq!(a.attempts().cumulative()[2], 1);
     }
 }

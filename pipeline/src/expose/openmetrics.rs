@@ -1,8 +1,9 @@
 //! OpenMetrics 1.0.0 encoder: `# TYPE`/`# UNIT`/`# HELP`, exemplars, `# EOF`.
 
-use super::{Encoder, escape_help, write_f64};
-use crate::model::batch::FamilyMeta;
+use super::walk::Family;
+use super::{Encoder, escape_help, write_f64, write_u64};
 use crate::model::{Exemplar, Format};
+use crate::util::hex;
 
 /// The `Content-Type` of OpenMetrics responses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -12,26 +13,34 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct OpenMetrics;
 
 impl Encoder for OpenMetrics {
-    fn header(&self, out: &mut Vec<u8>, meta: &FamilyMeta) {
-        let name = meta.name.as_bytes();
+    fn header(&self, out: &mut Vec<u8>, f: &Family<'_>) {
+        let name = f.name.as_bytes();
+        let help = |out: &mut Vec<u8>| {
+            if !f.help.is_empty() {
+                out.extend_from_slice(b"# HELP ");
+                out.extend_from_slice(name);
+                out.push(b' ');
+                escape_help(f.help, true, out);
+                out.push(b'\n');
+            }
+        };
+        if f.help_first {
+            help(out);
+        }
         out.extend_from_slice(b"# TYPE ");
         out.extend_from_slice(name);
         out.push(b' ');
-        out.extend_from_slice(meta.kind.openmetrics_type().as_bytes());
+        out.extend_from_slice(f.kind.openmetrics_type().as_bytes());
         out.push(b'\n');
-        if !meta.unit.is_empty() {
+        if !f.unit.is_empty() {
             out.extend_from_slice(b"# UNIT ");
             out.extend_from_slice(name);
             out.push(b' ');
-            out.extend_from_slice(meta.unit.as_bytes());
+            out.extend_from_slice(f.unit.as_bytes());
             out.push(b'\n');
         }
-        if !meta.help.is_empty() {
-            out.extend_from_slice(b"# HELP ");
-            out.extend_from_slice(name);
-            out.push(b' ');
-            escape_help(&meta.help, true, out);
-            out.push(b'\n');
+        if !f.help_first {
+            help(out);
         }
     }
 
@@ -49,11 +58,11 @@ impl Encoder for OpenMetrics {
         };
         put(A);
         for b in e.trace_id {
-            put(&HEX_PAIRS[b as usize]);
+            put(&hex::pair(b));
         }
         put(B);
         for b in e.span_id {
-            put(&HEX_PAIRS[b as usize]);
+            put(&hex::pair(b));
         }
         put(C);
         out.extend_from_slice(&buf);
@@ -62,7 +71,7 @@ impl Encoder for OpenMetrics {
             out.push(b' ');
             let secs = e.time_unix_nano / 1_000_000_000;
             let millis = ((e.time_unix_nano % 1_000_000_000) / 1_000_000) as usize;
-            super::write_u64(out, secs);
+            write_u64(out, secs);
             out.extend_from_slice(&[
                 b'.',
                 DIGITS[millis / 100],
@@ -82,15 +91,3 @@ impl Encoder for OpenMetrics {
 }
 
 const DIGITS: &[u8; 10] = b"0123456789";
-
-/// Lower-case hex for every byte value.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    t
-};

@@ -15,15 +15,14 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use crate::model::Format;
 use crate::process::cardinality::Limiter;
 use crate::store::Store;
-use crate::telemetry::Telemetry;
 
 /// What the routes read.
 #[derive(Debug, Clone)]
 pub struct ExposeState {
     /// The series store.
     pub store: Arc<Store>,
-    /// Self metrics.
-    pub telemetry: Arc<Telemetry>,
+    /// Spindle's own metrics, rendered after the store's families (`crate::telemetry::Telemetry`).
+    pub telemetry: Arc<dyn super::SelfMetrics>,
     /// Set once every receiver is bound and serving; cleared on shutdown.
     pub ready: Arc<AtomicBool>,
     /// Scrape buffers, reused so a large scrape does not fault in fresh memory every time.
@@ -174,7 +173,7 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
     let rendered = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let mut body = s.buffers.take();
-        super::render(&s.store, &s.telemetry, format, &mut body);
+        super::render(&s.store, &*s.telemetry, format, &mut body);
         s.telemetry.scrape_took(start.elapsed());
         if !gzip {
             return Ok(body);
@@ -207,6 +206,7 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Telemetry;
 
     /// Routes over a store with `n` series of one counter, and the limiter they report from.
     fn state_with(n: usize) -> ExposeState {

@@ -15,6 +15,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::process::translate::Translator;
+use crate::telemetry::Telemetry;
 use crate::testing::{self, counter, gauge, kvs, metrics_request_in, point, sum};
 
 // ---- OTLP builders -------------------------------------------------------------------------
@@ -1248,5 +1249,207 @@ proptest! {
     #[test]
     fn text_round_trip(fams in proptest::collection::vec(gen_family(), 1..5)) {
         round_trip(&fams, Dialect::Text)?;
+    }
+}
+
+// ---- the sample walk -----------------------------------------------------------------------
+
+/// A sink that records what the walk hands it, one line per call.
+#[derive(Default)]
+struct Recorder {
+    calls: Vec<String>,
+    /// Take exponential histograms natively.
+    native: bool,
+    /// Skip series whose label set contains this.
+    skip: Option<&'static str>,
+}
+
+impl walk::Sink for Recorder {
+    fn family(&mut self, f: &walk::Family<'_>) {
+        self.calls.push(format!("family {} {:?}", f.name, f.kind));
+    }
+
+    fn series(&mut self, labels: &[u8]) -> bool {
+        let labels = String::from_utf8_lossy(labels);
+        if self.skip.is_some_and(|s| labels.contains(s)) {
+            return false;
+        }
+        self.calls.push(format!("series {labels}"));
+        true
+    }
+
+    fn sample(&mut self, s: &walk::Sample<'_>) {
+        let label = s.kind.label().map(|(k, v)| format!(" {k}={v}")).unwrap_or_default();
+        let exemplar = s.exemplar.map(|e| format!(" ex={}", e.value)).unwrap_or_default();
+        self.calls
+            .push(format!("{}{}{label} {:?}{exemplar}", s.name, s.kind.suffix(), s.value));
+    }
+
+    fn end_series(&mut self) {
+        self.calls.push("end".into());
+    }
+
+    fn native(&mut self, name: &str, _labels: &[u8], h: &crate::store::exp::ExpHistogram) -> bool {
+        if self.native {
+            self.calls
+                .push(format!("native {name} count={} scale={}", h.count, h.scale));
+        }
+        self.native
+    }
+}
+
+fn recorded(s: &Store, rec: Recorder) -> Vec<String> {
+    let mut rec = rec;
+    walk::store(s, &mut rec);
+    rec.calls
+}
+
+/// What every encoder is handed for a counter, a gauge, both histogram kinds, a summary and an
+/// info series: suffixes, `le`/`quantile`, exact counts, exemplars only where they are exposed,
+/// `_count` equal to `+Inf`, and `_count`/`_sum` left out for negative bounds.
+#[test]
+fn the_walk_hands_every_sink_the_samples_of_the_exposition() {
+    let calls = recorded(&golden_store(), Recorder::default());
+    let of = |prefix: &str| -> Vec<&str> {
+        calls
+            .iter()
+            .map(String::as_str)
+            .filter(|c| c.starts_with(prefix))
+            .collect()
+    };
+    assert_eq!(
+        of("http_server_requests"),
+        [
+            "http_server_requests_total Float(42.0) ex=1",
+            "http_server_requests_total Float(7.0)"
+        ]
+    );
+    assert_eq!(of("queue_depth"), ["queue_depth Float(-3.0)"]);
+    assert_eq!(of("target"), ["target_info Int(1)"]);
+    assert_eq!(
+        of("http_server_request_duration_seconds"),
+        [
+            "http_server_request_duration_seconds_bucket le=0.005 Int(2) ex=0.003",
+            "http_server_request_duration_seconds_bucket le=0.1 Int(5)",
+            "http_server_request_duration_seconds_bucket le=1 Int(6) ex=0.5",
+            "http_server_request_duration_seconds_bucket le=inf Int(7) ex=3",
+            "http_server_request_duration_seconds_count Int(7)",
+            "http_server_request_duration_seconds_sum Float(2.5)",
+        ]
+    );
+    assert_eq!(
+        of("rpc_latency_seconds"),
+        [
+            "rpc_latency_seconds_bucket le=0 Int(1)",
+            "rpc_latency_seconds_bucket le=2 Int(2)",
+            "rpc_latency_seconds_bucket le=4 Int(4) ex=3",
+            "rpc_latency_seconds_bucket le=inf Int(4)",
+            "rpc_latency_seconds_count Int(4)",
+            "rpc_latency_seconds_sum Float(7.5)",
+        ]
+    );
+    assert_eq!(
+        of("gc_pause_seconds"),
+        [
+            "gc_pause_seconds quantile=0.5 Float(0.01)",
+            "gc_pause_seconds quantile=0.99 Float(0.2)",
+            "gc_pause_seconds_count Int(10)",
+            "gc_pause_seconds_sum Float(0.5)",
+        ]
+    );
+    // Negative bounds: no `_count`, no `_sum`.
+    assert_eq!(of("temperature_change_celsius").len(), 4);
+    // Each family is announced once before its series; each series is opened and closed once.
+    let families: Vec<&str> = of("family ");
+    assert_eq!(families.len(), 10, "{families:?}");
+    assert_eq!(
+        of("family http_server_requests "),
+        ["family http_server_requests Counter"]
+    );
+    assert_eq!(of("series ").len(), 11);
+    assert_eq!(of("end").len(), 11);
+    assert_eq!(calls.last().map(String::as_str), Some("end"));
+}
+
+/// A sink that encodes native histograms takes an exponential histogram whole; the walk then
+/// writes no classic samples for it, and explicit-bucket histograms stay classic.
+#[test]
+fn a_native_sink_takes_exponential_histograms_whole() {
+    let calls = recorded(
+        &golden_store(),
+        Recorder {
+            native: true,
+            ..Default::default()
+        },
+    );
+    let rpc: Vec<&String> = calls.iter().filter(|c| c.contains("rpc_latency_seconds")).collect();
+    assert_eq!(
+        rpc,
+        [
+            "family rpc_latency_seconds Histogram",
+            "native rpc_latency_seconds count=4 scale=0"
+        ],
+        "{calls:#?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("http_server_request_duration_seconds_bucket"))
+            .count(),
+        4
+    );
+}
+
+/// A series the sink refuses (remote write: labels it cannot parse) gets no samples and no end.
+#[test]
+fn a_refused_series_gets_no_samples() {
+    let all = recorded(&golden_store(), Recorder::default());
+    let calls = recorded(
+        &golden_store(),
+        Recorder {
+            skip: Some("POST"),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("http_server_requests_total"))
+            .collect::<Vec<_>>(),
+        ["http_server_requests_total Float(42.0) ex=1"]
+    );
+    assert_eq!(
+        calls.len(),
+        all.len() - 3,
+        "the series, its sample and its end are gone"
+    );
+}
+
+/// The line encoders write exactly what the walk hands them: every sample line of a scrape is one
+/// sample of the walk, in the same order.
+#[test]
+fn scrape_lines_are_the_walked_samples_in_order() {
+    let s = golden_store();
+    let walked: Vec<String> = recorded(&s, Recorder::default())
+        .into_iter()
+        .filter(|c| !c.starts_with("family ") && !c.starts_with("series ") && c != "end")
+        .collect();
+    for f in [Format::OpenMetrics, Format::Text] {
+        let out = render_str(&s, f);
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("spindle_"))
+            .collect();
+        assert_eq!(lines.len(), walked.len(), "{f:?}");
+        for (line, w) in lines.iter().zip(&walked) {
+            let name = w.split(' ').next().unwrap_or_default();
+            let sample_name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert_eq!(sample_name, name, "{f:?}: {line} vs {w}");
+            assert_eq!(
+                line.contains(" # {"),
+                f == Format::OpenMetrics && w.contains(" ex="),
+                "{line}"
+            );
+        }
     }
 }

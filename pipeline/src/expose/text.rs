@@ -1,7 +1,7 @@
 //! Prometheus text format 0.0.4 encoder: `# HELP`/`# TYPE`, no exemplars, no `# EOF`.
 
+use super::walk::Family;
 use super::{Encoder, escape_help};
-use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Format, MetricKind};
 
 /// The `Content-Type` of text-format responses.
@@ -12,7 +12,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Text;
 
 impl Encoder for Text {
-    fn header(&self, out: &mut Vec<u8>, meta: &FamilyMeta) {
+    fn header(&self, out: &mut Vec<u8>, meta: &Family<'_>) {
         // Text format names the family by its sample name and has no counter/info split.
         let (suffix, ty): (&[u8], &[u8]) = match meta.kind {
             MetricKind::Counter => (b"_total", b"counter"),
@@ -26,7 +26,7 @@ impl Encoder for Text {
         out.extend_from_slice(name);
         out.extend_from_slice(suffix);
         out.push(b' ');
-        escape_help(&meta.help, false, out);
+        escape_help(meta.help, false, out);
         out.extend_from_slice(b"\n# TYPE ");
         out.extend_from_slice(name);
         out.extend_from_slice(suffix);

@@ -120,9 +120,12 @@ impl Consumer for Pipeline {
             .map(|sm| sm.process(&req));
         let (counts, exemplars) = metrics.map(|m| (m.counts, m.exemplars)).unzip();
         let exemplars = match &self.exporter {
-            // Queue first: when the queue refuses, nothing has been counted and the client retries.
+            // Queue first: when the queue refuses, nothing has been counted and the client retries
+            // (`receive::status` maps the queue's full / closed to "overloaded").
             Some(exporter) => {
-                exporter.try_enqueue(req, out.accepted, exemplars.unwrap_or_default())?;
+                exporter
+                    .try_enqueue(req, out.accepted, exemplars.unwrap_or_default())
+                    .map_err(Refusal::from)?;
                 None
             }
             // No backend: exemplars name spans Spindle received.

@@ -21,10 +21,11 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 
 pub mod config;
+pub mod wire;
 pub use config::*;
+use wire::{WireAttr, WireRequest};
 
 use super::translate::{LimitStats, truncate_value, truncated, write_any};
 
@@ -144,100 +145,153 @@ impl SpanMetrics {
 
     /// Computes the span metrics of a request.
     pub fn process(&self, req: &ExportTraceServiceRequest) -> SpanMetricsBatch {
-        let mut aggs: Vec<Agg> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut key = String::new();
-        let mut spans = 0u64;
-        let mut limited = LimitCounts::default();
-        let max = self.limits.max_label_value_length;
-        let buckets = &self.config.buckets;
+        let mut acc = Acc::default();
         for rs in &req.resource_spans {
             let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
-            let service = find(resource, "service.name", max, &mut limited).unwrap_or_else(|| "unknown_service".into());
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    let kind = span.kind.clamp(0, 5) as usize;
-                    if self.kinds & (1 << kind) == 0 {
-                        continue;
-                    }
-                    spans += 1;
-                    let status = span.status.as_ref().map_or(0, |s| s.code.clamp(0, 2)) as usize;
-                    let dims: Vec<Option<String>> = self
-                        .config
-                        .dimensions
-                        .iter()
-                        .map(|d| {
-                            find(&span.attributes, &d.name, max, &mut limited)
-                                .or_else(|| find(resource, &d.name, max, &mut limited))
-                                .or(d.default.clone())
-                        })
-                        .collect();
-                    // Long names are cut before aggregating: spans whose names share the kept
-                    // prefix count in one series (totals are kept).
-                    let span_name = truncated(&span.name, max);
-                    if let Cow::Owned(_) = span_name {
-                        limited.add(LimitReason::LabelValueTruncated, 1);
-                    }
-                    key.clear();
-                    for part in [service.as_str(), &span_name, KINDS[kind], STATUSES[status]] {
-                        key.push_str(part);
-                        key.push('\0');
-                    }
-                    for d in &dims {
-                        key.push(if d.is_some() { '\u{1}' } else { '\u{2}' });
-                        key.push_str(d.as_deref().unwrap_or(""));
-                        key.push('\0');
-                    }
-                    // Look up before inserting: most spans hit an existing label set, and the key
-                    // is only copied for new ones.
-                    let i = match index.get(key.as_str()) {
-                        Some(&i) => i,
-                        None => {
-                            let mut values = vec![
-                                Some(service.clone()),
-                                Some(span_name.into_owned()),
-                                Some(KINDS[kind].to_string()),
-                                Some(STATUSES[status].to_string()),
-                            ];
-                            values.extend(dims);
-                            aggs.push(Agg {
-                                values,
-                                calls: 0.0,
-                                counts: vec![0; buckets.len() + 1],
-                                sum: 0.0,
-                                newest: None,
-                                bucket_exemplars: vec![None; buckets.len() + 1],
-                            });
-                            index.insert(key.clone(), aggs.len() - 1);
-                            aggs.len() - 1
-                        }
-                    };
-                    let agg = &mut aggs[i];
-                    let weight = adjusted_count(&span.trace_state);
-                    let secs = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
-                    let b = buckets.partition_point(|x| *x < secs);
-                    agg.calls += weight;
-                    agg.counts[b] = agg.counts[b].saturating_add(weight.round().max(1.0) as u64);
-                    agg.sum += secs * weight;
-                    if let Some(e) = exemplar(span, secs) {
-                        if agg.newest.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
-                            agg.newest = Some(e);
-                        }
-                        let slot = &mut agg.bucket_exemplars[b];
-                        if slot.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
-                            *slot = Some(e);
-                        }
-                    }
-                }
+            let service = self.service(&resource, &mut acc);
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let fields = SpanFields {
+                    kind: span.kind,
+                    status: span.status.as_ref().map_or(0, |s| s.code),
+                    name: &span.name,
+                    trace_state: &span.trace_state,
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    trace_id: &span.trace_id,
+                    span_id: &span.span_id,
+                };
+                self.add(&mut acc, &service, &resource, &fields, &span.attributes.as_slice());
             }
         }
-        if let Some(t) = &self.stats
-            && !limited.is_empty()
-        {
-            t.limited(Signal::Traces, &limited);
+        self.finish(acc)
+    }
+
+    /// Computes the span metrics of a request read from its bytes ([`WireRequest`]): the same
+    /// batch [`SpanMetrics::process`] computes from the decoded request.
+    pub fn process_wire(&self, req: &WireRequest<'_>) -> SpanMetricsBatch {
+        let mut acc = Acc::default();
+        let services: Vec<String> = (0..req.resources() as u32)
+            .map(|i| self.service(&req.resource_attrs(i), &mut acc))
+            .collect();
+        for span in &req.spans {
+            let fields = SpanFields {
+                kind: span.kind,
+                status: span.status_code,
+                name: span.name,
+                trace_state: span.trace_state,
+                start: span.start_time_unix_nano,
+                end: span.end_time_unix_nano,
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+            };
+            let resource = req.resource_attrs(span.resource);
+            self.add(
+                &mut acc,
+                &services[span.resource as usize],
+                &resource,
+                &fields,
+                &req.span_attrs(span),
+            );
         }
-        let mut batch = self.emit(aggs, spans);
-        batch.limited = limited;
+        self.finish(acc)
+    }
+
+    fn service(&self, resource: &impl Attrs, acc: &mut Acc) -> String {
+        let max = self.limits.max_label_value_length;
+        resource
+            .find(SERVICE_NAME, max, &mut acc.limited)
+            .unwrap_or_else(|| "unknown_service".into())
+    }
+
+    /// Counts one span into its series.
+    fn add(&self, acc: &mut Acc, service: &str, resource: &impl Attrs, span: &SpanFields<'_>, attrs: &impl Attrs) {
+        let max = self.limits.max_label_value_length;
+        let buckets = &self.config.buckets;
+        let kind = span.kind.clamp(0, 5) as usize;
+        if self.kinds & (1 << kind) == 0 {
+            return;
+        }
+        acc.spans += 1;
+        let status = span.status.clamp(0, 2) as usize;
+        let limited = &mut acc.limited;
+        let dims: Vec<Option<String>> = self
+            .config
+            .dimensions
+            .iter()
+            .map(|d| {
+                attrs
+                    .find(&d.name, max, limited)
+                    .or_else(|| resource.find(&d.name, max, limited))
+                    .or(d.default.clone())
+            })
+            .collect();
+        // Long names are cut before aggregating: spans whose names share the kept prefix count in
+        // one series (totals are kept).
+        let span_name = truncated(span.name, max);
+        if let Cow::Owned(_) = span_name {
+            limited.add(LimitReason::LabelValueTruncated, 1);
+        }
+        let key = &mut acc.key;
+        key.clear();
+        for part in [service, &span_name, KINDS[kind], STATUSES[status]] {
+            key.push_str(part);
+            key.push('\0');
+        }
+        for d in &dims {
+            key.push(if d.is_some() { '\u{1}' } else { '\u{2}' });
+            key.push_str(d.as_deref().unwrap_or(""));
+            key.push('\0');
+        }
+        // Look up before inserting: most spans hit an existing label set, and the key is only
+        // copied for new ones.
+        let i = match acc.index.get(key.as_str()) {
+            Some(&i) => i,
+            None => {
+                let mut values = vec![
+                    Some(service.to_string()),
+                    Some(span_name.into_owned()),
+                    Some(KINDS[kind].to_string()),
+                    Some(STATUSES[status].to_string()),
+                ];
+                values.extend(dims);
+                acc.aggs.push(Agg {
+                    values,
+                    calls: 0.0,
+                    counts: vec![0; buckets.len() + 1],
+                    sum: 0.0,
+                    newest: None,
+                    bucket_exemplars: vec![None; buckets.len() + 1],
+                });
+                acc.index.insert(key.clone(), acc.aggs.len() - 1);
+                acc.aggs.len() - 1
+            }
+        };
+        let agg = &mut acc.aggs[i];
+        let weight = adjusted_count(span.trace_state);
+        let secs = span.end.saturating_sub(span.start) as f64 / 1e9;
+        let b = buckets.partition_point(|x| *x < secs);
+        agg.calls += weight;
+        agg.counts[b] = agg.counts[b].saturating_add(weight.round().max(1.0) as u64);
+        agg.sum += secs * weight;
+        if let Some(e) = exemplar(span, secs) {
+            if agg.newest.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
+                agg.newest = Some(e);
+            }
+            let slot = &mut agg.bucket_exemplars[b];
+            if slot.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
+                *slot = Some(e);
+            }
+        }
+    }
+
+    fn finish(&self, acc: Acc) -> SpanMetricsBatch {
+        if let Some(t) = &self.stats
+            && !acc.limited.is_empty()
+        {
+            t.limited(Signal::Traces, &acc.limited);
+        }
+        let mut batch = self.emit(acc.aggs, acc.spans);
+        batch.limited = acc.limited;
         batch
     }
 
@@ -300,25 +354,70 @@ impl SpanMetrics {
     }
 }
 
-/// The value of attribute `key` as a label value, truncated to `max` bytes (counted in `limited`).
-fn find(attrs: &[KeyValue], key: &str, max: usize, limited: &mut LimitCounts) -> Option<String> {
-    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
-    let mut s = String::new();
-    write_any(v, &mut s);
+const SERVICE_NAME: &str = "service.name";
+
+/// What one request's spans add up to so far.
+#[derive(Default)]
+struct Acc {
+    aggs: Vec<Agg>,
+    index: HashMap<String, usize>,
+    key: String,
+    spans: u64,
+    limited: LimitCounts,
+}
+
+/// The fields of a span that span metrics read, decoded or borrowed from the wire.
+struct SpanFields<'a> {
+    kind: i32,
+    status: i32,
+    name: &'a str,
+    trace_state: &'a str,
+    start: u64,
+    end: u64,
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+}
+
+/// Attributes, decoded or on the wire: the value of `key` as a label value.
+trait Attrs {
+    /// The value of the first attribute `key` as a label value, truncated to `max` bytes
+    /// (counted in `limited`); `None` when there is no such attribute or it has no value.
+    fn find(&self, key: &str, max: usize, limited: &mut LimitCounts) -> Option<String>;
+}
+
+/// Truncates a found label value to `max` bytes, counting it.
+fn limited_value(mut s: String, max: usize, limited: &mut LimitCounts) -> String {
     if truncate_value(&mut s, max) {
         limited.add(LimitReason::LabelValueTruncated, 1);
     }
-    Some(s)
+    s
 }
 
-fn exemplar(span: &OtlpSpan, secs: f64) -> Option<Exemplar> {
-    let trace_id: [u8; 16] = span.trace_id.as_slice().try_into().ok()?;
-    let span_id: [u8; 8] = span.span_id.as_slice().try_into().ok()?;
+impl Attrs for &[KeyValue] {
+    fn find(&self, key: &str, max: usize, limited: &mut LimitCounts) -> Option<String> {
+        let v = self.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+        let mut s = String::new();
+        write_any(v, &mut s);
+        Some(limited_value(s, max, limited))
+    }
+}
+
+impl Attrs for &[WireAttr<'_>] {
+    fn find(&self, key: &str, max: usize, limited: &mut LimitCounts) -> Option<String> {
+        let a = self.iter().find(|a| a.key == key)?;
+        let mut s = String::new();
+        a.write_value(&mut s).then(|| limited_value(s, max, limited))
+    }
+}
+
+fn exemplar(span: &SpanFields<'_>, secs: f64) -> Option<Exemplar> {
+    let trace_id: [u8; 16] = span.trace_id.try_into().ok()?;
+    let span_id: [u8; 8] = span.span_id.try_into().ok()?;
     (trace_id != [0; 16]).then_some(Exemplar {
         trace_id,
         span_id,
         value: secs,
-        time_unix_nano: span.end_time_unix_nano,
+        time_unix_nano: span.end,
     })
 }
 

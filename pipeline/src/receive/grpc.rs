@@ -121,7 +121,7 @@ impl<C: Consumer, R: GrpcExport> tonic::server::UnaryService<Bytes> for Unary<C,
         Box::pin(async move {
             let body = request.into_inner();
             shared
-                .export::<R>(&body, Encoding::Protobuf, Protocol::Grpc)
+                .export::<R>(body, Encoding::Protobuf, Protocol::Grpc)
                 .map(tonic::Response::new)
                 .map_err(|r| r.grpc_status())
         })

@@ -67,7 +67,7 @@ async fn handle<C: Consumer, R: Export>(s: &Shared<C>, headers: &HeaderMap, body
         Ok(b) => b,
         Err(e) => return refuse(s, signal, encoding, Refusal::Decode(e)),
     };
-    match s.export::<R>(&body, encoding, Protocol::Http) {
+    match s.export::<R>(body, encoding, Protocol::Http) {
         Ok(resp) => encode(StatusCode::OK, encoding, &resp),
         // Already counted by `Shared`.
         Err(r) => error_response(encoding, &r),
@@ -160,7 +160,7 @@ mod tests {
         let shared = Shared::new(Arc::new(Accept), 1000, 1000, telemetry.receiver.clone());
         // Another request holds the whole in-flight budget.
         let held = shared.admit(1000).unwrap();
-        let body = ExportMetricsServiceRequest::default().encode_to_vec();
+        let body = bytes::Bytes::from(ExportMetricsServiceRequest::default().encode_to_vec());
         let req = || {
             Request::post("/v1/metrics")
                 .header("content-type", "application/x-protobuf")
@@ -179,7 +179,7 @@ mod tests {
 
         // The same refusal over gRPC carries RetryInfo.
         let err = shared
-            .export::<ExportMetricsServiceRequest>(&body, Encoding::Protobuf, Protocol::Grpc)
+            .export::<ExportMetricsServiceRequest>(body.clone(), Encoding::Protobuf, Protocol::Grpc)
             .unwrap_err();
         assert_eq!(err.grpc_status().code(), tonic::Code::ResourceExhausted);
         use tonic_types::StatusExt;

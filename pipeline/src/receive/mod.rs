@@ -19,6 +19,7 @@ pub mod status;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -44,6 +45,15 @@ pub trait Export: OtlpRequest {
     /// # Errors
     /// The consumer's [`Refusal`].
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal>;
+    /// Hands the request body over: decoded and passed to [`Export::consume`], unless the
+    /// consumer takes it as bytes (protobuf traces, which are forwarded as they came).
+    ///
+    /// # Errors
+    /// [`Refusal::Decode`] when the body does not decode; the consumer's [`Refusal`].
+    fn consume_body<C: Consumer>(consumer: &C, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        let req = decode::decode::<Self>(&body, encoding)?;
+        Self::consume(consumer, req)
+    }
     /// The response for an outcome.
     fn respond(out: Outcome) -> Self::Response;
 }
@@ -65,6 +75,12 @@ impl Export for ExportTraceServiceRequest {
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
         consumer.consume_traces(req)
     }
+    fn consume_body<C: Consumer>(consumer: &C, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        match encoding {
+            Encoding::Protobuf => consumer.consume_traces_encoded(body),
+            Encoding::Json => consumer.consume_traces(decode::decode::<Self>(&body, encoding)?),
+        }
+    }
     fn respond(out: Outcome) -> Self::Response {
         traces_response(out)
     }
@@ -82,6 +98,15 @@ pub trait Consumer: Send + Sync + 'static {
     /// # Errors
     /// [`Refusal::Overloaded`] when a downstream bound is full and the client should retry.
     fn consume_traces(&self, req: ExportTraceServiceRequest) -> Result<Outcome, Refusal>;
+    /// Consumes a traces request as its protobuf bytes (decompressed, not yet decoded). By
+    /// default it is decoded and handed to [`Consumer::consume_traces`].
+    ///
+    /// # Errors
+    /// [`Refusal::Decode`] when the bytes are not a valid request; as
+    /// [`Consumer::consume_traces`] otherwise.
+    fn consume_traces_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        self.consume_traces(decode::decode::<ExportTraceServiceRequest>(&body, Encoding::Protobuf)?)
+    }
 }
 
 /// State shared by both receivers: the consumer, admission control, limits and self metrics.
@@ -146,7 +171,7 @@ impl<C: Consumer> Shared<C> {
     /// A [`Refusal`] when the request is refused as a whole.
     pub fn export<R: Export>(
         &self,
-        body: &[u8],
+        body: Bytes,
         encoding: Encoding,
         protocol: Protocol,
     ) -> Result<R::Response, Refusal> {
@@ -157,16 +182,15 @@ impl<C: Consumer> Shared<C> {
         Ok(R::respond(out))
     }
 
-    fn export_inner<R: Export>(&self, body: &[u8], encoding: Encoding) -> Result<Outcome, Refusal> {
-        let estimated = decode::decoded_size::<R>(body, encoding)?;
+    fn export_inner<R: Export>(&self, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        let estimated = decode::decoded_size::<R>(&body, encoding)?;
         let limit = self.max_decoded_size(body.len());
         if estimated > limit {
             return Err(DecodeError::DecodedTooLarge { estimated, limit }.into());
         }
         // Held until the consumer has taken the batch over (stored, or queued under its own bound).
         let _permit = self.admit(estimated)?;
-        let req = decode::decode::<R>(body, encoding)?;
-        R::consume(&*self.consumer, req)
+        R::consume_body(&*self.consumer, body, encoding)
     }
 
     /// Counts a request refused as a whole.

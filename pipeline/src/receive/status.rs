@@ -11,6 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::decode::DecodeError;
 use super::stats::RefusalReason;
+use crate::export::sender::PushError;
 
 /// Delay clients are asked to wait before retrying an overloaded request.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -25,6 +26,17 @@ pub enum Refusal {
     /// Too much data is in flight; the client should retry later.
     #[error("Spindle is overloaded ({0}); retry later")]
     Overloaded(&'static str),
+}
+
+/// A queue that refused a request is "overloaded" (retryable). Receivers push only into the
+/// trace exporter's queue (through the pipeline), so the message names it.
+impl From<PushError> for Refusal {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Full => Refusal::Overloaded("trace export queue is full"),
+            PushError::Closed => Refusal::Overloaded("trace exporter is shutting down"),
+        }
+    }
 }
 
 impl Refusal {
@@ -178,6 +190,27 @@ mod tests {
         assert_eq!(
             st.get_details_retry_info().and_then(|r| r.retry_delay),
             Some(RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn a_refusing_export_queue_is_overloaded_and_retryable() {
+        for e in [PushError::Full, PushError::Closed] {
+            let r = Refusal::from(e);
+            assert!(matches!(r, Refusal::Overloaded(_)), "{r:?}");
+            assert!(r.retryable());
+            assert_eq!(r.reason(), RefusalReason::Overloaded);
+            assert_eq!(r.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+            let st = r.grpc_status();
+            assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+            assert_eq!(
+                st.get_details_retry_info().and_then(|r| r.retry_delay),
+                Some(RETRY_AFTER)
+            );
+        }
+        assert_eq!(
+            Refusal::from(PushError::Full).to_string(),
+            "Spindle is overloaded (trace export queue is full); retry later"
         );
     }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
 use crate::export::config::{backoff_problem, endpoint_problem, header_problems};
+use crate::export::sender::{Batching, RetryPolicy};
 
 /// `exporters.remote_write`: every `interval`, a snapshot of the series store (the samples and
 /// exemplars a scrape shows) is pushed with Prometheus remote write 1.0 (protobuf + snappy) to
@@ -28,8 +29,9 @@ pub struct RemoteWriteConfig {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Most samples in one request (an exemplar counts as a sample). Default `2000`.
     pub max_samples_per_request: usize,
-    /// Bound of the request queue in compressed bytes. When a new snapshot does not fit, the
-    /// oldest queued snapshot's requests are dropped and counted. Default `64MiB`.
+    /// Bound of the request queue in compressed bytes, the request in flight included. When a new
+    /// snapshot does not fit, the oldest queued snapshot's requests are dropped and counted.
+    /// Default `64MiB`.
     pub queue_max_bytes: ByteSize,
     /// First retry delay; doubles per attempt with ±20% jitter. Default `100ms`.
     pub retry_initial_backoff: DurationStr,
@@ -57,6 +59,23 @@ impl Default for RemoteWriteConfig {
 }
 
 impl RemoteWriteConfig {
+    /// One request per batch, sent as soon as it is queued: requests are already cut at
+    /// `max_samples_per_request`, and their snappy bodies cannot be joined.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_items: 1,
+            timeout: Duration::ZERO,
+        }
+    }
+
+    /// `retry_initial_backoff` doubling up to `retry_max_backoff`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.retry_initial_backoff.0,
+            max: self.retry_max_backoff.0,
+        }
+    }
+
     /// Checks `exporters.remote_write`; every problem with its key path and a hint.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();

@@ -2,11 +2,12 @@
 //!
 //! In: the series store and the snapshot's timestamp. Out: snappy-compressed `WriteRequest`
 //! bodies of at most `max_samples_per_request` samples (an exemplar counts as one), each with the
-//! metadata of the families it carries. Names and labels are those of `/metrics`: `__name__`
-//! (`foo_total` for counters, `foo_bucket`/`foo_count`/`foo_sum` for histograms, `foo` with
-//! `quantile` for summaries, `target_info`) plus the series' labels, parsed back from their
-//! rendered bytes. Every request is encoded as soon as it is full, so a snapshot never holds more
-//! than one request's series unencoded.
+//! metadata of the families it carries. The samples are those of `/metrics`, from the same walk
+//! ([`crate::expose::walk`], of which [`Snapshot`] is a sink): `__name__` (`foo_total` for
+//! counters, `foo_bucket`/`foo_count`/`foo_sum` for histograms, `foo` with `quantile` for
+//! summaries, `target_info`) plus the series' labels, parsed back from their rendered bytes, and
+//! `le`/`quantile` values written by the exposition's float formatter. Every request is encoded as
+//! soon as it is full, so a snapshot never holds more than one request's series unencoded.
 //!
 //! Exemplars are sent once: a fingerprint of every exemplar sent with the previous snapshot is
 //! kept, and an exemplar still in the store is not sent again. The set is rebuilt per snapshot, so
@@ -19,9 +20,11 @@ use hashbrown::HashSet;
 use prost::Message;
 
 use super::proto::{Exemplar, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest};
-use crate::model::batch::FamilyMeta;
+use crate::expose::float;
+use crate::expose::walk::{self, Family, Sink};
 use crate::model::{self, MetricKind};
-use crate::store::{self, SeriesValue, Store};
+use crate::store::{self, Store};
+use crate::util::hex;
 
 /// One encoded request, ready to send.
 #[derive(Debug, Clone)]
@@ -44,38 +47,23 @@ pub(crate) struct Converter {
 impl Converter {
     /// Every sample of `store` at `timestamp_ms`, in requests of at most `max_samples`.
     pub(crate) fn snapshot(&mut self, store: &Store, timestamp_ms: i64, max_samples: usize) -> Vec<Encoded> {
-        let mut batcher = Batcher::new(max_samples);
-        let mut sent_now = HashSet::with_capacity(self.sent.len());
-        for handle in store.families() {
-            let fam = handle.lock();
-            if fam.series().is_empty() {
-                continue;
-            }
-            batcher.begin_family(metadata(&fam.meta));
-            for s in fam.series() {
-                let Some(labels) = store::parse_labels(s.labels()) else {
-                    continue;
-                };
-                let mut out = SeriesOut {
-                    name: &fam.meta.name,
-                    rendered: s.labels(),
-                    labels: &labels,
-                    timestamp_ms,
-                    previous: &self.sent,
-                    sent_now: &mut sent_now,
-                    seed: &self.seed,
-                    batcher: &mut batcher,
-                };
-                out.series(fam.meta.kind, &s.value);
-            }
-        }
+        let mut out = Snapshot {
+            timestamp_ms,
+            previous: &self.sent,
+            sent_now: HashSet::with_capacity(self.sent.len()),
+            seed: &self.seed,
+            batcher: Batcher::new(max_samples),
+            labels: Vec::new(),
+        };
+        walk::store(store, &mut out);
+        let Snapshot { sent_now, batcher, .. } = out;
         self.sent = sent_now;
         batcher.finish()
     }
 }
 
-fn metadata(meta: &FamilyMeta) -> MetricMetadata {
-    let ty = match meta.kind {
+fn metadata(f: &Family<'_>) -> MetricMetadata {
+    let ty = match f.kind {
         MetricKind::Counter => MetricType::Counter,
         MetricKind::Gauge => MetricType::Gauge,
         MetricKind::Histogram => MetricType::Histogram,
@@ -84,82 +72,45 @@ fn metadata(meta: &FamilyMeta) -> MetricMetadata {
     };
     MetricMetadata {
         r#type: ty as i32,
-        metric_family_name: meta.name.clone(),
-        help: meta.help.clone(),
-        unit: meta.unit.clone(),
+        metric_family_name: f.name.to_owned(),
+        help: f.help.to_owned(),
+        unit: f.unit.to_owned(),
     }
 }
 
-/// Writes the samples of one series; mirrors `expose::write_series`, sample for sample.
-struct SeriesOut<'a> {
-    name: &'a str,
-    rendered: &'a [u8],
-    labels: &'a [(String, String)],
+/// The walk's sink for one snapshot: each sample becomes a `TimeSeries` of one sample.
+struct Snapshot<'a> {
     timestamp_ms: i64,
     previous: &'a HashSet<u64>,
-    sent_now: &'a mut HashSet<u64>,
+    sent_now: HashSet<u64>,
     seed: &'a foldhash::fast::FixedState,
-    batcher: &'a mut Batcher,
+    batcher: Batcher,
+    /// The current series' labels, parsed from its rendered bytes.
+    labels: Vec<(String, String)>,
 }
 
-impl SeriesOut<'_> {
-    fn series(&mut self, kind: MetricKind, value: &SeriesValue) {
-        match value {
-            SeriesValue::Number { value, exemplar } => {
-                if kind == MetricKind::Counter {
-                    self.sample("_total", None, *value, exemplar.as_ref());
-                } else {
-                    self.sample("", None, *value, None);
-                }
+impl Sink for Snapshot<'_> {
+    fn family(&mut self, family: &Family<'_>) {
+        self.batcher.begin_family(metadata(family));
+    }
+
+    fn series(&mut self, labels: &[u8]) -> bool {
+        match store::parse_labels(labels) {
+            Some(l) => {
+                self.labels = l;
+                true
             }
-            SeriesValue::Info => self.sample("_info", None, 1.0, None),
-            SeriesValue::Histogram(h) => {
-                // As on /metrics: `_count` equals the `+Inf` bucket.
-                let total = h.count.max(h.counts.iter().sum());
-                let mut cum = 0u64;
-                for (i, c) in h.counts.iter().enumerate() {
-                    cum += c;
-                    let (le, v) = match h.bounds.get(i) {
-                        Some(b) => (*b, cum),
-                        None => (f64::INFINITY, total),
-                    };
-                    self.sample("_bucket", Some(("le", le)), v as f64, h.exemplars[i].as_ref());
-                }
-                let negative = h.bounds.first().is_some_and(|b| *b < 0.0);
-                self.count_sum(total, h.sum, negative);
-            }
-            SeriesValue::Exponential(h) => {
-                let buckets = h.classic_buckets();
-                let total = buckets.last().map_or(h.count, |b| b.1);
-                for (le, cum, ex) in &buckets {
-                    self.sample("_bucket", Some(("le", *le)), *cum as f64, *ex);
-                }
-                let negative = buckets.first().is_some_and(|b| b.0 < 0.0);
-                self.count_sum(total, h.sum, negative);
-            }
-            SeriesValue::Summary(sm) => {
-                for (q, v) in sm.quantiles.iter() {
-                    self.sample("", Some(("quantile", *q)), *v, None);
-                }
-                self.count_sum(sm.count, sm.sum, false);
-            }
+            None => false,
         }
     }
 
-    /// `_count` and `_sum`, left out where `/metrics` leaves them out.
-    fn count_sum(&mut self, count: u64, sum: f64, negative_buckets: bool) {
-        if sum.is_nan() || sum < 0.0 || negative_buckets {
-            return;
-        }
-        self.sample("_count", None, count as f64, None);
-        self.sample("_sum", None, sum, None);
-    }
-
-    fn sample(&mut self, suffix: &str, extra: Option<(&str, f64)>, value: f64, exemplar: Option<&model::Exemplar>) {
+    fn sample(&mut self, s: &walk::Sample<'_>) {
+        let suffix = s.kind.suffix();
+        let extra = s.kind.label();
         let mut labels = Vec::with_capacity(self.labels.len() + 2);
         labels.push(Label {
             name: "__name__".into(),
-            value: format!("{}{suffix}", self.name),
+            value: format!("{}{suffix}", s.name),
         });
         labels.extend(self.labels.iter().map(|(k, v)| Label {
             name: k.clone(),
@@ -168,13 +119,14 @@ impl SeriesOut<'_> {
         if let Some((k, v)) = extra {
             labels.push(Label {
                 name: k.into(),
-                value: format_float(v),
+                value: float::format_f64(v),
             });
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
-        let exemplars = exemplar
+        let exemplars = s
+            .exemplar
             .filter(|e| {
-                let fp = self.fingerprint(suffix, extra, e);
+                let fp = self.fingerprint(s, e);
                 self.sent_now.insert(fp);
                 !self.previous.contains(&fp)
             })
@@ -183,19 +135,22 @@ impl SeriesOut<'_> {
         self.batcher.push(TimeSeries {
             labels,
             samples: vec![Sample {
-                value,
+                value: s.value.as_f64(),
                 timestamp: self.timestamp_ms,
             }],
             exemplars,
         });
     }
+}
 
-    fn fingerprint(&self, suffix: &str, extra: Option<(&str, f64)>, e: &model::Exemplar) -> u64 {
+impl Snapshot<'_> {
+    /// Identifies an exemplar in its slot: the sample it is on and the exemplar itself.
+    fn fingerprint(&self, s: &walk::Sample<'_>, e: &model::Exemplar) -> u64 {
         let mut h = self.seed.build_hasher();
-        self.name.hash(&mut h);
-        suffix.hash(&mut h);
-        self.rendered.hash(&mut h);
-        extra.map(|(_, v)| v.to_bits()).hash(&mut h);
+        s.name.hash(&mut h);
+        s.kind.suffix().hash(&mut h);
+        s.labels.hash(&mut h);
+        s.kind.label().map(|(_, v)| v.to_bits()).hash(&mut h);
         e.trace_id.hash(&mut h);
         e.span_id.hash(&mut h);
         e.value.to_bits().hash(&mut h);
@@ -216,11 +171,11 @@ fn exemplar_proto(e: &model::Exemplar, snapshot_ms: i64) -> Exemplar {
         labels: vec![
             Label {
                 name: "span_id".into(),
-                value: hex(&e.span_id),
+                value: hex::encode(&e.span_id),
             },
             Label {
                 name: "trace_id".into(),
-                value: hex(&e.trace_id),
+                value: hex::encode(&e.trace_id),
             },
         ],
         value: e.value,
@@ -228,26 +183,10 @@ fn exemplar_proto(e: &model::Exemplar, snapshot_ms: i64) -> Exemplar {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// A float as `/metrics` writes it in `le` and `quantile` labels: `+Inf`, `-Inf`, `NaN`, or the
-/// shortest round-tripping decimal with at least one fractional digit (`1.0`, `0.25`, `1e-5`).
+/// A float as `/metrics` writes it in `le` and `quantile` labels (the exposition's one formatter).
+#[cfg(test)]
 pub(crate) fn format_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        ryu::Buffer::new().format_finite(v).to_owned()
-    }
+    float::format_f64(v)
 }
 
 /// Groups series into requests of at most `max` samples and encodes each once full.

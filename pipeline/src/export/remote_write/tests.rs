@@ -378,7 +378,7 @@ fn a_large_store_is_split_into_requests() {
 
 fn encoded(bytes: usize, samples: u64) -> Encoded {
     Encoded {
-        body: Bytes::from(vec![0u8; bytes]),
+        body: bytes::Bytes::from(vec![0u8; bytes]),
         samples,
         exemplars: 0,
     }
@@ -386,40 +386,50 @@ fn encoded(bytes: usize, samples: u64) -> Encoded {
 
 #[test]
 fn a_full_queue_drops_the_oldest_snapshot_and_counts_it() {
-    let q = Queue::new(100);
-    assert_eq!(q.push_snapshot(1, vec![encoded(30, 3), encoded(30, 3)]), 0);
+    let q = MemoryQueue::<Sidecar>::new(100);
+    assert_eq!(push_snapshot(&q, 1, vec![encoded(30, 3), encoded(30, 3)]), 0);
     assert_eq!(q.bytes(), 60);
     // Snapshot 2 does not fit beside 1: all of 1 goes, none of 2.
-    assert_eq!(q.push_snapshot(2, vec![encoded(40, 4), encoded(40, 4)]), 6);
+    assert_eq!(push_snapshot(&q, 2, vec![encoded(40, 4), encoded(40, 4)]), 6);
     assert_eq!(q.bytes(), 80);
     // A snapshot larger than the queue keeps its first requests.
-    assert_eq!(q.push_snapshot(3, vec![encoded(60, 6), encoded(60, 6)]), 8 + 6);
+    assert_eq!(push_snapshot(&q, 3, vec![encoded(60, 6), encoded(60, 6)]), 8 + 6);
     assert_eq!(q.bytes(), 60);
-    assert_eq!(q.pop().map(|r| r.samples), Some(6));
-    assert!(q.pop().is_none());
+    let b = q.pop(1).unwrap();
+    assert_eq!(b.items(), 6);
+    assert!(q.pop(1).is_none());
+    q.ack(b.ticket);
     assert_eq!(q.bytes(), 0);
-    q.push_snapshot(4, vec![encoded(10, 1), encoded(10, 2)]);
-    assert_eq!(q.clear(), 3);
+    push_snapshot(&q, 4, vec![encoded(10, 1), encoded(10, 2)]);
+    assert_eq!(q.close(), 3);
     assert_eq!(q.bytes(), 0);
 }
 
 #[test]
+fn the_request_in_flight_is_never_dropped_to_make_room() {
+    let q = MemoryQueue::<Sidecar>::new(100);
+    push_snapshot(&q, 1, vec![encoded(60, 6)]);
+    let in_flight = q.pop(1).unwrap();
+    assert_eq!(push_snapshot(&q, 2, vec![encoded(60, 5)]), 5, "no room beside it");
+    q.ack(in_flight.ticket);
+    assert_eq!(push_snapshot(&q, 3, vec![encoded(60, 4)]), 0);
+}
+
+#[test]
 fn statuses_are_classified_as_remote_write_says() {
-    let c = |s: u16| classify(s, Some(Duration::from_secs(2)), String::new());
-    assert_eq!(c(200), Attempt::Sent);
-    assert_eq!(c(204), Attempt::Sent);
+    use crate::export::sender::AttemptError;
+    use crate::export::sender::client::{Sent, classify_http};
+    let c = |s: u16| classify_http(s, Some(Duration::from_secs(2)), b"", &ANSWERS);
+    assert_eq!(c(200), Ok(Sent { rejected: 0 }));
+    assert_eq!(c(204), Ok(Sent { rejected: 0 }));
     for s in [429, 500, 502, 503, 504] {
-        assert_eq!(
-            c(s),
-            Attempt::Retry {
-                after: Some(Duration::from_secs(2)),
-                why: String::new()
-            },
+        assert!(
+            matches!(c(s), Err(AttemptError::Retryable { after: Some(a), .. }) if a == Duration::from_secs(2)),
             "{s}"
         );
     }
     for s in [400, 401, 403, 404, 409, 413, 415] {
-        assert!(matches!(c(s), Attempt::Permanent(_)), "{s}");
+        assert!(matches!(c(s), Err(AttemptError::Permanent(_))), "{s}");
     }
 }
 

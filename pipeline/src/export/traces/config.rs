@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
 use crate::export::config::{backoff_problem, endpoint_problem, header_problems};
+use crate::export::sender::{Batching, RetryPolicy};
 
 /// `exporters.traces`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -62,10 +63,9 @@ pub struct OtlpExporterConfig {
     pub max_batch_spans: usize,
     /// Longest a span waits for its batch to fill. Default `200ms`.
     pub batch_timeout: DurationStr,
-    /// Bound of the export queue in memory held by queued spans: the decoded requests (struct sizes
-    /// plus string, bytes and list capacities, about 3–5× their encoded size) and their exemplars,
-    /// and the encoded body of the batch in flight. When full, receivers answer "overloaded" so
-    /// clients back off, and no accepted span is dropped. At least
+    /// Bound of the export queue in bytes held by queued and in-flight spans: each request's encoded
+    /// protobuf body (what is sent), its exemplars and its queue slot. When full, receivers answer
+    /// "overloaded" so clients back off, and no accepted span is dropped. At least
     /// [`DECODED_SIZE_FACTOR`] × `receivers.otlp.max_request_size`. Default `64MiB`.
     pub queue_max_bytes: ByteSize,
     /// First retry delay; doubles per attempt with ±20% jitter. Default `100ms`.
@@ -96,9 +96,10 @@ impl Default for OtlpExporterConfig {
     }
 }
 
-/// How many times its encoded size a typical request holds once decoded (measured: 3.2× for spans
-/// with 8 attributes, 4–5× for spans with few or none). `exporters.traces.otlp.queue_max_bytes`
-/// counts decoded memory, so it must be at least this many times `receivers.otlp.max_request_size`.
+/// How many of the largest requests (`receivers.otlp.max_request_size`)
+/// `exporters.traces.otlp.queue_max_bytes` must hold at least, so that one large request does not
+/// fill the queue on its own. (The name is from when the queue held decoded requests, about 4× their
+/// encoded size; it now holds their encoded bodies.)
 pub const DECODED_SIZE_FACTOR: u64 = 4;
 
 impl TraceExportersConfig {
@@ -109,6 +110,22 @@ impl TraceExportersConfig {
 }
 
 impl OtlpExporterConfig {
+    /// Batches of at most `max_batch_spans` spans, waiting at most `batch_timeout` to fill.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_items: self.max_batch_spans as u64,
+            timeout: self.batch_timeout.0,
+        }
+    }
+
+    /// `retry_initial_backoff` doubling up to `retry_max_backoff`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.retry_initial_backoff.0,
+            max: self.retry_max_backoff.0,
+        }
+    }
+
     /// Checks `exporters.traces.otlp` on its own; every problem with its key path and a hint.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();

@@ -1,5 +1,5 @@
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::{Status, span::SpanKind};
+use opentelemetry_proto::tonic::trace::v1::{Span as OtlpSpan, Status, span::SpanKind};
 
 use super::*;
 use crate::config::{Dimension, SpanKindName};

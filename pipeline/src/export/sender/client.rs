@@ -1,0 +1,413 @@
+//! The one client every exporter sends with, over gRPC (tonic) or HTTP (reqwest): configured
+//! headers, TLS (system roots plus an optional CA file), a per-attempt timeout, and body
+//! compression. One attempt sends an encoded body — a batch's payloads as chunks, sent back to
+//! back without being joined — and classifies the answer: delivered (with the items the peer
+//! rejected), retryable (with the delay it asked for), or permanent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use super::error::{AttemptError, BuildError};
+use super::retry::{retry_after, retry_info};
+
+/// A delivered attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Items the peer accepted the request with but rejected (OTLP `partial_success`).
+    pub rejected: u64,
+}
+
+/// What one attempt came to.
+pub type Attempt = Result<Sent, AttemptError>;
+
+/// The wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A unary gRPC call to this method path (OTLP/gRPC).
+    Grpc {
+        /// E.g. `/opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+        path: &'static str,
+    },
+    /// An HTTP `POST` to the endpoint URL.
+    Http,
+}
+
+/// Compression the client applies to a body (bodies the exporter already compressed, as remote
+/// write's snappy, use `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCompression {
+    /// Sent as it is.
+    None,
+    /// gzip (gRPC message compression, or HTTP `Content-Encoding: gzip`).
+    Gzip,
+}
+
+/// How an exporter's protocol reads answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Answers {
+    /// Whether an HTTP status other than 2xx is worth retrying.
+    pub http_retryable: fn(u16) -> bool,
+    /// Items the peer rejected, read from the body of a successful answer.
+    pub rejected: fn(&[u8]) -> u64,
+}
+
+/// Everything a client is built from.
+#[derive(Debug, Clone)]
+pub struct ClientConfig<'a> {
+    /// The URL requests go to (for HTTP, with its path).
+    pub endpoint: &'a str,
+    /// gRPC or HTTP.
+    pub transport: Transport,
+    /// The exporter's configured `headers`.
+    pub headers: &'a BTreeMap<String, String>,
+    /// The protocol's own HTTP headers; they win over configured ones.
+    pub protocol_headers: &'static [(&'static str, &'static str)],
+    /// `User-Agent` of HTTP requests (none: the HTTP client's default, none).
+    pub user_agent: Option<&'static str>,
+    /// Timeout of one attempt (and of connecting).
+    pub timeout: Duration,
+    /// Extra PEM CA certificate for `https://` endpoints.
+    pub ca_file: Option<&'a str>,
+    /// Compression of request bodies.
+    pub compression: BodyCompression,
+    /// How answers are read.
+    pub answers: Answers,
+}
+
+/// A client for one endpoint.
+pub struct Client {
+    inner: Inner,
+    answers: Answers,
+}
+
+enum Inner {
+    Grpc {
+        grpc: Box<tonic::client::Grpc<tonic::transport::Channel>>,
+        path: http::uri::PathAndQuery,
+        headers: tonic::metadata::MetadataMap,
+        timeout: Duration,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        gzip: bool,
+    },
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.inner {
+            Inner::Grpc { .. } => "grpc",
+            Inner::Http { .. } => "http",
+        };
+        f.debug_struct("Client")
+            .field("transport", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Builds the client. gRPC connects lazily, on the first attempt.
+    ///
+    /// # Errors
+    /// [`BuildError`] when the endpoint, CA file or headers are unusable.
+    pub fn new(c: &ClientConfig<'_>) -> Result<Self, BuildError> {
+        let ca = match c.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| BuildError::Tls(path.into(), e.to_string()))?),
+            None => None,
+        };
+        let tls_error =
+            |e: &dyn std::fmt::Display| BuildError::Tls(c.ca_file.unwrap_or_default().into(), e.to_string());
+        let inner = match c.transport {
+            Transport::Grpc { path } => {
+                let mut ep = tonic::transport::Endpoint::from_shared(c.endpoint.to_string())
+                    .map_err(|e| BuildError::Endpoint(c.endpoint.into(), e.to_string()))?
+                    .timeout(c.timeout)
+                    .connect_timeout(c.timeout);
+                if c.endpoint.starts_with("https://") {
+                    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                    if let Some(pem) = &ca {
+                        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    }
+                    ep = ep.tls_config(tls).map_err(|e| tls_error(&e))?;
+                }
+                let mut grpc = tonic::client::Grpc::new(ep.connect_lazy());
+                if c.compression == BodyCompression::Gzip {
+                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+                }
+                grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in c.headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| BuildError::Header(k.clone()))?;
+                    let val = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
+                    headers.insert(key, val);
+                }
+                Inner::Grpc {
+                    grpc: Box::new(grpc),
+                    path: http::uri::PathAndQuery::from_static(path),
+                    headers,
+                    timeout: c.timeout,
+                }
+            }
+            Transport::Http => {
+                let mut headers = http::HeaderMap::new();
+                for (k, v) in c.headers {
+                    let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| BuildError::Header(k.clone()))?;
+                    let val = http::HeaderValue::from_str(v).map_err(|_| BuildError::Header(k.clone()))?;
+                    headers.insert(name, val);
+                }
+                for (k, v) in c.protocol_headers {
+                    headers.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+                }
+                let mut builder = reqwest::Client::builder().timeout(c.timeout).default_headers(headers);
+                if let Some(ua) = c.user_agent {
+                    builder = builder.user_agent(ua);
+                }
+                if let Some(pem) = &ca {
+                    let cert = reqwest::Certificate::from_pem(pem).map_err(|e| tls_error(&e))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| BuildError::Endpoint(c.endpoint.into(), e.to_string()))?;
+                Inner::Http {
+                    client,
+                    url: c.endpoint.to_string(),
+                    gzip: c.compression == BodyCompression::Gzip,
+                }
+            }
+        };
+        Ok(Self {
+            inner,
+            answers: c.answers,
+        })
+    }
+
+    /// One attempt: sends `body` (its chunks back to back form the request) and classifies the
+    /// answer. Never panics on what the peer sends.
+    pub async fn send(&self, body: &[Bytes]) -> Attempt {
+        match &self.inner {
+            Inner::Grpc {
+                grpc,
+                path,
+                headers,
+                timeout,
+            } => {
+                let mut grpc = (**grpc).clone();
+                if let Err(e) = grpc.ready().await {
+                    return Err(AttemptError::Retryable {
+                        after: None,
+                        why: format!("connecting: {e}"),
+                    });
+                }
+                let mut req = tonic::Request::new(body.to_vec());
+                *req.metadata_mut() = headers.clone();
+                req.set_timeout(*timeout);
+                match grpc.unary(req, path.clone(), RawCodec).await {
+                    Ok(resp) => Ok(Sent {
+                        rejected: (self.answers.rejected)(resp.get_ref()),
+                    }),
+                    Err(status) => Err(classify_grpc(&status)),
+                }
+            }
+            Inner::Http { client, url, gzip } => {
+                let mut rb = client.post(url);
+                let payload = if *gzip {
+                    match gzip_chunks(body) {
+                        Ok(b) => {
+                            rb = rb.header(http::header::CONTENT_ENCODING, "gzip");
+                            b
+                        }
+                        Err(e) => return Err(AttemptError::Permanent(format!("gzip: {e}"))),
+                    }
+                } else {
+                    join(body)
+                };
+                let resp = match rb.body(payload).send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Err(AttemptError::Retryable {
+                            after: None,
+                            why: format!("sending: {e}"),
+                        });
+                    }
+                };
+                let status = resp.status();
+                let after = retry_after(resp.headers());
+                let bytes = resp.bytes().await.unwrap_or_default();
+                classify_http(status.as_u16(), after, &bytes, &self.answers)
+            }
+        }
+    }
+}
+
+/// The chunks as one buffer (no copy when there is one).
+fn join(body: &[Bytes]) -> Bytes {
+    match body {
+        [one] => one.clone(),
+        _ => {
+            let mut out = BytesMut::with_capacity(body.iter().map(Bytes::len).sum());
+            for c in body {
+                out.extend_from_slice(c);
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// The chunks gzip-compressed (fast level) as one stream.
+fn gzip_chunks(body: &[Bytes]) -> std::io::Result<Bytes> {
+    use std::io::Write;
+    let len: usize = body.iter().map(Bytes::len).sum();
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
+    for c in body {
+        enc.write_all(c)?;
+    }
+    enc.finish().map(Bytes::from)
+}
+
+/// An HTTP answer: 2xx is delivered (the body may name rejected items); the protocol's retryable
+/// statuses are retried with the `Retry-After` delay; every other status is permanent.
+pub fn classify_http(status: u16, after: Option<Duration>, body: &[u8], answers: &Answers) -> Attempt {
+    if (200..300).contains(&status) {
+        return Ok(Sent {
+            rejected: (answers.rejected)(body),
+        });
+    }
+    let reason = http::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string());
+    let why = format!(
+        "HTTP {reason}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+    );
+    Err(if (answers.http_retryable)(status) {
+        AttemptError::Retryable { after, why }
+    } else {
+        AttemptError::Permanent(why)
+    })
+}
+
+/// A gRPC error status, as the OTLP spec classes them: `CANCELLED`, `DEADLINE_EXCEEDED`,
+/// `ABORTED`, `OUT_OF_RANGE`, `UNAVAILABLE` and `DATA_LOSS` are retryable, `RESOURCE_EXHAUSTED`
+/// only with `RetryInfo`; every other code is permanent.
+pub fn classify_grpc(status: &tonic::Status) -> AttemptError {
+    use tonic::Code;
+    let after = retry_info(status);
+    let why = format!("gRPC {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => AttemptError::Retryable { after, why },
+        Code::ResourceExhausted if after.is_some() => AttemptError::Retryable { after, why },
+        _ => AttemptError::Permanent(why),
+    }
+}
+
+/// Sends pre-encoded protobuf chunks as one message; hands the answer's bytes back undecoded.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+struct ChunksEncoder;
+
+impl Encoder for ChunksEncoder {
+    type Item = Vec<Bytes>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<Bytes>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        for chunk in item {
+            dst.put(chunk);
+        }
+        Ok(())
+    }
+}
+
+struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<Bytes>;
+    type Decode = Bytes;
+    type Encoder = ChunksEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> ChunksEncoder {
+        ChunksEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn grpc_codes_are_classified_as_the_otlp_spec_says() {
+        let retry = |s: tonic::Status| matches!(classify_grpc(&s), AttemptError::Retryable { .. });
+        assert!(retry(tonic::Status::unavailable("down")));
+        assert!(retry(tonic::Status::deadline_exceeded("slow")));
+        assert!(!retry(tonic::Status::invalid_argument("bad")));
+        assert!(!retry(tonic::Status::resource_exhausted("no RetryInfo: permanent")));
+        let with_info = tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "busy",
+            tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
+        );
+        match classify_grpc(&with_info) {
+            AttemptError::Retryable { after, .. } => assert_eq!(after, Some(Duration::from_secs(3))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_answers_use_the_protocols_retryable_statuses_and_read_rejections() {
+        let answers = Answers {
+            http_retryable: |s| s == 503,
+            rejected: |b| b.len() as u64,
+        };
+        let after = Some(Duration::from_secs(2));
+        assert_eq!(classify_http(200, after, b"xyz", &answers), Ok(Sent { rejected: 3 }));
+        assert_eq!(classify_http(204, None, b"", &answers), Ok(Sent { rejected: 0 }));
+        match classify_http(503, after, b" busy \n", &answers) {
+            Err(AttemptError::Retryable { after: a, why }) => {
+                assert_eq!(a, after);
+                assert_eq!(why, "HTTP 503 Service Unavailable: busy");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_http(502, after, b"", &answers),
+            Err(AttemptError::Permanent(_))
+        ));
+        let long = vec![b'x'; 1000];
+        match classify_http(400, None, &long, &answers) {
+            Err(AttemptError::Permanent(why)) => assert!(why.len() < 260, "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_are_sent_back_to_back() {
+        let chunks = [Bytes::from_static(b"ab"), Bytes::from_static(b"c")];
+        assert_eq!(join(&chunks), Bytes::from_static(b"abc"));
+        let mut raw = Vec::new();
+        let gz = gzip_chunks(&chunks).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+        assert_eq!(raw, b"abc");
+    }
+}

@@ -1,0 +1,233 @@
+//! The chain every exporter runs: queue → batch → retry → client, and the shutdown flush.
+//!
+//! The worker waits for payloads, lets a batch fill for at most the batching timeout or until it
+//! holds `max_items`, and sends it — its payloads' bodies back to back, so concatenated encodings
+//! form one request — retrying with backoff until it is delivered or refused for good (both
+//! acknowledged to the queue and counted). While running, a batch is retried for as long as it
+//! takes: the full queue behind it is the backpressure. Once draining, it sends what is left until
+//! the input has ended and the queue is empty, within the deadline; what the deadline leaves is
+//! handed back to the queue, the queue is closed, and what it will never deliver is counted once
+//! and logged once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::client::Client;
+use super::error::AttemptError;
+use super::queue::{Batch, Queue};
+use super::retry::{Backoff, RetryPolicy};
+use super::shutdown::Shutdown;
+use super::stats::{ExporterStats, Reason};
+
+/// How batches are formed.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most items in one batch (a single payload larger than this is sent alone).
+    pub max_items: u64,
+    /// Longest the first payload of a batch waits for more to join it.
+    pub timeout: Duration,
+}
+
+/// What an exporter does at the points where exporters differ: its sidecars once a batch is
+/// delivered, and its log lines (one per batch or per shutdown, never per item).
+pub trait Hooks<S>: Send + Sync + 'static {
+    /// The peer acknowledged the batch these sidecars came with.
+    fn delivered(&self, sidecars: Vec<S>);
+    /// A batch of `items` was refused for good and dropped.
+    fn refused(&self, items: u64, why: &str);
+    /// An attempt failed and is retried after `wait`.
+    fn retrying(&self, why: &str, wait: Duration);
+    /// At the shutdown deadline, `items` were left undelivered (`why`: the last error).
+    fn undelivered(&self, items: u64, why: &str, timeout: Duration);
+    /// `items` were queued after the final flush (nothing, unless a producer lingered).
+    fn late(&self, items: u64);
+}
+
+/// One exporter's sender: drives its queue through the client until shutdown.
+pub struct Worker<S, R, H> {
+    /// The queue it drains.
+    pub queue: Arc<dyn Queue<S>>,
+    /// The client it sends with.
+    pub client: Client,
+    /// Batch size and time.
+    pub batching: Batching,
+    /// Retry delays.
+    pub retry: RetryPolicy,
+    /// Where it counts.
+    pub stats: ExporterStats<R>,
+    /// Drain signal, end of input and deadline.
+    pub shutdown: Arc<Shutdown>,
+    /// The exporter's own parts.
+    pub hooks: H,
+}
+
+impl<S, R, H> std::fmt::Debug for Worker<S, R, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.queue)
+            .field("batching", &self.batching)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A batch given up because the shutdown deadline came first.
+struct Undelivered<S> {
+    batch: Batch<S>,
+    why: String,
+}
+
+/// Why a batch's attempts stopped without delivering it.
+enum Stop {
+    Permanent(String),
+    Shutdown(String),
+}
+
+impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
+    /// Runs until shutdown has drained the queue or reached its deadline.
+    pub async fn run(self) {
+        let max = self.batching.max_items;
+        let sd = self.shutdown.clone();
+        while !sd.draining() {
+            if self.queue.is_empty() {
+                tokio::select! {
+                    _ = self.queue.pushed().notified() => {}
+                    _ = sd.drained() => {}
+                }
+                continue;
+            }
+            // Let a small batch fill up for at most the batching timeout.
+            let fill = Instant::now() + self.batching.timeout;
+            while self.queue.queued_items() < max && !sd.draining() {
+                tokio::select! {
+                    _ = self.queue.pushed().notified() => {}
+                    _ = tokio::time::sleep_until(fill) => break,
+                    _ = sd.drained() => break,
+                }
+            }
+            if let Some(batch) = self.queue.pop(max)
+                && let Err(u) = self.send(batch).await
+            {
+                return self.give_up(u).await;
+            }
+        }
+        // Draining: send what is queued and what the input still brings, within the deadline.
+        sd.deadline();
+        loop {
+            match self.queue.pop(max) {
+                Some(batch) => {
+                    if let Err(u) = self.send(batch).await {
+                        return self.give_up(u).await;
+                    }
+                }
+                None if sd.input_ended() => break,
+                None => {
+                    tokio::select! {
+                        _ = self.queue.pushed().notified() => {}
+                        _ = sd.input_done() => {}
+                    }
+                }
+            }
+        }
+        let late = self.queue.close();
+        if late > 0 {
+            self.hooks.late(late);
+            self.stats.dropped(R::SHUTDOWN, late);
+        }
+        self.report_queue();
+    }
+
+    fn report_queue(&self) {
+        self.stats.queue(self.queue.bytes(), self.queue.capacity());
+    }
+
+    /// Counts and logs, once, everything not delivered: the batch given up and the whole queue
+    /// (handed back first, so a durable queue keeps it).
+    async fn give_up(self, u: Undelivered<S>) {
+        // A producer still finishing (a last snapshot) is bounded work: wait for it, so that what
+        // it queues is counted with the rest.
+        self.shutdown.input_done().await;
+        self.queue.nack(u.batch);
+        let left = self.queue.close();
+        if left > 0 {
+            self.hooks.undelivered(left, &u.why, self.shutdown.timeout());
+            self.stats.dropped(R::SHUTDOWN, left);
+        }
+        self.report_queue();
+    }
+
+    /// Sends one batch with retries, until it is delivered or refused for good (both counted
+    /// here) or, once draining, until the deadline leaves no time (returned, uncounted).
+    async fn send(&self, batch: Batch<S>) -> Result<(), Undelivered<S>> {
+        self.report_queue();
+        let items = batch.items();
+        let body: Vec<Bytes> = batch.payloads.iter().map(|p| p.body.clone()).collect();
+        let outcome = self.attempts(&body).await;
+        drop(body);
+        match outcome {
+            Ok(rejected) => {
+                self.queue.ack(batch.ticket);
+                self.report_queue();
+                let rejected = rejected.min(items);
+                self.stats.sent(items - rejected);
+                if rejected > 0 {
+                    self.stats.dropped(R::REJECTED.unwrap_or(R::PERMANENT), rejected);
+                }
+                self.hooks
+                    .delivered(batch.payloads.into_iter().map(|p| p.sidecar).collect());
+                Ok(())
+            }
+            Err(Stop::Permanent(why)) => {
+                self.queue.ack(batch.ticket);
+                self.report_queue();
+                self.hooks.refused(items, &why);
+                self.stats.dropped(R::PERMANENT, items);
+                Ok(())
+            }
+            Err(Stop::Shutdown(why)) => Err(Undelivered { batch, why }),
+        }
+    }
+
+    /// Attempts at one body: the peer's `rejected` count, or why they stopped.
+    async fn attempts(&self, body: &[Bytes]) -> Result<u64, Stop> {
+        let sd = &self.shutdown;
+        let mut backoff = Backoff::new(self.retry);
+        let mut last = String::from("no attempt was made before shutdown_timeout");
+        loop {
+            if sd.past_deadline() {
+                return Err(Stop::Shutdown(last));
+            }
+            let start = Instant::now();
+            let attempt = tokio::select! {
+                biased;
+                _ = sd.reached() => {
+                    return Err(Stop::Shutdown("an attempt was still in flight at shutdown_timeout".into()));
+                }
+                a = self.client.send(body) => a,
+            };
+            self.stats.took(start.elapsed());
+            let (after, why) = match attempt {
+                Ok(sent) => return Ok(sent.rejected),
+                Err(AttemptError::Permanent(why)) => return Err(Stop::Permanent(why)),
+                Err(AttemptError::Retryable { after, why }) => (after, why),
+            };
+            let wait = backoff.next_delay(after);
+            let retry_at = Instant::now() + wait;
+            // Wait for the retry; once draining, give up if it would come after the deadline.
+            loop {
+                if sd.too_late(retry_at) {
+                    return Err(Stop::Shutdown(why));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(retry_at) => break,
+                    _ = sd.drained(), if !sd.draining() => {}
+                }
+            }
+            self.stats.retried();
+            self.hooks.retrying(&why, wait);
+            last = why;
+        }
+    }
+}

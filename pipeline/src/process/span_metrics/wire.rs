@@ -1,0 +1,649 @@
+//! A borrowing reader of encoded `ExportTraceServiceRequest`s: what span metrics and the span
+//! checks need, read straight from the received bytes, so a request that is forwarded unchanged is
+//! never decoded into structs (and never re-encoded).
+//!
+//! [`WireRequest::parse`] checks the whole request the way prost's decoder does — wire types of
+//! known fields, UTF-8 of string fields, lengths, nesting depth — so that a request it accepts would
+//! also decode, and a backend receives nothing Spindle itself would have refused. It allocates two
+//! vectors per request (resources and spans, plus one of attributes), none per span.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use prost::Message;
+
+use crate::process::translate::write_any;
+
+/// How deep messages may nest; prost refuses deeper messages with the same limit.
+const MAX_DEPTH: u32 = 100;
+
+/// Why bytes are not a valid request.
+pub type WireError = &'static str;
+
+/// One attribute: its key, and where its value is.
+#[derive(Debug, Clone, Copy)]
+pub struct WireAttr<'a> {
+    /// The attribute key.
+    pub key: &'a str,
+    /// The encoded `AnyValue` when the `KeyValue` has exactly one `value` field.
+    value: &'a [u8],
+    /// How many `value` fields the `KeyValue` has (prost merges repeated ones).
+    values: u32,
+    /// The whole encoded `KeyValue`, for the rare merged case.
+    kv: &'a [u8],
+}
+
+/// One span, with what span metrics and the span checks read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireSpan<'a> {
+    /// Index into [`WireRequest::resources`].
+    pub resource: u32,
+    /// `trace_id` bytes.
+    pub trace_id: &'a [u8],
+    /// `span_id` bytes.
+    pub span_id: &'a [u8],
+    /// W3C `tracestate`.
+    pub trace_state: &'a str,
+    /// Span name.
+    pub name: &'a str,
+    /// OTLP span kind.
+    pub kind: i32,
+    /// Start, Unix nanoseconds.
+    pub start_time_unix_nano: u64,
+    /// End, Unix nanoseconds.
+    pub end_time_unix_nano: u64,
+    /// Status code (`0` when there is no status).
+    pub status_code: i32,
+    attrs: (u32, u32),
+}
+
+/// A request's spans and resource attributes, borrowed from its bytes.
+#[derive(Debug, Default)]
+pub struct WireRequest<'a> {
+    /// Per resource (one per `ResourceSpans`): its attributes, as a range of `attrs`.
+    resources: Vec<(u32, u32)>,
+    /// Every span, in request order.
+    pub spans: Vec<WireSpan<'a>>,
+    attrs: Vec<WireAttr<'a>>,
+}
+
+impl<'a> WireRequest<'a> {
+    /// Reads an encoded `ExportTraceServiceRequest`.
+    ///
+    /// # Errors
+    /// A [`WireError`] naming what prost's decoder would also have refused.
+    pub fn parse(body: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = WireRequest::default();
+        let mut buf = body;
+        while !buf.is_empty() {
+            match field(&mut buf)? {
+                (1, Wire::Len(rs)) => r.resource_spans(rs)?,
+                (1, _) => return Err("invalid wire type for resource_spans"),
+                (_, w) => w.skip_unknown()?,
+            }
+        }
+        Ok(r)
+    }
+
+    /// Number of resources.
+    pub fn resources(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// The attributes of resource `i`.
+    pub fn resource_attrs(&self, i: u32) -> &[WireAttr<'a>] {
+        let (a, b) = self.resources[i as usize];
+        &self.attrs[a as usize..b as usize]
+    }
+
+    /// The attributes of `span`.
+    pub fn span_attrs(&self, span: &WireSpan<'a>) -> &[WireAttr<'a>] {
+        &self.attrs[span.attrs.0 as usize..span.attrs.1 as usize]
+    }
+
+    fn resource_spans(&mut self, mut buf: &'a [u8]) -> Result<(), WireError> {
+        let resource = self.resources.len() as u32;
+        let mut attrs = Vec::new();
+        // Spans come before or after the resource on the wire: their resource index is known now.
+        while !buf.is_empty() {
+            match field(&mut buf)? {
+                (1, Wire::Len(res)) => resource_message(res, &mut attrs)?,
+                (2, Wire::Len(ss)) => self.scope_spans(ss, resource)?,
+                (3, Wire::Len(s)) => utf8(s).map(drop)?,
+                (1..=3, _) => return Err("invalid wire type in ResourceSpans"),
+                (_, w) => w.skip_unknown()?,
+            }
+        }
+        let start = self.attrs.len() as u32;
+        self.attrs.extend(attrs);
+        self.resources.push((start, self.attrs.len() as u32));
+        Ok(())
+    }
+
+    fn scope_spans(&mut self, mut buf: &'a [u8], resource: u32) -> Result<(), WireError> {
+        while !buf.is_empty() {
+            match field(&mut buf)? {
+                (1, Wire::Len(scope)) => check_scope(scope)?,
+                (2, Wire::Len(span)) => {
+                    let s = self.span(span, resource)?;
+                    self.spans.push(s);
+                }
+                (3, Wire::Len(s)) => utf8(s).map(drop)?,
+                (1..=3, _) => return Err("invalid wire type in ScopeSpans"),
+                (_, w) => w.skip_unknown()?,
+            }
+        }
+        Ok(())
+    }
+
+    fn span(&mut self, mut buf: &'a [u8], resource: u32) -> Result<WireSpan<'a>, WireError> {
+        let mut s = WireSpan {
+            resource,
+            ..WireSpan::default()
+        };
+        let start = self.attrs.len() as u32;
+        while !buf.is_empty() {
+            match field(&mut buf)? {
+                (1, Wire::Len(b)) => s.trace_id = b,
+                (2, Wire::Len(b)) => s.span_id = b,
+                (3, Wire::Len(b)) => s.trace_state = utf8(b)?,
+                (4, Wire::Len(_)) => {}
+                (5, Wire::Len(b)) => s.name = utf8(b)?,
+                (6, Wire::Varint(v)) => s.kind = v as i32,
+                (7, Wire::Fixed64(v)) => s.start_time_unix_nano = v,
+                (8, Wire::Fixed64(v)) => s.end_time_unix_nano = v,
+                (9, Wire::Len(kv)) => self.attrs.push(key_value(kv, 1)?),
+                (10 | 12 | 14, Wire::Varint(_)) | (16, Wire::Fixed32) => {}
+                (11, Wire::Len(e)) => check_event(e)?,
+                (13, Wire::Len(l)) => check_link(l)?,
+                (15, Wire::Len(st)) => {
+                    if let Some(code) = status(st)? {
+                        s.status_code = code;
+                    }
+                }
+                (1..=16, _) => return Err("invalid wire type in Span"),
+                (_, w) => w.skip_unknown()?,
+            }
+        }
+        s.attrs = (start, self.attrs.len() as u32);
+        Ok(s)
+    }
+}
+
+impl WireAttr<'_> {
+    /// Appends the value as a label value, exactly as translation renders the decoded `AnyValue`;
+    /// returns false when the attribute has no value (`KeyValue.value` absent).
+    pub fn write_value(&self, out: &mut String) -> bool {
+        match self.values {
+            0 => false,
+            1 => {
+                write_any_value(self.value, out);
+                true
+            }
+            // Several value messages merge in prost: read them as prost does.
+            _ => match KeyValue::decode(self.kv) {
+                Ok(KeyValue { value: Some(v), .. }) => {
+                    write_any(&v, out);
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Writes an encoded `AnyValue` as [`write_any`] writes it decoded: scalars are read from the
+/// bytes (the last oneof field wins, as in prost); arrays and maps are decoded.
+fn write_any_value(value: &[u8], out: &mut String) {
+    use std::fmt::Write;
+    let mut buf = value;
+    let mut last = None;
+    while !buf.is_empty() {
+        let Ok((n, w)) = field(&mut buf) else { return };
+        if (1..=7).contains(&n) {
+            last = Some((n, w));
+        }
+    }
+    match last {
+        None => {}
+        Some((1, Wire::Len(s))) => out.push_str(std::str::from_utf8(s).unwrap_or("")),
+        Some((2, Wire::Varint(b))) => out.push_str(if b != 0 { "true" } else { "false" }),
+        Some((3, Wire::Varint(i))) => {
+            let _ = write!(out, "{}", i as i64);
+        }
+        Some((4, Wire::Fixed64(d))) => {
+            let _ = write!(out, "{}", f64::from_bits(d));
+        }
+        Some((7, Wire::Len(b))) => crate::util::hex::push_str(b, out),
+        // Arrays and maps (rare as dimensions), and anything merged: as prost decodes them.
+        Some(_) => {
+            if let Ok(v) = AnyValue::decode(value) {
+                write_any(&v, out);
+            }
+        }
+    }
+}
+
+/// A field's payload.
+#[derive(Debug, Clone, Copy)]
+enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    /// A fixed32 (its value is never read here).
+    Fixed32,
+    Len(&'a [u8]),
+}
+
+impl Wire<'_> {
+    /// Unknown fields are skipped (their bytes were already consumed).
+    fn skip_unknown(self) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+#[inline(always)]
+fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
+    let mut v = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err("invalid varint")
+}
+
+#[inline(always)]
+fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], WireError> {
+    let n = usize::try_from(n).map_err(|_| "length overflow")?;
+    if buf.len() < n {
+        return Err("buffer underflow");
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+/// Reads one field: its number and payload.
+#[inline(always)]
+fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Wire<'a>), WireError> {
+    let key = varint(buf)?;
+    let number = u32::try_from(key >> 3).map_err(|_| "invalid field number")?;
+    if number == 0 {
+        return Err("invalid field number 0");
+    }
+    let w = match key & 7 {
+        0 => Wire::Varint(varint(buf)?),
+        1 => Wire::Fixed64(u64::from_le_bytes(take(buf, 8)?.try_into().map_err(|_| "truncated")?)),
+        5 => {
+            take(buf, 4)?;
+            Wire::Fixed32
+        }
+        2 => {
+            let len = varint(buf)?;
+            Wire::Len(take(buf, len)?)
+        }
+        3 | 4 => return Err("groups are not supported"),
+        _ => return Err("invalid wire type"),
+    };
+    Ok((number, w))
+}
+
+fn utf8(b: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(b).map_err(|_| "invalid string value: data is not UTF-8 encoded")
+}
+
+fn depth_ok(depth: u32) -> Result<(), WireError> {
+    if depth > MAX_DEPTH {
+        Err("recursion limit reached")
+    } else {
+        Ok(())
+    }
+}
+
+/// `Resource`: its attributes are collected; entity refs are checked.
+fn resource_message<'a>(mut buf: &'a [u8], attrs: &mut Vec<WireAttr<'a>>) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1, Wire::Len(kv)) => attrs.push(key_value(kv, 2)?),
+            (2, Wire::Varint(_)) => {}
+            (3, Wire::Len(e)) => check_entity_ref(e)?,
+            (1..=3, _) => return Err("invalid wire type in Resource"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+fn check_entity_ref(mut buf: &[u8]) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1..=4, Wire::Len(s)) => utf8(s).map(drop)?,
+            (1..=4, _) => return Err("invalid wire type in EntityRef"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+fn check_scope(mut buf: &[u8]) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1 | 2, Wire::Len(s)) => utf8(s).map(drop)?,
+            (3, Wire::Len(kv)) => key_value(kv, 2).map(drop)?,
+            (4, Wire::Varint(_)) => {}
+            (1..=4, _) => return Err("invalid wire type in InstrumentationScope"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+fn check_event(mut buf: &[u8]) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1, Wire::Fixed64(_)) | (4, Wire::Varint(_)) => {}
+            (2, Wire::Len(s)) => utf8(s).map(drop)?,
+            (3, Wire::Len(kv)) => key_value(kv, 2).map(drop)?,
+            (1..=4, _) => return Err("invalid wire type in Span.Event"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+fn check_link(mut buf: &[u8]) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1 | 2, Wire::Len(_)) | (5, Wire::Varint(_)) | (6, Wire::Fixed32) => {}
+            (3, Wire::Len(s)) => utf8(s).map(drop)?,
+            (4, Wire::Len(kv)) => key_value(kv, 2).map(drop)?,
+            (1..=6, _) => return Err("invalid wire type in Span.Link"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+/// `Status`: its code, if the message carries one (the last wins).
+fn status(mut buf: &[u8]) -> Result<Option<i32>, WireError> {
+    let mut code = None;
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (2, Wire::Len(s)) => utf8(s).map(drop)?,
+            (3, Wire::Varint(c)) => code = Some(c as i32),
+            (2 | 3, _) => return Err("invalid wire type in Status"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(code)
+}
+
+fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError> {
+    depth_ok(depth)?;
+    let mut a = WireAttr {
+        key: "",
+        value: &[],
+        values: 0,
+        kv,
+    };
+    let mut buf = kv;
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1, Wire::Len(k)) => a.key = utf8(k)?,
+            (2, Wire::Len(v)) => {
+                any_value(v, depth + 1)?;
+                a.value = v;
+                a.values += 1;
+            }
+            (1 | 2, _) => return Err("invalid wire type in KeyValue"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(a)
+}
+
+fn any_value(mut buf: &[u8], depth: u32) -> Result<(), WireError> {
+    depth_ok(depth)?;
+    while !buf.is_empty() {
+        match field(&mut buf)? {
+            (1, Wire::Len(s)) => utf8(s).map(drop)?,
+            (2 | 3, Wire::Varint(_)) | (4, Wire::Fixed64(_)) | (7, Wire::Len(_)) => {}
+            (5, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in ArrayValue", |item, d| {
+                any_value(item, d)
+            })?,
+            (6, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in KeyValueList", |item, d| {
+                key_value(item, d).map(drop)
+            })?,
+            (1..=7, _) => return Err("invalid wire type in AnyValue"),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+/// `ArrayValue` or `KeyValueList`: field 1 repeated, each item checked by `item`.
+fn repeated(
+    mut list: &[u8],
+    depth: u32,
+    wrong_type: WireError,
+    item: impl Fn(&[u8], u32) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    depth_ok(depth)?;
+    while !list.is_empty() {
+        match field(&mut list)? {
+            (1, Wire::Len(i)) => item(i, depth + 1)?,
+            (1, _) => return Err(wrong_type),
+            (_, w) => w.skip_unknown()?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, KeyValueList, any_value::Value};
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::WireRequest;
+    use crate::config::{Dimension, SpanMetricsConfig};
+    use crate::process::span_metrics::SpanMetrics;
+    use crate::testing::{kv, traces_request};
+
+    fn value(v: Value) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(v) })
+    }
+
+    /// Spans with every kind of attribute value a dimension may read, events, links and status.
+    fn request(seed: u64) -> ExportTraceServiceRequest {
+        let attrs = |i: u64| {
+            vec![
+                kv("s", format!("v{}", i % 3)),
+                KeyValue {
+                    key: "b".into(),
+                    value: value(Value::BoolValue(i % 2 == 0)),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "i".into(),
+                    value: value(Value::IntValue(-(i as i64))),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "d".into(),
+                    value: value(Value::DoubleValue(i as f64 / 3.0)),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "x".into(),
+                    value: value(Value::BytesValue(vec![0xab, i as u8])),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "a".into(),
+                    value: value(Value::ArrayValue(ArrayValue {
+                        values: vec![value(Value::StringValue("q".into())).unwrap_or_default()],
+                    })),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "m".into(),
+                    value: value(Value::KvlistValue(KeyValueList {
+                        values: vec![kv("k", "v")],
+                    })),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "none".into(),
+                    value: None,
+                    ..Default::default()
+                },
+            ]
+        };
+        let spans = (0..40u64)
+            .map(|i| Span {
+                trace_id: [[(seed as u8).wrapping_add(1); 8], i.to_be_bytes()].concat(),
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                trace_state: if i % 4 == 0 { "ot=th:8".into() } else { String::new() },
+                name: format!("op-{}", i % 5),
+                kind: (i % 6) as i32,
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_000_000_000 + (i + 1) * 7_000_000,
+                attributes: attrs(i + seed),
+                events: vec![span::Event {
+                    name: "e".into(),
+                    attributes: vec![kv("ek", "ev")],
+                    ..Default::default()
+                }],
+                links: vec![span::Link {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    ..Default::default()
+                }],
+                status: (i % 3 != 0).then(|| Status {
+                    code: (i % 3) as i32,
+                    message: "m".into(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        traces_request(vec![kv("service.name", "svc"), kv("region", "eu")], spans)
+    }
+
+    fn processor() -> SpanMetrics {
+        let dims = ["s", "b", "i", "d", "x", "a", "m", "none", "region", "absent"];
+        SpanMetrics::new(SpanMetricsConfig {
+            dimensions: dims
+                .iter()
+                .map(|n| Dimension {
+                    name: (*n).into(),
+                    default: (*n == "absent").then(|| "dflt".into()),
+                })
+                .collect(),
+            ..SpanMetricsConfig::default()
+        })
+    }
+
+    #[test]
+    fn span_metrics_from_the_wire_equal_those_from_the_decoded_request() {
+        let sm = processor();
+        for seed in 0..4 {
+            let req = request(seed);
+            let body = req.encode_to_vec();
+            let wire = WireRequest::parse(&body).expect("a valid request");
+            assert_eq!(wire.spans.len(), 40);
+            let decoded = sm.process(&req);
+            let read = sm.process_wire(&wire);
+            assert_eq!(format!("{:?}", read.counts), format!("{:?}", decoded.counts));
+            assert_eq!(format!("{:?}", read.exemplars), format!("{:?}", decoded.exemplars));
+            assert_eq!((read.spans, read.limited), (decoded.spans, decoded.limited));
+            assert!(decoded.counts.points.len() > 10, "the request spreads over many series");
+        }
+    }
+
+    #[test]
+    fn repeated_fields_read_as_prost_merges_them() {
+        // Two resources in one ResourceSpans and a KeyValue with two value messages, built by
+        // concatenating encodings (as a sender may).
+        let mut req = request(1);
+        let one = req.encode_to_vec();
+        let mut body = one.clone();
+        body.extend_from_slice(&one);
+        let doubled = ExportTraceServiceRequest::decode(&body[..]).expect("concatenation decodes");
+        let sm = processor();
+        let wire = WireRequest::parse(&body).expect("valid");
+        assert_eq!(
+            format!("{:?}", sm.process_wire(&wire).counts),
+            format!("{:?}", sm.process(&doubled).counts)
+        );
+        let kv_twice = {
+            let mut a = KeyValue {
+                key: "s".into(),
+                value: value(Value::StringValue("first".into())),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            a.extend(
+                KeyValue {
+                    key: "s".into(),
+                    value: Some(AnyValue::default()),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            );
+            a
+        };
+        req.resource_spans[0].scope_spans[0].spans[0].attributes =
+            vec![KeyValue::decode(&kv_twice[..]).expect("merges")];
+        let merged_body = {
+            // Put the two-value KeyValue's raw bytes in place of the decoded one.
+            let mut span = req.resource_spans[0].scope_spans[0].spans[0].clone();
+            span.attributes.clear();
+            let mut s = span.encode_to_vec();
+            prost::encoding::encode_key(9, prost::encoding::WireType::LengthDelimited, &mut s);
+            prost::encoding::encode_varint(kv_twice.len() as u64, &mut s);
+            s.extend_from_slice(&kv_twice);
+            s
+        };
+        let decoded_span = Span::decode(&merged_body[..]).expect("valid span");
+        assert_eq!(
+            decoded_span.attributes[0].value,
+            value(Value::StringValue("first".into()))
+        );
+    }
+
+    proptest! {
+        /// Whatever the bytes, the reader never accepts what prost refuses, and accepts what
+        /// prost and the admission walk both accept.
+        #[test]
+        fn the_reader_accepts_exactly_what_prost_decodes(
+            flips in proptest::collection::vec((0usize..4000, any::<u8>()), 1..4),
+            cut in 0usize..4000,
+        ) {
+            let mut body = request(2).encode_to_vec();
+            for (at, b) in flips {
+                let at = at % body.len();
+                body[at] = b;
+            }
+            body.truncate(cut.max(body.len() / 2));
+            let prost_ok = ExportTraceServiceRequest::decode(&body[..]).is_ok();
+            let walk_ok = crate::receive::size::protobuf(crate::receive::size::Kind::ExportTraces, &body).is_ok();
+            let wire_ok = WireRequest::parse(&body).is_ok();
+            if wire_ok {
+                prop_assert!(prost_ok, "the reader accepted bytes prost refuses");
+            }
+            if prost_ok && walk_ok {
+                prop_assert!(wire_ok, "the reader refused bytes prost and the walk accept");
+            }
+        }
+    }
+}
