@@ -16,7 +16,8 @@ while (($#)); do case $1 in
   --runs) RUNS=$2; shift 2;; --requests) REQS=$2; shift 2;; --spans) SPANS=$2; shift 2;;
   --attrs) ATTRS=$2; shift 2;; --compression) COMP=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
-cargo build -q --release -p spindle -p spindle-bench --example otlp_load
+cargo build -q --release -p spindle --bin spindle
+cargo build -q --release -p spindle-bench --example otlp_load
 SPINDLE=target/release/spindle LOAD=target/release/examples/otlp_load
 PEERS=target/peers; mkdir -p "$PEERS"
 ROTEL=$PEERS/rotel/rotel/rotel-agent

@@ -1,24 +1,29 @@
 //! The per-batch path behind the receivers: enrich → translate → cardinality limits → store for
 //! metrics; span checks, enrichment, span metrics and forwarding for traces.
 //!
-//! In: decoded OTLP requests from the receivers, by value ([`Consumer`]). Out: series written into
+//! In: OTLP requests from the receivers, by value ([`Consumer`]): decoded, or protobuf traces as
+//! their bytes (forwarded as they came when nothing changes them). Out: series written into
 //! the [`Store`], spans queued on the [`TraceExporter`] (when there is a backend), and the
 //! [`Outcome`] or [`Refusal`] the receivers answer with. `app` builds the [`Pipeline`] and wires it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+use crate::export::sender::PushError;
 use crate::export::traces::TraceExporter;
 use crate::model::Outcome;
 use crate::model::batch::Samples;
 use crate::process::cardinality::Limiter;
 use crate::process::enrich::Enricher;
-use crate::process::span_metrics::SpanMetrics;
+use crate::process::span_metrics::wire::WireRequest;
+use crate::process::span_metrics::{SpanMetrics, SpanMetricsBatch};
 use crate::process::translate::Translator;
 use crate::receive::Consumer;
+use crate::receive::decode::{Encoding, decode};
 use crate::receive::status::Refusal;
 use crate::store::Store;
 
@@ -118,14 +123,62 @@ impl Consumer for Pipeline {
             .as_ref()
             .filter(|sm| sm.enabled())
             .map(|sm| sm.process(&req));
+        let accepted = out.accepted;
+        self.forward(metrics, |exporter, exemplars| {
+            exporter.try_enqueue(req, accepted, exemplars)
+        })?;
+        Ok(out)
+    }
+
+    /// A protobuf traces request as it was received. When nothing would change its spans (no
+    /// enrichment, every span passes the checks), span metrics are read from the bytes
+    /// ([`WireRequest`]) and the bytes themselves are queued for forwarding: the request is never
+    /// decoded into structs nor encoded again, and the backend receives exactly what the sender
+    /// sent. Otherwise (and for bytes the reader refuses, so the sender gets prost's own message)
+    /// it takes the decoded path of [`Consumer::consume_traces`].
+    fn consume_traces_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        if self.enricher.is_some() {
+            return self.consume_traces(decode(&body, Encoding::Protobuf)?);
+        }
+        let (metrics, accepted) = match WireRequest::parse(&body) {
+            Ok(wire) if self.span_metrics.as_ref().is_none_or(|sm| sm.admits_all(&wire)) => {
+                let metrics = self
+                    .span_metrics
+                    .as_ref()
+                    .filter(|sm| sm.enabled())
+                    .map(|sm| sm.process_wire(&wire));
+                (metrics, wire.spans.len() as u64)
+            }
+            _ => return self.consume_traces(decode(&body, Encoding::Protobuf)?),
+        };
+        self.forward(metrics, |exporter, exemplars| {
+            exporter.try_enqueue_encoded(body, accepted, exemplars)
+        })?;
+        Ok(Outcome {
+            accepted,
+            ..Outcome::default()
+        })
+    }
+}
+
+impl Pipeline {
+    /// Queues a request's spans on the exporter (`enqueue`, with the exemplars that name them)
+    /// and writes its span metrics: the counts now, the exemplars once the spans are forwarded (or
+    /// now, when there is no backend).
+    ///
+    /// # Errors
+    /// [`Refusal::Overloaded`] when the exporter's queue refuses; nothing was counted then.
+    fn forward(
+        &self,
+        metrics: Option<SpanMetricsBatch>,
+        enqueue: impl FnOnce(&TraceExporter, Samples) -> Result<(), PushError>,
+    ) -> Result<(), Refusal> {
         let (counts, exemplars) = metrics.map(|m| (m.counts, m.exemplars)).unzip();
         let exemplars = match &self.exporter {
             // Queue first: when the queue refuses, nothing has been counted and the client retries
             // (`receive::status` maps the queue's full / closed to "overloaded").
             Some(exporter) => {
-                exporter
-                    .try_enqueue(req, out.accepted, exemplars.unwrap_or_default())
-                    .map_err(Refusal::from)?;
+                enqueue(exporter, exemplars.unwrap_or_default()).map_err(Refusal::from)?;
                 None
             }
             // No backend: exemplars name spans Spindle received.
@@ -138,6 +191,6 @@ impl Consumer for Pipeline {
         if let Some(e) = exemplars {
             self.write(e, false);
         }
-        Ok(out)
+        Ok(())
     }
 }
