@@ -18,8 +18,8 @@
 //!
 //! Group `cardinality_report` (the `/api/v1/cardinality` report at 1M series, built once:
 //! `spindle_bench::filled_store(1_000_000)`, one counter family with 10 labels per series):
-//! one uncached computation (`Limiter::report`), one cached call (`Limiter::cached_report`, as
-//! the handler serves it), and the OpenMetrics render of that store (what `/metrics` does) alone
+//! one uncached computation (`CardinalityReports::report`), one cached call
+//! (`CardinalityReports::cached`, as the handler serves it), and the OpenMetrics render of that store (what `/metrics` does) alone
 //! and while 8 threads poll the report in a loop (each call followed by a 10 ms pause, i.e.
 //! ~800 calls/s offered in total), through the cache and, for comparison, uncached.
 
@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use spindle::app::write_metrics;
 use spindle::config::{CardinalityConfig, NormalizeKind, NormalizeRule};
+use spindle::expose::api::CardinalityReports;
 use spindle::expose::render;
 use spindle::model::Format;
 use spindle::model::batch::Samples;
@@ -292,19 +293,20 @@ fn report(c: &mut Criterion) {
     let store = Arc::new(filled_store(series));
     assert_eq!(store.series_count(), series as usize + 1, "plus target_info");
     let l = Arc::new(limiter(&CardinalityConfig::default()));
+    let reports = Arc::new(CardinalityReports::default());
     let telemetry = Telemetry::default();
-    let r = l.report(&store, 20);
+    let r = reports.report(&l, &store, 20);
     assert_eq!(
         r["top_metrics"][0]["series"], series,
         "the report walks the whole family"
     );
     g.bench_function(format!("report, uncached, {series} series"), |b| {
-        b.iter(|| l.report(&store, 20))
+        b.iter(|| reports.report(&l, &store, 20))
     });
     // A cache that never goes stale in the measurement: the cost of serving a computed report.
-    l.cached_report_within(&store, 20, Duration::from_secs(3600));
+    reports.cached_within(&l, &store, 20, Duration::from_secs(3600));
     g.bench_function(format!("report, cached call, {series} series"), |b| {
-        b.iter(|| l.cached_report_within(&store, 20, Duration::from_secs(3600)))
+        b.iter(|| reports.cached_within(&l, &store, 20, Duration::from_secs(3600)))
     });
     let mut out = Vec::with_capacity(series as usize * 320);
     let mut render_once = || {
@@ -314,12 +316,12 @@ fn report(c: &mut Criterion) {
     };
     g.bench_function(format!("render {series} series, alone"), |b| b.iter(&mut render_once));
     for (name, cached) in [("through the cache, as the endpoint", true), ("uncached", false)] {
-        let (l, s) = (l.clone(), store.clone());
+        let (l, s, reports) = (l.clone(), store.clone(), reports.clone());
         let pollers = Pollers::start(move || {
             if cached {
-                l.cached_report(&s, 20);
+                reports.cached(&l, &s, 20);
             } else {
-                l.report(&s, 20);
+                reports.report(&l, &s, 20);
             }
         });
         g.bench_function(

@@ -280,6 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready: ready.clone(),
         buffers: Default::default(),
         limiter: limiter.clone(),
+        reports: Default::default(),
     };
     let p = &config.prometheus;
     rest.serve_http(

@@ -589,4 +589,65 @@ mod tests {
             assert!(!code.contains("use crate::config;"), "{}", f.display());
         }
     }
+
+    /// The non-test code of a source file without its comments, so that docs may name modules.
+    fn code_only(path: &std::path::Path) -> String {
+        code(path)
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn processors_build_no_json_and_touch_no_store_and_no_component_imports_telemetry() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src.join("process"), &mut files);
+        assert!(files.len() > 10, "{files:?}");
+        for f in files {
+            // The composition that writes limited batches into the store.
+            if f.ends_with("process/pipeline.rs") {
+                continue;
+            }
+            let code = code_only(&f);
+            for forbidden in ["crate::store", "serde_json::json", "json!"] {
+                assert!(
+                    !code.contains(forbidden),
+                    "{} names `{forbidden}`: processors hand out typed data; `expose` renders it and \
+                     reads the store",
+                    f.display()
+                );
+            }
+        }
+        // Shared vocabulary imports nothing but itself.
+        let mut vocabulary = Vec::new();
+        for dir in ["model", "util"] {
+            rust_files(&src.join(dir), &mut vocabulary);
+        }
+        for f in vocabulary {
+            for path in crate_paths(&code_only(&f)) {
+                assert!(
+                    path.starts_with("crate::model") || path.starts_with("crate::util"),
+                    "{} names `{path}`: shared vocabulary imports no component",
+                    f.display()
+                );
+            }
+        }
+        let mut components = Vec::new();
+        for dir in [
+            "model", "util", "server", "receive", "process", "store", "expose", "export",
+        ] {
+            rust_files(&src.join(dir), &mut components);
+        }
+        assert!(components.len() > 30, "{components:?}");
+        for f in components {
+            assert!(
+                !code_only(&f).contains("crate::telemetry"),
+                "{} names `crate::telemetry`: components hand their stats to the wiring, which \
+                 imports them, never the other way",
+                f.display()
+            );
+        }
+    }
 }

@@ -5,12 +5,14 @@
 //! out); every encoder is a [`walk::Sink`] of it, and [`float`] is their one number formatter.
 //! [`openmetrics`] and [`text`] differ only in what their [`Encoder`] writes around the sample
 //! lines, which [`Lines`] writes for both. [`routes`] serves them over HTTP with content
-//! negotiation and gzip, beside `/healthz` and `/readyz`. Families that are not in the store
+//! negotiation and gzip, beside `/healthz`, `/readyz` and `/api/v1/cardinality`, which [`api`]
+//! renders from the cardinality limiter's typed counts and the store. Families that are not in the store
 //! (Spindle's own metrics) come in through [`SelfMetrics`] and are walked by the same code.
 //!
 //! Rendering appends each series' pre-rendered label bytes; the only per-series work is number
 //! formatting.
 
+pub mod api;
 pub mod config;
 pub mod float;
 pub mod openmetrics;

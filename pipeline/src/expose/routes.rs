@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use super::api::CardinalityReports;
 use crate::model::Format;
 use crate::process::cardinality::Limiter;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub struct ExposeState {
     pub buffers: Arc<BufferPool>,
     /// The cardinality limiter, for `/api/v1/cardinality`.
     pub limiter: Arc<Limiter>,
+    /// The `/api/v1/cardinality` reports of `limiter` over `store`, cached.
+    pub reports: Arc<CardinalityReports>,
 }
 
 /// A small pool of scrape buffers. A buffer goes back to the pool when the response that
@@ -103,8 +106,8 @@ struct CardinalityQuery {
 }
 
 /// `GET /api/v1/cardinality[?limit=N]`: the limiter's report as JSON, cached for
-/// [`REPORT_MAX_AGE`](crate::process::cardinality::REPORT_MAX_AGE) and computed single-flight on
-/// a blocking thread ([`Limiter::cached_report`]), so polling it cannot stall scrapes.
+/// [`REPORT_MAX_AGE`](super::api::REPORT_MAX_AGE) and computed single-flight on a blocking thread
+/// ([`CardinalityReports::cached`]), so polling it cannot stall scrapes.
 async fn cardinality(
     State(s): State<ExposeState>,
     query: Result<axum::extract::Query<CardinalityQuery>, axum::extract::rejection::QueryRejection>,
@@ -119,7 +122,7 @@ async fn cardinality(
                 .into_response();
         }
     };
-    let report = tokio::task::spawn_blocking(move || s.limiter.cached_report(&s.store, limit)).await;
+    let report = tokio::task::spawn_blocking(move || s.reports.cached(&s.limiter, &s.store, limit)).await;
     match report {
         Ok(v) => axum::Json(v).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "report failed\n").into_response(),
@@ -234,6 +237,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             buffers: Default::default(),
             limiter: Arc::new(limiter),
+            reports: Default::default(),
         }
     }
 
@@ -261,7 +265,7 @@ mod tests {
             reports.push(c.await.expect("call"));
         }
         assert_eq!(
-            state.limiter.report_computations(),
+            state.reports.computations(),
             1,
             "8 concurrent requests, one computation"
         );

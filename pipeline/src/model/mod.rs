@@ -3,6 +3,7 @@
 //! Every module may import from here; this module imports from none of them.
 
 pub mod batch;
+pub mod exp;
 
 /// The kind of telemetry in a request (in config: `metrics`, `traces`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

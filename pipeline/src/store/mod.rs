@@ -7,8 +7,6 @@
 //! have their own lock, so writers to different metrics do not contend, and a scrape locks one
 //! family at a time.
 
-pub mod exp;
-
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +15,15 @@ use std::time::{Duration, Instant};
 use hashbrown::{HashMap, HashSet, HashTable};
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
-use crate::model::batch::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples};
+use crate::model::batch::{FamilyMeta, Label, Point, PointValue, Samples};
 use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
-use crate::util::labels::escape_label_value;
-use exp::{Buckets, ExpHistogram};
+use crate::util::labels::render_label_pairs;
+
+/// Exponential histogram state, shared vocabulary in [`crate::model::exp`]; re-exported where the
+/// store's series hold it.
+pub use crate::model::exp;
+pub(crate) use crate::model::exp::exp_from;
+use exp::ExpHistogram;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -418,20 +421,13 @@ fn resume_after(fam: &Family, buf: &[u8], ends: &[usize], hashes: &[u64]) -> usi
 /// Renders a sorted label set as `name="escaped value",…` into `out`.
 pub fn render_labels(batch: &Samples, labels: &[Label], out: &mut Vec<u8>) {
     out.clear();
-    for (i, l) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(batch.str(l.name).as_bytes());
-        out.extend_from_slice(b"=\"");
-        escape_label_value(batch.str(l.value), out);
-        out.push(b'"');
-    }
+    render_label_pairs(labels.iter().map(|l| (batch.str(l.name), batch.str(l.value))), out);
 }
 
 /// Parses a label set rendered by [`render_labels`] (`name="escaped value",…`, as
 /// [`Series::labels`] returns it) back into `(name, value)` pairs, undoing
-/// [`escape_label_value`]; the inverse used by exporters that need labels as pairs (remote write).
+/// [`escape_label_value`](crate::util::labels::escape_label_value); the inverse used by exporters
+/// that need labels as pairs (remote write).
 ///
 /// Returns `None` when `rendered` is not in that form — never for label sets the store rendered.
 pub fn parse_labels(rendered: &[u8]) -> Option<Vec<(String, String)>> {
@@ -525,31 +521,6 @@ fn shared_bounds(last: &mut Option<Arc<[f64]>>, bounds: &[f64]) -> Arc<[f64]> {
             b
         }
     }
-}
-
-/// The stored form of an exponential point (normalized), with its exemplars offered.
-pub(crate) fn exp_from(p: &ExpPoint, batch: &Samples, exs: &[Exemplar]) -> ExpHistogram {
-    let mut h = ExpHistogram {
-        scale: p.scale,
-        count: p.count,
-        sum: p.sum,
-        zero_count: p.zero_count,
-        zero_threshold: p.zero_threshold,
-        positive: Buckets {
-            offset: p.positive_offset,
-            counts: batch.counts[p.positive.range()].to_vec(),
-        },
-        negative: Buckets {
-            offset: p.negative_offset,
-            counts: batch.counts[p.negative.range()].to_vec(),
-        },
-        exemplars: Vec::new(),
-    };
-    h.normalize();
-    for e in exs {
-        h.offer_exemplar(*e);
-    }
-    h
 }
 
 fn new_value(p: &Point, batch: &Samples, last_bounds: &mut Option<Arc<[f64]>>) -> SeriesValue {

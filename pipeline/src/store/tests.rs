@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::process::translate::Translator;
 use crate::testing::{self, kvs, metrics_request_in, sum, temporality};
+use crate::util::labels::escape_label_value;
 
 // ---- OTLP builders -------------------------------------------------------------------------
 

@@ -34,6 +34,20 @@ pub fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
     }
 }
 
+/// Appends a label set as `name="escaped value",…` (the form the store keeps and a scrape
+/// appends), its values escaped by [`escape_label_value`].
+pub fn render_label_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, out: &mut Vec<u8>) {
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_label_value(value, out);
+        out.push(b'"');
+    }
+}
+
 /// Escapes a label value for both exposition formats: `\` → `\\`, `"` → `\"`, newline → `\n`.
 pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
     let b = v.as_bytes();

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::model::Temporality;
 use crate::model::batch::{ExpPoint, PointValue, Samples, Span};
-use crate::store::exp_from;
+use crate::model::exp::exp_from;
 
 use super::state::{FamilyState, Last, LastHistogram, StreamState};
 use super::{FoldReason, Limiter, RejectReason};

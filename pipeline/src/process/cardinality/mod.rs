@@ -31,20 +31,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hashbrown::HashMap;
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 use regex::Regex;
-#[cfg(test)]
-use serde_json::Value;
 
 pub mod config;
 mod increment;
-mod report;
 mod rules;
+mod snapshot;
 mod state;
 pub mod stats;
 
 pub use config::*;
-pub use report::{REPORT_AGE_PER_COST, REPORT_MAX_AGE};
-use report::{ReportCache, render};
 use rules::{Normalizer, Policy, builtin_pattern};
+pub use snapshot::{FamilySnapshot, LabelAtLimit, LimiterSnapshot};
 use state::{Admitted, FamilyHandle, FamilyState, FamilyStats};
 pub use stats::LimiterStats;
 
@@ -53,6 +50,7 @@ use crate::model::batch::ExpPoint;
 use crate::model::batch::{FamilyMeta, PointValue, Samples, Span};
 use crate::model::{MetricKind, Temporality};
 use crate::util::glob::Glob;
+use crate::util::labels::render_label_pairs;
 
 /// Label values of a live series are re-stamped once per this many ticks (not on every point), and
 /// are kept this much longer than the TTL, so they never expire before a series that carries them.
@@ -155,8 +153,6 @@ pub struct Limiter {
     streams: AtomicUsize,
     hasher: Hasher,
     stats: LimiterStats,
-    /// The newest `/api/v1/cardinality` report, shared by callers while it is fresh.
-    reports: ReportCache,
 }
 
 /// Where a point goes.
@@ -224,7 +220,6 @@ impl Limiter {
             streams: AtomicUsize::new(0),
             hasher: Hasher::default(),
             stats: stats.into(),
-            reports: ReportCache::default(),
         })
     }
 
@@ -498,6 +493,14 @@ impl Limiter {
         let h = *stream.get_or_insert_with(|| self.hash_labels(batch, original));
         fam.streams.get(&h).and_then(|s| s.folded)
     }
+}
+
+/// A label set as `{name="value",…}`, for the example folded series.
+fn render(batch: &Samples, labels: Span) -> String {
+    let mut out = Vec::new();
+    let pairs = batch.labels[labels.range()].iter();
+    render_label_pairs(pairs.map(|l| (batch.str(l.name), batch.str(l.value))), &mut out);
+    format!("{{{}}}", String::from_utf8_lossy(&out))
 }
 
 impl BatchState {

@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use crate::model::batch::{Samples, Span};
-use crate::store::exp::ExpHistogram;
+use crate::model::exp::ExpHistogram;
 
 use super::rules::Policy;
 use super::{FoldReason, Limiter, VALUES_STRIDE};

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use serde_json::Value;
 
 use super::*;
 use crate::config::{MetricOverride, NormalizeRule};
+use crate::expose::api::CardinalityReports;
 use crate::model::batch::FamilyMeta;
 use crate::model::{Exemplar, Outcome};
 use crate::store::{SeriesValue, Store, parse_labels};
@@ -114,6 +116,8 @@ struct Rig {
     limiter: Limiter,
     telemetry: Arc<Telemetry>,
     now: Instant,
+    /// The `/api/v1/cardinality` reports of `limiter` over `store`.
+    reports: CardinalityReports,
 }
 
 impl Rig {
@@ -128,7 +132,18 @@ impl Rig {
             limiter: Limiter::new(&cfg, prometheus_max, telemetry.clone()).expect("limiter"),
             telemetry,
             now: Instant::now(),
+            reports: CardinalityReports::default(),
         }
+    }
+
+    /// The `/api/v1/cardinality` report for `top`, computed now.
+    fn report(&self, top: usize) -> Value {
+        self.reports.report(&self.limiter, &self.store, top)
+    }
+
+    /// The report for `top` as the cache serves it with `max_age`.
+    fn cached_report(&self, top: usize, max_age: Duration) -> Value {
+        self.reports.cached_within(&self.limiter, &self.store, top, max_age)
     }
 
     fn send(&self, points: &[P]) -> Outcome {
@@ -396,7 +411,7 @@ fn max_label_values_folds_new_values_of_a_full_label() {
         rig.telemetry.cardinality.folded_points("r", FoldReason::MaxLabelValues),
         2
     );
-    let report = rig.limiter.report(&rig.store, 10);
+    let report = rig.report(10);
     let m = &report["limited_metrics"][0];
     assert_eq!(m["metric"], "r");
     let at_limit: Vec<&str> = m["labels_at_limit"]
@@ -772,7 +787,7 @@ fn the_report_names_limits_top_metrics_and_what_folded() {
         .chain([counter("small", &[("k", "a")], true, 1.0)])
         .collect();
     rig.send(&pts);
-    let r = rig.limiter.report(&rig.store, 5);
+    let r = rig.report(5);
     assert_eq!(r["limits"]["max_series_per_metric"], 3);
     assert_eq!(r["limits"]["normalize"][0]["kind"], "number");
     assert_eq!(r["top_metrics"][0]["name"], "big");
@@ -1027,18 +1042,13 @@ fn concurrent_report_calls_share_one_computation() {
             .map(|_| {
                 s.spawn(|| {
                     barrier.wait();
-                    rig.limiter
-                        .cached_report_within(&rig.store, 20, Duration::from_secs(3600))
+                    rig.cached_report(20, Duration::from_secs(3600))
                 })
             })
             .collect();
         calls.into_iter().map(|c| c.join().expect("report call")).collect()
     });
-    assert_eq!(
-        rig.limiter.report_computations(),
-        1,
-        "8 concurrent callers, one computation"
-    );
+    assert_eq!(rig.reports.computations(), 1, "8 concurrent callers, one computation");
     let first = timeless(reports[0].clone());
     assert_eq!(first["top_metrics"][0]["series"], 20_000);
     for r in &reports {
@@ -1055,24 +1065,24 @@ fn a_report_past_its_max_age_is_computed_again_and_sees_new_series() {
     let rig = Rig::new(CardinalityConfig::default());
     let max_age = Duration::from_millis(500);
     rig.send(&many_series("big", 0, 100));
-    let r1 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
+    let r1 = rig.cached_report(20, max_age);
     assert_eq!(r1["active_series"], 100);
     rig.send(&many_series("big", 100, 150));
-    let r2 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
+    let r2 = rig.cached_report(20, max_age);
     assert_eq!(r2["active_series"], 100, "still the cached report");
     assert_eq!(r2["generated_at_unix_ms"], r1["generated_at_unix_ms"]);
     assert!(r2["age_ms"].as_u64().is_some_and(|a| a < 500), "{}", r2["age_ms"]);
-    assert_eq!(rig.limiter.report_computations(), 1);
+    assert_eq!(rig.reports.computations(), 1);
     std::thread::sleep(max_age + Duration::from_millis(100));
-    let r3 = rig.limiter.cached_report_within(&rig.store, 20, max_age);
-    assert_eq!(rig.limiter.report_computations(), 2, "recomputed past max_age");
+    let r3 = rig.cached_report(20, max_age);
+    assert_eq!(rig.reports.computations(), 2, "recomputed past max_age");
     assert_eq!(r3["active_series"], 150, "the new series are seen");
     assert_eq!(r3["top_metrics"][0]["series"], 150);
     assert_eq!(r3["top_metrics"][0]["labels"][0]["distinct_values"], 150);
     assert!(r3["generated_at_unix_ms"].as_u64() > r1["generated_at_unix_ms"].as_u64());
     // A larger `limit` than the cached report was computed for needs a new computation.
-    rig.limiter.cached_report_within(&rig.store, 21, max_age);
-    assert_eq!(rig.limiter.report_computations(), 3);
+    rig.cached_report(21, max_age);
+    assert_eq!(rig.reports.computations(), 3);
 }
 
 #[test]
@@ -1092,7 +1102,7 @@ fn the_cached_report_keeps_its_fields_and_equals_a_fresh_one_for_any_smaller_lim
         .collect();
     rig.send(&pts);
     let hour = Duration::from_secs(3600);
-    let cached = rig.limiter.cached_report_within(&rig.store, 5, hour);
+    let cached = rig.cached_report(5, hour);
     let keys: Vec<&str> = cached.as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected = vec![
         "active_series",
@@ -1114,19 +1124,15 @@ fn the_cached_report_keeps_its_fields_and_equals_a_fresh_one_for_any_smaller_lim
         let first = &cached[k][0];
         assert_eq!(first[m], "big", "{cached}");
     }
-    assert_eq!(timeless(cached), timeless(rig.limiter.report(&rig.store, 5)));
-    assert_eq!(rig.limiter.report_computations(), 2);
+    assert_eq!(timeless(cached), timeless(rig.report(5)));
+    assert_eq!(rig.reports.computations(), 2);
     // Smaller limits are cut from the cached report, and equal what a fresh computation gives.
     for top in [1, 2, 4] {
-        let before = rig.limiter.report_computations();
-        let cut = rig.limiter.cached_report_within(&rig.store, top, hour);
-        assert_eq!(rig.limiter.report_computations(), before, "served from the cache");
+        let before = rig.reports.computations();
+        let cut = rig.cached_report(top, hour);
+        assert_eq!(rig.reports.computations(), before, "served from the cache");
         assert_eq!(cut["top_metrics"].as_array().unwrap().len(), top);
-        assert_eq!(
-            timeless(cut),
-            timeless(rig.limiter.report(&rig.store, top)),
-            "limit {top}"
-        );
+        assert_eq!(timeless(cut), timeless(rig.report(top)), "limit {top}");
     }
 }
 
@@ -1138,7 +1144,7 @@ fn the_report_counts_distinct_values_over_a_family_larger_than_one_walk_chunk() 
     let mut pts = many_series("big", 0, 10);
     pts.push(counter("big", &[(OVERFLOW_LABEL, "true")], true, 1.0));
     rig.send(&pts);
-    let r = rig.limiter.report(&rig.store, 20);
+    let r = rig.report(20);
     let top = &r["top_metrics"][0];
     assert_eq!(top["series"], n + 1);
     assert_eq!(top["has_overflow_series"], true);

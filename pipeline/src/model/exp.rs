@@ -1,7 +1,9 @@
 //! Base-2 exponential histogram state: exact merging of deltas (by downscaling to a common scale)
-//! and conversion to classic `le` buckets for exposition.
+//! and conversion to classic `le` buckets for exposition. Shared vocabulary: the store keeps series
+//! in this form, and the cardinality limiter keeps the last cumulative report of a stream in it.
 
-use crate::model::Exemplar;
+use super::Exemplar;
+use super::batch::{ExpPoint, Samples};
 
 /// Most buckets one side of a stored exponential histogram may span; wider inputs are downscaled,
 /// which keeps memory bounded whatever offsets a sender uses.
@@ -128,6 +130,31 @@ pub struct ExpHistogram {
     pub negative: Buckets,
     /// At most one exemplar per bucket.
     pub exemplars: Vec<(Slot, Exemplar)>,
+}
+
+/// The stored form of an exponential point of `batch` (normalized), with its exemplars offered.
+pub(crate) fn exp_from(p: &ExpPoint, batch: &Samples, exs: &[Exemplar]) -> ExpHistogram {
+    let mut h = ExpHistogram {
+        scale: p.scale,
+        count: p.count,
+        sum: p.sum,
+        zero_count: p.zero_count,
+        zero_threshold: p.zero_threshold,
+        positive: Buckets {
+            offset: p.positive_offset,
+            counts: batch.counts[p.positive.range()].to_vec(),
+        },
+        negative: Buckets {
+            offset: p.negative_offset,
+            counts: batch.counts[p.negative.range()].to_vec(),
+        },
+        exemplars: Vec::new(),
+    };
+    h.normalize();
+    for e in exs {
+        h.offer_exemplar(*e);
+    }
+    h
 }
 
 impl ExpHistogram {
