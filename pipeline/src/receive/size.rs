@@ -25,8 +25,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 use super::decode::DecodeError;
 
-/// How deep messages may nest; prost refuses deeper messages with the same limit.
-const MAX_DEPTH: u32 = 100;
+use crate::util::protobuf::{MAX_DEPTH, take as skip, varint};
 
 /// The OTLP message types a request can contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,37 +346,6 @@ pub fn protobuf(root: Kind, body: &[u8]) -> Result<u64, DecodeError> {
     walk(root, body, 0)
         .map(|c| c.saturating_add(root.struct_size() as u64))
         .map_err(|e| DecodeError::Protobuf(e.to_string()))
-}
-
-#[inline(always)]
-fn varint(buf: &mut &[u8]) -> Result<u64, &'static str> {
-    if let Some((&b, rest)) = buf.split_first()
-        && b < 0x80
-    {
-        *buf = rest;
-        return Ok(u64::from(b));
-    }
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
-        *buf = rest;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err("invalid varint")
-}
-
-#[inline(always)]
-fn skip<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], &'static str> {
-    let n = usize::try_from(n).map_err(|_| "length overflow")?;
-    if buf.len() < n {
-        return Err("buffer underflow");
-    }
-    let (head, rest) = buf.split_at(n);
-    *buf = rest;
-    Ok(head)
 }
 
 fn walk(kind: Kind, mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {

@@ -1,6 +1,7 @@
 //! Small shared helpers below every component: hex encoding, globs, label-name sanitizing and
-//! label-value escaping. Every module may import from here; this module imports from none of them.
+//! label-value escaping, and the protobuf wire primitives the in-place readers share. Every module may import from here; this module imports from none of them.
 
 pub mod glob;
 pub mod hex;
 pub mod labels;
+pub mod protobuf;

@@ -35,14 +35,53 @@ pub enum Transport {
     Http,
 }
 
-/// Compression the client applies to a body (bodies the exporter already compressed, as remote
-/// write's snappy, use `None`).
+/// Compression the client applies to a body, with its level (bodies the exporter already
+/// compressed, as remote write's snappy, use `None`). Over gRPC it is message compression
+/// (`grpc-encoding`), done by the client itself because tonic compresses at a fixed level; over
+/// HTTP it is `Content-Encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyCompression {
     /// Sent as it is.
     None,
-    /// gzip (gRPC message compression, or HTTP `Content-Encoding: gzip`).
-    Gzip,
+    /// gzip at this level (1–9).
+    Gzip(u32),
+    /// zstd at this level (1–22).
+    Zstd(u32),
+}
+
+impl BodyCompression {
+    /// The encoding's name in `grpc-encoding` and `Content-Encoding`; `None` when uncompressed.
+    fn name(self) -> Option<&'static str> {
+        match self {
+            BodyCompression::None => None,
+            BodyCompression::Gzip(_) => Some("gzip"),
+            BodyCompression::Zstd(_) => Some("zstd"),
+        }
+    }
+
+    /// Appends the chunks, compressed as one stream, to `out`.
+    fn compress_into(self, body: &[Bytes], out: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            BodyCompression::None => body.iter().for_each(|c| out.extend_from_slice(c)),
+            BodyCompression::Gzip(level) => {
+                let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level.min(9)));
+                for c in body {
+                    enc.write_all(c)?;
+                }
+                enc.finish()?;
+            }
+            BodyCompression::Zstd(level) => {
+                let level = i32::try_from(level).unwrap_or(i32::MAX).min(22);
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                for c in body {
+                    enc.write_all(c)?;
+                }
+                enc.finish()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How an exporter's protocol reads answers.
@@ -85,7 +124,7 @@ pub struct Client {
 
 enum Inner {
     Grpc {
-        grpc: Box<tonic::client::Grpc<tonic::transport::Channel>>,
+        grpc: Box<tonic::client::Grpc<Compressing>>,
         path: http::uri::PathAndQuery,
         headers: tonic::metadata::MetadataMap,
         timeout: Duration,
@@ -93,7 +132,7 @@ enum Inner {
     Http {
         client: reqwest::Client,
         url: String,
-        gzip: bool,
+        compression: BodyCompression,
     },
 }
 
@@ -134,11 +173,13 @@ impl Client {
                     }
                     ep = ep.tls_config(tls).map_err(|e| tls_error(&e))?;
                 }
-                let mut grpc = tonic::client::Grpc::new(ep.connect_lazy());
-                if c.compression == BodyCompression::Gzip {
-                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-                }
-                grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+                let channel = Compressing {
+                    inner: ep.connect_lazy(),
+                    compression: c.compression,
+                };
+                let grpc = tonic::client::Grpc::new(channel)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd);
                 let mut headers = tonic::metadata::MetadataMap::new();
                 for (k, v) in c.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
@@ -177,7 +218,7 @@ impl Client {
                 Inner::Http {
                     client,
                     url: c.endpoint.to_string(),
-                    gzip: c.compression == BodyCompression::Gzip,
+                    compression: c.compression,
                 }
             }
         };
@@ -214,18 +255,22 @@ impl Client {
                     Err(status) => Err(classify_grpc(&status)),
                 }
             }
-            Inner::Http { client, url, gzip } => {
+            Inner::Http {
+                client,
+                url,
+                compression,
+            } => {
                 let mut rb = client.post(url);
-                let payload = if *gzip {
-                    match gzip_chunks(body) {
-                        Ok(b) => {
-                            rb = rb.header(http::header::CONTENT_ENCODING, "gzip");
-                            b
+                let payload = match compression.name() {
+                    Some(name) => {
+                        let mut out = Vec::with_capacity(body.iter().map(Bytes::len).sum::<usize>() / 4);
+                        if let Err(e) = compression.compress_into(body, &mut out) {
+                            return Err(AttemptError::Permanent(format!("{name}: {e}")));
                         }
-                        Err(e) => return Err(AttemptError::Permanent(format!("gzip: {e}"))),
+                        rb = rb.header(http::header::CONTENT_ENCODING, name);
+                        Bytes::from(out)
                     }
-                } else {
-                    join(body)
+                    None => join(body),
                 };
                 let resp = match rb.body(payload).send().await {
                     Ok(r) => r,
@@ -259,15 +304,58 @@ fn join(body: &[Bytes]) -> Bytes {
     }
 }
 
-/// The chunks gzip-compressed (fast level) as one stream.
-fn gzip_chunks(body: &[Bytes]) -> std::io::Result<Bytes> {
-    use std::io::Write;
-    let len: usize = body.iter().map(Bytes::len).sum();
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
-    for c in body {
-        enc.write_all(c)?;
+/// The gRPC channel, compressing the request message itself at the configured level (tonic
+/// compresses at a fixed level 6, which costs about twice the CPU of level 1 for 5% smaller OTLP
+/// spans). tonic frames the request uncompressed (`0`, length, message); this rewrites the frame
+/// to the compressed message (`1`, length, compressed) and sets `grpc-encoding`. Answers pass
+/// through to tonic unchanged.
+#[derive(Clone)]
+struct Compressing {
+    inner: tonic::transport::Channel,
+    compression: BodyCompression,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for Compressing {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
     }
-    enc.finish().map(Bytes::from)
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone that was polled ready is the one that calls.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let compression = self.compression;
+        Box::pin(async move {
+            let Some(name) = compression.name() else {
+                return inner.call(req).await.map_err(Into::into);
+            };
+            let (mut parts, body) = req.into_parts();
+            let framed = http_body_util::BodyExt::collect(body).await?.to_bytes();
+            let message = match framed.first() {
+                Some(0) if framed.len() >= 5 => framed.slice(5..),
+                _ => return Err("unexpected gRPC request frame".into()),
+            };
+            let mut out = Vec::with_capacity(5 + message.len() / 4);
+            out.extend_from_slice(&[1, 0, 0, 0, 0]);
+            compression.compress_into(&[message], &mut out)?;
+            let len = u32::try_from(out.len() - 5).map_err(|_| "compressed message over 4 GiB")?;
+            out[1..5].copy_from_slice(&len.to_be_bytes());
+            parts
+                .headers
+                .insert("grpc-encoding", http::HeaderValue::from_static(name));
+            let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(out)));
+            inner
+                .call(http::Request::from_parts(parts, body))
+                .await
+                .map_err(Into::into)
+        })
+    }
 }
 
 /// An HTTP answer: 2xx is delivered (the body may name rejected items); the protocol's retryable
@@ -405,9 +493,18 @@ mod tests {
     fn chunks_are_sent_back_to_back() {
         let chunks = [Bytes::from_static(b"ab"), Bytes::from_static(b"c")];
         assert_eq!(join(&chunks), Bytes::from_static(b"abc"));
-        let mut raw = Vec::new();
-        let gz = gzip_chunks(&chunks).unwrap();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-        assert_eq!(raw, b"abc");
+        for level in [1, 9] {
+            let mut gz = Vec::new();
+            BodyCompression::Gzip(level).compress_into(&chunks, &mut gz).unwrap();
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+            assert_eq!(raw, b"abc");
+            let mut zs = Vec::new();
+            BodyCompression::Zstd(level).compress_into(&chunks, &mut zs).unwrap();
+            assert_eq!(zstd::decode_all(&zs[..]).unwrap(), b"abc");
+        }
+        let mut plain = Vec::new();
+        BodyCompression::None.compress_into(&chunks, &mut plain).unwrap();
+        assert_eq!(plain, b"abc");
     }
 }

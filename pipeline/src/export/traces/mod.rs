@@ -32,8 +32,8 @@ pub mod config;
 pub use config::*;
 
 use super::sender::{
-    Answers, BodyCompression, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, PushError, Queue,
-    Shutdown, Transport, Worker,
+    Answers, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, PushError, Queue, Shutdown, Transport,
+    Worker,
 };
 use super::stats::{DropReason, ExporterStats, Reason};
 use crate::model::batch::Samples;
@@ -136,10 +136,7 @@ pub fn spawn(
         user_agent: None,
         timeout: config.timeout.0,
         ca_file: config.ca_file.as_deref(),
-        compression: match config.compression {
-            Compression::Gzip => BodyCompression::Gzip,
-            Compression::None => BodyCompression::None,
-        },
+        compression: config.body_compression(),
         answers: ANSWERS,
     })?;
     let queue: Arc<dyn Queue<Samples>> = Arc::new(MemoryQueue::new(config.queue_max_bytes.0));

@@ -118,3 +118,146 @@ fn http_endpoints_without_a_path_get_v1_traces() {
     assert_eq!(http_url("http://h:4318/custom").unwrap(), "http://h:4318/custom");
     assert!(matches!(http_url("http://bad host"), Err(BuildError::Endpoint(..))));
 }
+
+/// A backend over gRPC (tonic, accepting gzip and zstd) and over HTTP (`Content-Encoding` decoded
+/// here): it records each request's encoding and the spans, decoded.
+mod backend {
+    use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use parking_lot::Mutex;
+    use prost::Message;
+    use tonic::codec::CompressionEncoding;
+
+    /// (`grpc-encoding` or `Content-Encoding`, the request decoded).
+    pub(super) type Seen = Arc<Mutex<Vec<(String, ExportTraceServiceRequest)>>>;
+
+    #[derive(Clone, Default)]
+    struct Grpc(Seen);
+
+    #[tonic::async_trait]
+    impl TraceService for Grpc {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            // Read off the request headers by the layer below and put in the extensions.
+            let encoding = req
+                .extensions()
+                .get::<Encoding>()
+                .map(|e| e.0.clone())
+                .unwrap_or_default();
+            self.0.lock().push((encoding, req.into_inner()));
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    #[derive(Clone)]
+    struct Encoding(String);
+
+    pub(super) async fn grpc() -> (String, Seen) {
+        let seen = Seen::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = TraceServiceServer::new(Grpc(seen.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        let record = tower::util::MapRequestLayer::new(|mut req: http::Request<tonic::body::Body>| {
+            let e = req
+                .headers()
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity")
+                .to_string();
+            req.extensions_mut().insert(Encoding(e));
+            req
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(record)
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), seen)
+    }
+
+    pub(super) async fn http() -> (String, Seen) {
+        let seen = Seen::default();
+        let s = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+                let s = s.clone();
+                async move {
+                    let encoding = headers
+                        .get("content-encoding")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("identity")
+                        .to_string();
+                    let raw = match encoding.as_str() {
+                        "gzip" => {
+                            let mut out = Vec::new();
+                            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).unwrap();
+                            out
+                        }
+                        "zstd" => zstd::decode_all(&body[..]).unwrap(),
+                        _ => body.to_vec(),
+                    };
+                    s.lock()
+                        .push((encoding, ExportTraceServiceRequest::decode(&raw[..]).unwrap()));
+                    ExportTraceServiceResponse::default().encode_to_vec()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_compression_and_level_reaches_a_real_backend_over_grpc_and_http() {
+    use crate::config::types::DurationStr;
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (endpoint, seen) = match protocol {
+            OtlpProtocol::Grpc => backend::grpc().await,
+            OtlpProtocol::HttpProtobuf => backend::http().await,
+        };
+        let cases = [
+            (Compression::Gzip, None, "gzip"),
+            (Compression::Gzip, Some(9), "gzip"),
+            (Compression::Zstd, None, "zstd"),
+            (Compression::Zstd, Some(19), "zstd"),
+            (Compression::None, None, "identity"),
+        ];
+        for (i, (compression, level, encoding)) in cases.into_iter().enumerate() {
+            let config = OtlpExporterConfig {
+                endpoint: Some(endpoint.clone()),
+                protocol,
+                compression,
+                compression_level: level,
+                batch_timeout: DurationStr(std::time::Duration::from_millis(10)),
+                ..Default::default()
+            };
+            let drain = CancellationToken::new();
+            let (ex, worker) = spawn(
+                &config,
+                &endpoint,
+                ExporterStats::default(),
+                Box::new(|_| {}),
+                drain.clone(),
+            )
+            .unwrap();
+            let req = request(&format!("svc-{i}"), 0, 50);
+            ex.try_enqueue(req.clone(), 50, Samples::default()).unwrap();
+            drain.cancel();
+            worker.await.unwrap();
+            let got = seen.lock().pop();
+            let case = format!("{protocol:?} {compression:?} level {level:?}");
+            assert_eq!(got, Some((encoding.to_string(), req)), "{case}");
+            assert_eq!(ex.stats.sent_total(), 50, "{case}");
+        }
+    }
+}

@@ -12,8 +12,7 @@ use prost::Message;
 
 use crate::process::translate::write_any;
 
-/// How deep messages may nest; prost refuses deeper messages with the same limit.
-const MAX_DEPTH: u32 = 100;
+use crate::util::protobuf::{MAX_DEPTH, take, varint};
 
 /// Why bytes are not a valid request.
 pub type WireError = &'static str;
@@ -237,37 +236,6 @@ impl Wire<'_> {
     fn skip_unknown(self) -> Result<(), WireError> {
         Ok(())
     }
-}
-
-#[inline(always)]
-fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
-    if let Some((&b, rest)) = buf.split_first()
-        && b < 0x80
-    {
-        *buf = rest;
-        return Ok(u64::from(b));
-    }
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
-        *buf = rest;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err("invalid varint")
-}
-
-#[inline(always)]
-fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], WireError> {
-    let n = usize::try_from(n).map_err(|_| "length overflow")?;
-    if buf.len() < n {
-        return Err("buffer underflow");
-    }
-    let (head, rest) = buf.split_at(n);
-    *buf = rest;
-    Ok(head)
 }
 
 /// Reads one field: its number and payload.
