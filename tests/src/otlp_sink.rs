@@ -127,6 +127,8 @@ pub const SPAN_KIND_CLIENT: i32 = 3;
 #[derive(Debug)]
 struct State {
     received: Mutex<Vec<Received>>,
+    /// The bodies of recorded OTLP/HTTP trace exports, decompressed, as they came.
+    http_trace_bodies: Mutex<Vec<Vec<u8>>>,
     overflow: Mutex<u64>,
     requests: AtomicU64,
     refused: AtomicU64,
@@ -158,9 +160,17 @@ impl State {
     }
 
     fn record(&self, item: Received) {
+        self.record_with_body(item, None);
+    }
+
+    /// Records `item`, and the decompressed `body` it was decoded from (an OTLP/HTTP trace export).
+    fn record_with_body(&self, item: Received, body: Option<Vec<u8>>) {
         if let Ok(mut received) = self.received.lock() {
             if received.len() < MAX_RECORDED {
                 received.push(item);
+                if let (Some(body), Ok(mut bodies)) = (body, self.http_trace_bodies.lock()) {
+                    bodies.push(body);
+                }
             } else if let Ok(mut o) = self.overflow.lock() {
                 *o += 1;
             }
@@ -254,7 +264,7 @@ async fn http_export(state: Arc<State>, traces: bool, headers: HeaderMap, body: 
     let reply = if traces {
         match ExportTraceServiceRequest::decode(bytes.as_slice()) {
             Ok(req) => {
-                state.record(Received::Traces(SinkProtocol::Http, req));
+                state.record_with_body(Received::Traces(SinkProtocol::Http, req), Some(bytes));
                 ExportTraceServiceResponse { partial_success: None }.encode_to_vec()
             }
             Err(e) => return (StatusCode::BAD_REQUEST, format!("bad protobuf: {e}")).into_response(),
@@ -318,6 +328,7 @@ impl OtlpSink {
     pub async fn start_with(options: SinkOptions) -> OtlpSink {
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
+            http_trace_bodies: Mutex::new(Vec::new()),
             overflow: Mutex::new(0),
             requests: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -393,6 +404,17 @@ impl OtlpSink {
     /// Every recorded request, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The bodies of the recorded OTLP/HTTP trace exports, decompressed but not decoded: the
+    /// bytes the exporter sent, in arrival order. (gRPC messages are decoded by tonic and not kept
+    /// as bytes.)
+    pub fn http_trace_bodies(&self) -> Vec<Vec<u8>> {
+        self.state
+            .http_trace_bodies
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
     }
 
     /// Requests answered but not recorded because [`MAX_RECORDED`] was reached.
@@ -582,6 +604,11 @@ mod tests {
         assert_eq!(spans[1].service_name, "http-svc");
         assert_eq!(spans[0].trace_id, "ab".repeat(16));
         assert_eq!(sink.trace_ids().len(), 1);
+        assert_eq!(
+            sink.http_trace_bodies(),
+            [request("http-svc").encode_to_vec()],
+            "the HTTP body as it came; gRPC messages are not kept as bytes"
+        );
 
         sink.set_reply(SinkReply::Unavailable);
         let status = client.export(request("x")).await.expect_err("refused");
