@@ -406,8 +406,13 @@ impl Enricher {
         }
         let catalog = self.catalog.as_ref().map(|c| c.current());
         for rm in &mut req.resource_metrics {
+            let had_resource = rm.resource.is_some();
             let resource = rm.resource.get_or_insert_with(Default::default);
             let service = self.resource(&mut resource.attributes, catalog.as_deref(), Sig::Metrics);
+            // A resource the sender left out stays out unless enrichment gave it attributes.
+            if !had_resource && resource.attributes.is_empty() {
+                rm.resource = None;
+            }
             let rules: Vec<&Rule> = self
                 .rules
                 .iter()
@@ -435,8 +440,13 @@ impl Enricher {
         }
         let catalog = self.catalog.as_ref().map(|c| c.current());
         for rs in &mut req.resource_spans {
+            let had_resource = rs.resource.is_some();
             let resource = rs.resource.get_or_insert_with(Default::default);
             let service = self.resource(&mut resource.attributes, catalog.as_deref(), Sig::Traces);
+            // A resource the sender left out stays out unless enrichment gave it attributes.
+            if !had_resource && resource.attributes.is_empty() {
+                rs.resource = None;
+            }
             let rules: Vec<&Rule> = self
                 .rules
                 .iter()

@@ -380,3 +380,38 @@ fn a_bad_pattern_fails_the_build() {
         Err(EnrichError::Pattern { index: 0, .. })
     ));
 }
+
+#[test]
+fn a_resource_left_out_stays_out_unless_enrichment_fills_it() {
+    // A span rule that matches nothing: the request must come out as it went in.
+    let mut r = with_value(rule(RuleAction::Insert, "env"), "prod");
+    r.names = vec!["no-such-span".into()];
+    let e = enricher(vec![r]);
+    let mut spans = traces("svc", "op", vec![]);
+    spans.resource_spans[0].resource = None;
+    let sent = spans.clone();
+    e.traces(&mut spans);
+    assert_eq!(spans, sent, "no empty resource is added");
+    let mut points = metrics("svc", "m", vec![]);
+    points.resource_metrics[0].resource = None;
+    let sent = points.clone();
+    e.metrics(&mut points);
+    assert_eq!(points, sent, "no empty resource is added");
+    // A static attribute does fill it.
+    let e = Enricher::new(&EnrichConfig {
+        resource_attributes: vec![StaticAttribute {
+            key: "team".into(),
+            value: "core".into(),
+            action: Default::default(),
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    e.traces(&mut spans);
+    let attrs = &spans.resource_spans[0]
+        .resource
+        .as_ref()
+        .expect("a resource")
+        .attributes;
+    assert_eq!(pairs(attrs), vec![p("team", "core")]);
+}
