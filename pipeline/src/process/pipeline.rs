@@ -105,7 +105,7 @@ impl Consumer for Pipeline {
         for rs in &mut req.resource_spans {
             for ss in &mut rs.scope_spans {
                 let before = ss.spans.len();
-                ss.spans.retain(|s| s.trace_id.len() == 16 && s.span_id.len() == 8);
+                ss.spans.retain(|s| valid_ids(&s.trace_id, &s.span_id));
                 out.accepted += ss.spans.len() as u64;
                 let bad = (before - ss.spans.len()) as u64;
                 if bad > 0 {
@@ -141,7 +141,10 @@ impl Consumer for Pipeline {
             return self.consume_traces(decode(&body, Encoding::Protobuf)?);
         }
         let (metrics, accepted) = match WireRequest::parse(&body) {
-            Ok(wire) if self.span_metrics.as_ref().is_none_or(|sm| sm.admits_all(&wire)) => {
+            Ok(wire)
+                if wire.spans.iter().all(|s| valid_ids(s.trace_id, s.span_id))
+                    && self.span_metrics.as_ref().is_none_or(|sm| sm.admits_all(&wire)) =>
+            {
                 let metrics = self
                     .span_metrics
                     .as_ref()
@@ -193,4 +196,9 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Whether a span's ids have their lengths (16 and 8 bytes); spans without are rejected.
+fn valid_ids(trace_id: &[u8], span_id: &[u8]) -> bool {
+    trace_id.len() == 16 && span_id.len() == 8
 }

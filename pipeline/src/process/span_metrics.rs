@@ -138,14 +138,11 @@ impl SpanMetrics {
         removed
     }
 
-    /// Whether every span of an encoded request passes the span checks: ids of the right length
-    /// and at most `max_attributes_per_span` attributes (what [`SpanMetrics::limit_spans`] and the
-    /// pipeline's id check would remove from the decoded request).
+    /// Whether every span of an encoded request has at most `max_attributes_per_span` attributes
+    /// (so that [`SpanMetrics::limit_spans`] would remove none from the decoded request).
     pub fn admits_all(&self, req: &WireRequest<'_>) -> bool {
         let max = self.limits.max_attributes_per_span;
-        req.spans
-            .iter()
-            .all(|s| s.trace_id.len() == 16 && s.span_id.len() == 8 && req.span_attrs(s).len() <= max)
+        req.spans.iter().all(|s| req.span_attrs(s).len() <= max)
     }
 
     /// Whether span metrics are on.
