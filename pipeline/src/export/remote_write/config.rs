@@ -60,11 +60,13 @@ impl Default for RemoteWriteConfig {
 
 impl RemoteWriteConfig {
     /// One request per batch, sent as soon as it is queued: requests are already cut at
-    /// `max_samples_per_request`, and their snappy bodies cannot be joined.
+    /// `max_samples_per_request`, and their snappy bodies cannot be joined. One request in flight:
+    /// Prometheus refuses samples older than the newest it has for a series, so order matters.
     pub fn batching(&self) -> Batching {
         Batching {
             max_items: 1,
             timeout: Duration::ZERO,
+            max_in_flight: 1,
         }
     }
 

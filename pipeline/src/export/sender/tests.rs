@@ -265,6 +265,10 @@ mod worker {
     }
 
     fn start(url: &str, max_items: u64, shutdown_timeout: Duration) -> Setup {
+        start_lanes(url, max_items, 1, shutdown_timeout)
+    }
+
+    fn start_lanes(url: &str, max_items: u64, lanes: usize, shutdown_timeout: Duration) -> Setup {
         let log = Log::default();
         let queue = Arc::new(Recording {
             inner: MemoryQueue::new(1 << 20),
@@ -278,6 +282,7 @@ mod worker {
             batching: Batching {
                 max_items,
                 timeout: Duration::from_millis(100),
+                max_in_flight: lanes,
             },
             retry: RetryPolicy {
                 initial: Duration::from_millis(10),
@@ -406,5 +411,104 @@ mod worker {
         assert_eq!(s.stats.sent_total(), 0);
         assert_eq!(s.queue.push(body(4, 1)), Err(PushError::Closed));
         assert_eq!(s.stats.queue_bytes(), 0);
+    }
+
+    /// An HTTP peer that holds each request until `wanted` are open at once (or 5 s pass), and
+    /// reports the most it saw open.
+    async fn gathering_peer(wanted: usize) -> (String, Arc<AtomicUsize>) {
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let m = most.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |_: axum::body::Bytes| {
+                let (open, most) = (open.clone(), m.clone());
+                async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let t = std::time::Instant::now();
+                    while open.load(Ordering::SeqCst) < wanted && t.elapsed() < Duration::from_secs(5) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    // Let the others see the crowd before this one leaves.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    ""
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/"), most)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lanes_keep_that_many_batches_in_flight_and_deliver_each_once() {
+        let (url, most) = gathering_peer(3).await;
+        let s = start_lanes(&url, 2, 3, Duration::from_secs(5));
+        for tag in 1..=6 {
+            s.queue.push(body(tag, 3)).unwrap();
+        }
+        let t = std::time::Instant::now();
+        while s.stats.sent_total() < 12 {
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", s.log.events());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "three requests in flight at once, never more"
+        );
+        let mut delivered: Vec<u32> = s
+            .log
+            .events()
+            .into_iter()
+            .flat_map(|e| match e {
+                Event::Delivered(tags) => tags,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        delivered.sort_unstable();
+        assert_eq!(delivered, [1, 2, 3, 4, 5, 6], "each batch once");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "the peer held each request until three were open: {:?}",
+            t.elapsed()
+        );
+        s.drain.cancel();
+        s.worker.await.unwrap();
+        assert_eq!(s.stats.sent_total(), 12);
+        assert_eq!(s.queue.bytes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn at_the_deadline_every_lane_hands_its_batch_back_and_all_is_counted_once() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let s = start_lanes(&format!("http://{closed}/"), 2, 3, Duration::from_millis(300));
+        for tag in 1..=5 {
+            s.queue.push(body(tag, 3)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = std::time::Instant::now();
+        s.drain.cancel();
+        s.worker.await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "bounded: {:?}", t.elapsed());
+        assert_eq!(
+            s.log.events(),
+            [
+                Event::Nack(2),
+                Event::Nack(2),
+                Event::Nack(2),
+                Event::Close(10),
+                Event::Undelivered(10)
+            ],
+            "each lane's batch handed back, then the queue counted once"
+        );
+        assert_eq!(s.stats.dropped_total(DropReason::Shutdown), 10);
+        assert_eq!(s.stats.sent_total(), 0);
     }
 }

@@ -1,13 +1,15 @@
 //! The chain every exporter runs: queue → batch → retry → client, and the shutdown flush.
 //!
-//! The worker waits for payloads, lets a batch fill for at most the batching timeout or until it
-//! holds `max_items`, and sends it — its payloads' bodies back to back, so concatenated encodings
-//! form one request — retrying with backoff until it is delivered or refused for good (both
-//! acknowledged to the queue and counted). While running, a batch is retried for as long as it
-//! takes: the full queue behind it is the backpressure. Once draining, it sends what is left until
-//! the input has ended and the queue is empty, within the deadline; what the deadline leaves is
-//! handed back to the queue, the queue is closed, and what it will never deliver is counted once
-//! and logged once.
+//! The worker runs `max_in_flight` lanes over one queue. Each lane waits for payloads, lets a batch
+//! fill for at most the batching timeout or until it holds `max_items`, and sends it — its
+//! payloads' bodies back to back, so concatenated encodings form one request — retrying with
+//! backoff until it is delivered or refused for good (both acknowledged to the queue and counted).
+//! Several lanes keep several requests in flight, so a backend's round trip does not cap the rate
+//! (batches may then arrive out of order; an exporter that needs order, as remote write, runs one
+//! lane). While running, a batch is retried for as long as it takes: the full queue behind it is
+//! the backpressure. Once draining, the lanes send what is left until the input has ended and the
+//! queue is empty, within the deadline; what the deadline leaves is handed back to the queue, the
+//! queue is closed, and what it will never deliver is counted once and logged once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub struct Batching {
     pub max_items: u64,
     /// Longest the first payload of a batch waits for more to join it.
     pub timeout: Duration,
+    /// Batches sent at once (at least 1). With more than one, batches may arrive out of order.
+    pub max_in_flight: usize,
 }
 
 /// What an exporter does at the points where exporters differ: its sidecars once a batch is
@@ -88,6 +92,37 @@ enum Stop {
 impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
     /// Runs until shutdown has drained the queue or reached its deadline.
     pub async fn run(self) {
+        let worker = Arc::new(self);
+        // Owned here: if this task is aborted, so are the lanes.
+        let mut lanes = tokio::task::JoinSet::new();
+        for _ in 0..worker.batching.max_in_flight.max(1) {
+            let w = worker.clone();
+            lanes.spawn(async move { w.lane().await });
+        }
+        let mut undelivered = Vec::new();
+        while let Some(lane) = lanes.join_next().await {
+            match lane {
+                Ok(Some(u)) => undelivered.push(u),
+                Ok(None) => {}
+                // A lane cannot panic on what a peer sends; should one, the others still finish.
+                Err(e) => tracing::error!(error = %e, "exporter lane failed"),
+            }
+        }
+        if undelivered.is_empty() {
+            let late = worker.queue.close();
+            if late > 0 {
+                worker.hooks.late(late);
+                worker.stats.dropped(R::SHUTDOWN, late);
+            }
+            worker.report_queue();
+        } else {
+            worker.give_up(undelivered).await;
+        }
+    }
+
+    /// One lane: sends batches one at a time until shutdown has drained the queue (`None`) or the
+    /// deadline stopped a batch (returned, uncounted).
+    async fn lane(&self) -> Option<Undelivered<S>> {
         let max = self.batching.max_items;
         let sd = self.shutdown.clone();
         while !sd.draining() {
@@ -110,7 +145,7 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
             if let Some(batch) = self.queue.pop(max)
                 && let Err(u) = self.send(batch).await
             {
-                return self.give_up(u).await;
+                return Some(u);
             }
         }
         // Draining: send what is queued and what the input still brings, within the deadline.
@@ -119,10 +154,10 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
             match self.queue.pop(max) {
                 Some(batch) => {
                     if let Err(u) = self.send(batch).await {
-                        return self.give_up(u).await;
+                        return Some(u);
                     }
                 }
-                None if sd.input_ended() => break,
+                None if sd.input_ended() => return None,
                 None => {
                     tokio::select! {
                         _ = self.queue.pushed().notified() => {}
@@ -131,28 +166,28 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
                 }
             }
         }
-        let late = self.queue.close();
-        if late > 0 {
-            self.hooks.late(late);
-            self.stats.dropped(R::SHUTDOWN, late);
-        }
-        self.report_queue();
     }
 
     fn report_queue(&self) {
         self.stats.queue(self.queue.bytes(), self.queue.capacity());
     }
 
-    /// Counts and logs, once, everything not delivered: the batch given up and the whole queue
-    /// (handed back first, so a durable queue keeps it).
-    async fn give_up(self, u: Undelivered<S>) {
+    /// Counts and logs, once, everything not delivered: the batches the lanes gave up and the
+    /// whole queue (handed back first, so a durable queue keeps them).
+    async fn give_up(&self, undelivered: Vec<Undelivered<S>>) {
         // A producer still finishing (a last snapshot) is bounded work: wait for it, so that what
         // it queues is counted with the rest.
         self.shutdown.input_done().await;
-        self.queue.nack(u.batch);
+        let why = undelivered.first().map(|u| u.why.clone()).unwrap_or_default();
+        // Oldest first: each goes back to the front of the queue.
+        let mut batches: Vec<Batch<S>> = undelivered.into_iter().map(|u| u.batch).collect();
+        batches.sort_by_key(|b| std::cmp::Reverse(b.ticket.seq));
+        for b in batches {
+            self.queue.nack(b);
+        }
         let left = self.queue.close();
         if left > 0 {
-            self.hooks.undelivered(left, &u.why, self.shutdown.timeout());
+            self.hooks.undelivered(left, &why, self.shutdown.timeout());
             self.stats.dropped(R::SHUTDOWN, left);
         }
         self.report_queue();

@@ -80,6 +80,10 @@ pub struct OtlpExporterConfig {
     pub max_batch_spans: usize,
     /// Longest a span waits for its batch to fill. Default `200ms`.
     pub batch_timeout: DurationStr,
+    /// Export requests in flight at once, so that the backend's round trip does not cap the rate
+    /// (one request at a time forwards at most `max_batch_spans` per round trip); batches may then
+    /// arrive out of order. In-flight batches count against `queue_max_bytes`. Default `4`.
+    pub max_concurrent_requests: usize,
     /// Bound of the export queue in bytes held by queued and in-flight spans: each request's encoded
     /// protobuf body (what is sent), its exemplars and its queue slot. When full, receivers answer
     /// "overloaded" so clients back off, and no accepted span is dropped. At least
@@ -106,6 +110,7 @@ impl Default for OtlpExporterConfig {
             ca_file: None,
             max_batch_spans: 2048,
             batch_timeout: DurationStr(Duration::from_millis(200)),
+            max_concurrent_requests: 4,
             queue_max_bytes: ByteSize(64 << 20),
             retry_initial_backoff: DurationStr(Duration::from_millis(100)),
             retry_max_backoff: DurationStr(Duration::from_secs(5)),
@@ -133,6 +138,7 @@ impl OtlpExporterConfig {
         Batching {
             max_items: self.max_batch_spans as u64,
             timeout: self.batch_timeout.0,
+            max_in_flight: self.max_concurrent_requests,
         }
     }
 
@@ -193,6 +199,13 @@ impl OtlpExporterConfig {
                 Some(_) => {}
             }
         }
+        if ex.max_concurrent_requests == 0 {
+            out.push(Problem {
+                path: "exporters.traces.otlp.max_concurrent_requests".into(),
+                message: "must be greater than zero".into(),
+                hint: "e.g. `4`; `1` sends one request at a time, in order".into(),
+            });
+        }
         if ex.max_batch_spans == 0 {
             out.push(Problem {
                 path: "exporters.traces.otlp.max_batch_spans".into(),
@@ -220,6 +233,7 @@ mod tests {
         let mut c = TraceExportersConfig::default();
         c.otlp.endpoint = Some("tempo:4317".into());
         c.otlp.max_batch_spans = 0;
+        c.otlp.max_concurrent_requests = 0;
         // The queue against `receivers.otlp.max_request_size` spans two components: the root checks it.
         c.otlp.queue_max_bytes = ByteSize(1);
         c.otlp.retry_initial_backoff = DurationStr(Duration::from_secs(10));
@@ -230,6 +244,7 @@ mod tests {
             paths,
             [
                 "exporters.traces.otlp.endpoint",
+                "exporters.traces.otlp.max_concurrent_requests",
                 "exporters.traces.otlp.max_batch_spans",
                 "exporters.traces.otlp.retry_initial_backoff",
                 "exporters.traces.otlp.headers.bad key"
