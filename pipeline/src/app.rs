@@ -26,6 +26,7 @@ use crate::receive::{Shared, grpc, http};
 use crate::server::{self, ConnectionStats, ListenerKind};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::util::redact;
 
 pub use crate::process::pipeline::{Pipeline, write_metrics};
 
@@ -178,7 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stage
                 .tasks
                 .spawn(async move { handle.await.context("trace exporter panicked") });
-            tracing::info!(%endpoint, protocol = ?ex.protocol, "forwarding traces");
+            tracing::info!(endpoint = %redact::url(endpoint), protocol = ?ex.protocol, "forwarding traces");
             // The exporter bounds its own flush, in-flight attempts included, by shutdown_timeout;
             // the extra second is only a safety net before aborting it.
             let limit = ex.shutdown_timeout.0 + Duration::from_secs(1);
@@ -222,7 +223,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stage
                 .tasks
                 .spawn(async move { handle.await.context("remote-write exporter panicked") });
-            tracing::info!(%endpoint, interval = %rw.interval, "pushing metrics with Prometheus remote write");
+            tracing::info!(
+                endpoint = %redact::url(endpoint),
+                interval = %rw.interval,
+                "pushing metrics with Prometheus remote write"
+            );
             // The exporter bounds its own flush, in-flight requests included, by shutdown_timeout;
             // the extra second is only a safety net before aborting it.
             Some((stage, rw.shutdown_timeout.0 + Duration::from_secs(1)))

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         }
         Some(Command::PrintConfig) => match load(cli.config.as_deref()) {
             Ok(c) => {
-                print!("{}", c.to_yaml());
+                print!("{}", c.redacted().to_yaml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

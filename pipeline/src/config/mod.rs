@@ -293,7 +293,17 @@ impl Config {
         })
     }
 
-    /// The configuration as YAML (every key, with its current value).
+    /// The same configuration with its secrets (exporter header values, credentials in endpoint
+    /// URLs) shown as `<redacted>`: what `print-config` prints.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.exporters.traces.otlp.redact();
+        c.exporters.remote_write.redact();
+        c
+    }
+
+    /// The configuration as YAML (every key, with its current value; secrets included, see
+    /// [`Config::redacted`]).
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

@@ -11,7 +11,10 @@ pub(crate) fn endpoint_problem(path: &str, endpoint: &str, hint: &str) -> Option
         .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
     ok.is_none().then(|| Problem {
         path: path.into(),
-        message: format!("`{endpoint}` is not an http:// or https:// URL with a host"),
+        message: format!(
+            "`{}` is not an http:// or https:// URL with a host",
+            crate::util::redact::url(endpoint)
+        ),
         hint: hint.into(),
     })
 }

@@ -70,6 +70,15 @@ impl RemoteWriteConfig {
         }
     }
 
+    /// Replaces the secrets — header values, credentials in the endpoint URL — by `<redacted>`.
+    pub fn redact(&mut self) {
+        use crate::util::redact;
+        self.headers = redact::headers(&self.headers);
+        if let Some(e) = &mut self.endpoint {
+            *e = redact::url(e).into_owned();
+        }
+    }
+
     /// `retry_initial_backoff` doubling up to `retry_max_backoff`.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {

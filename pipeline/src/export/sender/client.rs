@@ -184,7 +184,11 @@ impl Client {
                 for (k, v) in c.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
                         .map_err(|_| BuildError::Header(k.clone()))?;
-                    let val = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
+                    let mut val: tonic::metadata::MetadataValue<_> =
+                        v.parse().map_err(|_| BuildError::Header(k.clone()))?;
+                    // Configured values may be secrets: never indexed by HPACK nor shown by
+                    // `Debug` (and so never in a trace-level log of h2 or tonic).
+                    val.set_sensitive(true);
                     headers.insert(key, val);
                 }
                 Inner::Grpc {
@@ -198,7 +202,8 @@ impl Client {
                 let mut headers = http::HeaderMap::new();
                 for (k, v) in c.headers {
                     let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| BuildError::Header(k.clone()))?;
-                    let val = http::HeaderValue::from_str(v).map_err(|_| BuildError::Header(k.clone()))?;
+                    let mut val = http::HeaderValue::from_str(v).map_err(|_| BuildError::Header(k.clone()))?;
+                    val.set_sensitive(true);
                     headers.insert(name, val);
                 }
                 for (k, v) in c.protocol_headers {
@@ -277,7 +282,8 @@ impl Client {
                     Err(e) => {
                         return Err(AttemptError::Retryable {
                             after: None,
-                            why: format!("sending: {e}"),
+                            // Without the URL, which may carry credentials.
+                            why: format!("sending: {}", e.without_url()),
                         });
                     }
                 };

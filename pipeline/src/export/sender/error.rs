@@ -10,7 +10,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum BuildError {
     /// The endpoint is not a usable URL, or the HTTP client cannot be built for it.
-    #[error("invalid endpoint `{0}`: {1}")]
+    #[error("invalid endpoint `{url}`: {detail}", url = crate::util::redact::url(.0), detail = .1)]
     Endpoint(String, String),
     /// The CA file cannot be read or used.
     #[error("cannot use CA file `{0}`: {1}")]

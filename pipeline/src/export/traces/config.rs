@@ -150,6 +150,15 @@ impl OtlpExporterConfig {
         }
     }
 
+    /// Replaces the secrets — header values, credentials in the endpoint URL — by `<redacted>`.
+    pub fn redact(&mut self) {
+        use crate::util::redact;
+        self.headers = redact::headers(&self.headers);
+        if let Some(e) = &mut self.endpoint {
+            *e = redact::url(e).into_owned();
+        }
+    }
+
     /// The body compression the client applies, at the configured (or default) level.
     pub fn body_compression(&self) -> BodyCompression {
         let level = |default: u32| self.compression_level.unwrap_or(default);
