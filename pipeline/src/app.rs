@@ -23,7 +23,7 @@ use crate::process::enrich::{CatalogHandle, Enricher};
 use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::{Shared, grpc, http};
-use crate::server::{self, ConnectionStats, ListenerKind};
+use crate::server::{self, ConnectionStats, ListenerKind, ServerTls, TlsConfig};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::util::redact;
@@ -99,10 +99,11 @@ impl Stage {
 }
 
 impl Stage {
-    /// Serves `router` on `listener` through [`server::serve`] until this stage is cancelled.
+    /// Serves `router` on `listener` (with its TLS, if any) through [`server::serve`] until this
+    /// stage is cancelled.
     fn serve_http(
         &mut self,
-        listener: TcpListener,
+        (listener, tls): (TcpListener, Option<Arc<ServerTls>>),
         router: axum::Router,
         kind: ListenerKind,
         limits: server::Limits,
@@ -111,7 +112,7 @@ impl Stage {
     ) {
         let stop = self.token.clone().cancelled_owned();
         self.tasks.spawn(async move {
-            server::serve(listener, router, kind, limits, conns, stop)
+            server::serve(listener, router, kind, limits, conns, tls, stop)
                 .await
                 .context(failed)
         });
@@ -126,6 +127,11 @@ fn http_limits(max: usize, idle: DurationStr, header: DurationStr, body: Duratio
         header_read_timeout: Some(header.0),
         body_read_timeout: Some(body.0),
     }
+}
+
+/// A listener's TLS from its `tls` block (`None` when not configured).
+fn server_tls(config: &TlsConfig, key: &'static str, alpn: &[&'static [u8]]) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    ServerTls::new(config, key, alpn).map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -245,6 +251,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems)).context("the connection limits do not fit");
     }
+    let otlp_tls = server_tls(&otlp.tls, "receivers.otlp.tls", &[b"h2"])?;
+    let otlp_http_tls = server_tls(&otlp.tls, "receivers.otlp.tls", &[b"h2", b"http/1.1"])?;
+    let prom_tls = server_tls(&config.prometheus.tls, "prometheus.tls", &[b"h2", b"http/1.1"])?;
     let grpc_l = bind(otlp.grpc.listen, "receivers.otlp.grpc.listen").await?;
     let http_l = bind(otlp.http.listen, "receivers.otlp.http.listen").await?;
     let prom_l = bind(config.prometheus.listen, "prometheus.listen").await?;
@@ -259,14 +268,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let grpc_config = otlp.grpc.clone();
     let conns = telemetry.connections.clone();
     receivers.tasks.spawn(async move {
-        grpc::serve(grpc_l, s, grpc_config, conns, c)
+        grpc::serve(grpc_l, s, grpc_config, conns, otlp_tls, c)
             .await
             .context("OTLP/gRPC server failed")
     });
 
     let h = &otlp.http;
     receivers.serve_http(
-        http_l,
+        (http_l, otlp_http_tls),
         http::router(shared),
         ListenerKind::OtlpHttp,
         http_limits(
@@ -289,7 +298,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let p = &config.prometheus;
     rest.serve_http(
-        prom_l,
+        (prom_l, prom_tls),
         routes::router(state),
         ListenerKind::Prometheus,
         http_limits(
@@ -336,9 +345,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     ready.store(true, Ordering::Release);
-    tracing::info!(%grpc_addr, "OTLP/gRPC receiver listening");
-    tracing::info!(%http_addr, "OTLP/HTTP receiver listening");
-    tracing::info!(%prometheus_addr, "Prometheus endpoint listening on /metrics");
+    // The address last: scripts and tests read it from the end of the line.
+    let (otlp_tls, prom_tls) = (otlp.tls.enabled(), config.prometheus.tls.enabled());
+    tracing::info!(tls = otlp_tls, %grpc_addr, "OTLP/gRPC receiver listening");
+    tracing::info!(tls = otlp_tls, %http_addr, "OTLP/HTTP receiver listening");
+    tracing::info!(tls = prom_tls, %prometheus_addr, "Prometheus endpoint listening on /metrics");
     Ok(Running {
         grpc_addr,
         http_addr,

@@ -1,5 +1,5 @@
-//! Checks every exporter's config shares: the endpoint URL, the retry backoff pair and the
-//! configured headers. Each exporter's `validate()` calls them with its own key prefix.
+//! Checks every exporter's config shares: the endpoint URL, the retry backoff pair, the
+//! configured headers and the TLS files. Each exporter's `validate()` calls them with its own key prefix.
 
 use crate::config::types::{DurationStr, Problem};
 
@@ -50,6 +50,45 @@ pub(crate) fn header_problems(prefix: &str, headers: &std::collections::BTreeMap
             message: problem.0.into(),
             hint: problem.1.into(),
         });
+    }
+    out
+}
+
+/// The client TLS files: `ca_file` must hold certificates; `cert_file` and `key_file` (the client
+/// certificate for mTLS) go together and must hold a certificate and its key.
+pub(crate) fn tls_problems(prefix: &str, ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> Vec<Problem> {
+    use crate::util::pem;
+    let problem = |k: &str, message: String, hint: &str| Problem {
+        path: format!("{prefix}.{k}"),
+        message,
+        hint: hint.into(),
+    };
+    let mut out = Vec::new();
+    if let Some(ca) = ca
+        && let Err(e) = pem::certs(ca)
+    {
+        out.push(problem("ca_file", e, "give the path of a PEM certificate"));
+    }
+    match (cert, key) {
+        (None, None) => {}
+        (Some(_), None) => out.push(problem(
+            "key_file",
+            "missing: cert_file is set".into(),
+            "the path of the PEM private key of cert_file",
+        )),
+        (None, Some(_)) => out.push(problem(
+            "cert_file",
+            "missing: key_file is set".into(),
+            "the path of the PEM client certificate whose key key_file holds",
+        )),
+        (Some(cert), Some(key)) => {
+            if let Err(e) = pem::certs(cert) {
+                out.push(problem("cert_file", e, "the path of a PEM client certificate"));
+            }
+            if let Err(e) = pem::key(key) {
+                out.push(problem("key_file", e, "the path of a PEM private key"));
+            }
+        }
     }
     out
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{DurationStr, Problem};
+use crate::server::TlsConfig;
 
 /// `prometheus`: the scrape endpoint and the series store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +36,9 @@ pub struct PrometheusConfig {
     /// Upper bound on stored series; points that would create more are rejected and counted
     /// (reported in `partial_success`). Default `2000000`.
     pub max_series: usize,
+    /// `prometheus.tls`: serve the endpoint over https (and require client certificates with
+    /// `client_ca_file`). Default: none, plain http.
+    pub tls: TlsConfig,
 }
 
 impl Default for PrometheusConfig {
@@ -48,6 +52,7 @@ impl Default for PrometheusConfig {
             series_ttl: DurationStr(Duration::from_secs(300)),
             promote_resource_attributes: Vec::new(),
             max_series: default_max_series(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -57,7 +62,8 @@ const fn default_max_series() -> usize {
 }
 
 impl PrometheusConfig {
-    /// Checks `prometheus` on its own: the series TTL and bound, the promoted attribute names;
+    /// Checks `prometheus` on its own: the series TTL and bound, the promoted attribute names, the
+    /// `tls` block;
     /// every problem with its key path (`prometheus.…`) and a hint. Its connection keys are checked
     /// with the other listeners' by the root config.
     pub fn validate(&self) -> Vec<Problem> {
@@ -85,6 +91,7 @@ impl PrometheusConfig {
                 });
             }
         }
+        out.extend(self.tls.validate("prometheus.tls"));
         out
     }
 }

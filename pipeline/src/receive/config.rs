@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
+use crate::server::TlsConfig;
 
 /// `receivers`: the inputs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -36,6 +37,8 @@ pub struct OtlpReceiverConfig {
     /// `receivers.otlp.limits`: what one sender can make Spindle hold or emit (name and value
     /// lengths, attribute counts, label-set size).
     pub limits: LimitsConfig,
+    /// `receivers.otlp.tls`: TLS (and mTLS) on both OTLP listeners. Default: none, plaintext.
+    pub tls: TlsConfig,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -46,6 +49,7 @@ impl Default for OtlpReceiverConfig {
             max_request_size: ByteSize(default_max_request_size()),
             max_inflight_bytes: ByteSize(default_max_inflight_bytes()),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -241,7 +245,8 @@ impl ReceiversConfig {
 }
 
 impl OtlpReceiverConfig {
-    /// Checks `receivers.otlp`: the request size bounds and [`LimitsConfig::validate`].
+    /// Checks `receivers.otlp`: the request size bounds, [`LimitsConfig::validate`] and
+    /// [`TlsConfig::validate`].
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let otlp = self;
@@ -263,6 +268,7 @@ impl OtlpReceiverConfig {
             });
         }
         out.extend(self.limits.validate());
+        out.extend(self.tls.validate("receivers.otlp.tls"));
         out
     }
 }

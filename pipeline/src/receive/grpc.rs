@@ -209,7 +209,7 @@ where
     }
 }
 
-/// Serves OTLP/gRPC on an already-bound listener until `cancel` fires, under `config`'s
+/// Serves OTLP/gRPC on an already-bound listener (over TLS when `tls` is given) until `cancel` fires, under `config`'s
 /// connection limits (see [`crate::server`]): at most `max_connections`, idle ones closed after
 /// `idle_timeout`, HTTP/2 keepalive pings, at most `max_concurrent_streams` per connection.
 ///
@@ -220,6 +220,7 @@ pub async fn serve<C: Consumer>(
     shared: Shared<C>,
     config: super::config::GrpcListenerConfig,
     connections: Arc<ConnectionStats>,
+    tls: Option<Arc<crate::server::ServerTls>>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let stats = shared.stats.clone();
@@ -233,7 +234,7 @@ pub async fn serve<C: Consumer>(
     };
     // tonic offers no HTTP/2 handshake timeout: a connection that never completes one has no
     // request in flight, so `idle_timeout` closes it.
-    let (incoming, closer) = crate::server::incoming(listener, limits, connections);
+    let (incoming, closer) = crate::server::incoming(listener, limits, connections, tls);
     // Idle connections would hold the graceful shutdown until their idle timeout.
     let shutdown = async move {
         cancel.cancelled().await;

@@ -1,11 +1,12 @@
 //! One connection: the state its requests and the watchdog share, and the [`Conn`] stream that
 //! the watchdog can close.
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -127,14 +128,122 @@ impl Drop for InFlight {
     }
 }
 
-/// An accepted connection under its listener's limits: a [`TcpStream`] the watchdog can close
-/// (reads then see EOF and writes fail).
+/// An accepted connection under its listener's limits: a [`TcpStream`] (or TLS over it) the
+/// watchdog can close (reads then see EOF and writes fail).
 #[derive(Debug)]
 pub struct Conn {
-    pub(super) tcp: TcpStream,
+    pub(super) io: Io,
+    pub(super) peer: Option<SocketAddr>,
     pub(super) state: Arc<ConnState>,
     pub(super) id: u64,
     pub(super) registry: Arc<Registry>,
+}
+
+/// The stream under a [`Conn`]: plain TCP, or TLS whose handshake runs on the first reads and
+/// writes (so under the connection's timeouts).
+pub(super) enum Io {
+    Plain(TcpStream),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The handshake failed.
+    Failed,
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Io::Plain(_) => "Plain",
+            Io::Handshake(_) => "Handshake",
+            Io::Tls(_) => "Tls",
+            Io::Failed => "Failed",
+        })
+    }
+}
+
+impl Io {
+    /// Drives a pending TLS handshake; ready when the stream can be used.
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Io::Handshake(accept) = self {
+            match Pin::new(&mut **accept).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(s)) => *self = Io::Tls(Box::new(s)),
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    *self = Io::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            Io::Failed => Poll::Ready(Err(closed_error())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+macro_rules! with_stream {
+    ($io:expr, $s:ident => $e:expr) => {
+        match $io {
+            Io::Plain($s) => $e,
+            Io::Tls($s) => {
+                let $s = &mut **$s;
+                $e
+            }
+            Io::Handshake(_) | Io::Failed => unreachable!("the handshake is driven first"),
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_handshake(cx))?;
+        with_stream!(this, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_handshake(cx))?;
+        with_stream!(this, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_handshake(cx))?;
+        with_stream!(this, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+            Io::Handshake(_) | Io::Failed => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_handshake(cx))?;
+        with_stream!(this, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Io::Handshake(a) => match a.get_mut() {
+                Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+                None => Poll::Ready(Ok(())),
+            },
+            Io::Failed => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -167,7 +276,7 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = (buf.filled().len() - before) as u64;
                 this.state.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -191,7 +300,7 @@ impl AsyncWrite for Conn {
         if this.state.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        match Pin::new(&mut this.tcp).poll_write(cx, buf) {
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
             Poll::Pending if register(&this.state.write_waker, cx, &this.state) => Poll::Ready(Err(closed_error())),
             other => other,
         }
@@ -206,14 +315,14 @@ impl AsyncWrite for Conn {
         if this.state.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        match Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs) {
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
             Poll::Pending if register(&this.state.write_waker, cx, &this.state) => Poll::Ready(Err(closed_error())),
             other => other,
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -221,11 +330,11 @@ impl AsyncWrite for Conn {
         if this.state.is_closed() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_flush(cx)
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -244,7 +353,7 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         ConnInfo {
-            remote_addr: self.tcp.peer_addr().ok(),
+            remote_addr: self.peer,
             state: self.state.clone(),
         }
     }

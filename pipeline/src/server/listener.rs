@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
 use super::body::{DeadlineBody, GuardedBody, body_timeout_response};
-use super::conn::{Conn, ConnState};
+use super::conn::{Conn, ConnState, Io};
+use super::tls::ServerTls;
 use super::watchdog::{Closer, Registry};
 use super::{CloseReason, ConnectionStats, Limits, ListenerKind};
 
@@ -31,6 +32,7 @@ pub struct GuardedListener {
     pub(super) listener: TcpListener,
     pub(super) registry: Arc<Registry>,
     pub(super) last_warned: Option<Instant>,
+    pub(super) tls: Option<Arc<ServerTls>>,
 }
 
 impl GuardedListener {
@@ -59,7 +61,16 @@ impl GuardedListener {
             listener,
             registry,
             last_warned: None,
+            tls: None,
         }
+    }
+
+    /// Serves TLS on every connection from now on (`None`: plain TCP). The handshake runs on the
+    /// connection's first reads, under its limits.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A handle that closes this listener's idle connections.
@@ -73,7 +84,12 @@ impl GuardedListener {
         loop {
             match self.listener.accept().await {
                 Ok((tcp, addr)) => {
-                    if let Some(conn) = self.registry.admit(tcp) {
+                    if let Some(mut conn) = self.registry.admit(tcp) {
+                        if let Some(tls) = &self.tls
+                            && let Io::Plain(tcp) = std::mem::replace(&mut conn.io, Io::Failed)
+                        {
+                            conn.io = Io::Handshake(Box::new(tls.acceptor().accept(tcp)));
+                        }
                         return (conn, addr);
                     }
                 }
@@ -114,8 +130,8 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// Serves `router` on `listener` under `limits` until `shutdown` resolves, then lets requests in
-/// flight finish.
+/// Serves `router` on `listener` under `limits` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then lets requests in flight finish.
 ///
 /// # Errors
 /// An I/O error of the server (accept errors are retried, never returned).
@@ -125,6 +141,7 @@ pub async fn serve(
     kind: ListenerKind,
     limits: Limits,
     stats: Arc<ConnectionStats>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let make = MakeTracked {
@@ -133,7 +150,7 @@ pub async fn serve(
         kind,
         stats: stats.clone(),
     };
-    let listener = GuardedListener::new(listener, kind, limits, stats);
+    let listener = GuardedListener::new(listener, kind, limits, stats).with_tls(tls);
     let closer = listener.closer();
     let shutdown = async move {
         shutdown.await;

@@ -13,6 +13,9 @@
 //!   connection is closed; a request's body must arrive within `body_read_timeout` of its headers,
 //!   else it is answered 408 and the connection is closed.
 //!
+//! With a `tls` block ([`TlsConfig`]) the listener serves TLS ([`ServerTls`]); the handshake runs
+//! inside the accepted connection, so under these same limits and timeouts.
+//!
 //! Every close is counted once per connection in `spindle_connections_closed_total{listener,
 //! reason}`; `spindle_open_connections{listener}` is the gauge. Accept errors (such as running out
 //! of file descriptors) never stop a listener: it waits a moment and accepts again. At startup
@@ -28,6 +31,7 @@ mod body;
 mod conn;
 mod listener;
 pub mod stats;
+pub mod tls;
 mod track;
 mod watchdog;
 
@@ -35,6 +39,7 @@ pub use body::{BodyTimeout, GuardedBody};
 pub use conn::{Conn, ConnInfo};
 pub use listener::{GuardedListener, serve};
 pub use stats::{CloseReason, ConnectionStats, ListenerKind};
+pub use tls::{MinTlsVersion, ServerTls, TlsConfig};
 pub use track::{Track, TrackFuture, TrackLayer, incoming};
 pub use watchdog::Closer;
 

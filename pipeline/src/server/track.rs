@@ -13,6 +13,7 @@ use tower::{Layer, Service};
 use super::body::GuardedBody;
 use super::conn::{Conn, ConnInfo, ConnState, InFlight};
 use super::listener::GuardedListener;
+use super::tls::ServerTls;
 use super::watchdog::Closer;
 use super::{ConnectionStats, Limits, ListenerKind};
 
@@ -94,15 +95,16 @@ where
     }
 }
 
-/// The connections of `listener` under `limits`, as the incoming stream of a tonic server (used
+/// The connections of `listener` under `limits` (over TLS when `tls` is given), as the incoming stream of a tonic server (used
 /// with [`TrackLayer`]), and the handle that closes its idle connections at shutdown. Accept
 /// errors are retried inside, never yielded.
 pub fn incoming(
     listener: TcpListener,
     limits: Limits,
     stats: Arc<ConnectionStats>,
+    tls: Option<Arc<ServerTls>>,
 ) -> (tokio_stream::wrappers::ReceiverStream<io::Result<Conn>>, Closer) {
-    let mut listener = GuardedListener::new(listener, ListenerKind::OtlpGrpc, limits, stats);
+    let mut listener = GuardedListener::new(listener, ListenerKind::OtlpGrpc, limits, stats).with_tls(tls);
     let closer = listener.closer();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {

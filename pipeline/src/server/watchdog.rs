@@ -8,7 +8,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::conn::{Conn, ConnState, nanos};
+use super::conn::{Conn, ConnState, Io, nanos};
 use super::{CloseReason, ConnectionStats, Limits, ListenerKind};
 
 #[derive(Debug)]
@@ -63,7 +63,8 @@ impl Registry {
         drop(conns);
         self.stats.opened(self.kind);
         Some(Conn {
-            tcp,
+            peer: tcp.peer_addr().ok(),
+            io: Io::Plain(tcp),
             state,
             id,
             registry: self.clone(),

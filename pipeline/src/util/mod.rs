@@ -4,5 +4,6 @@
 pub mod glob;
 pub mod hex;
 pub mod labels;
+pub mod pem;
 pub mod protobuf;
 pub mod redact;

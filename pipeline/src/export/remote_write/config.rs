@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
-use crate::export::config::{backoff_problem, endpoint_problem, header_problems};
+use crate::export::config::{backoff_problem, endpoint_problem, header_problems, tls_problems};
 use crate::export::sender::{Batching, RetryPolicy};
 
 /// `exporters.remote_write`: every `interval`, a snapshot of the series store (the samples and
@@ -18,7 +18,7 @@ use crate::export::sender::{Batching, RetryPolicy};
 pub struct RemoteWriteConfig {
     /// Receiver URL, e.g. `http://prometheus:9090/api/v1/write` (Prometheus started with
     /// `--web.enable-remote-write-receiver`) or `http://mimir:8080/api/v1/push`. `https://` uses
-    /// TLS with the system roots. Default: none — nothing is pushed.
+    /// TLS with the system roots (plus `ca_file`). Default: none — nothing is pushed.
     pub endpoint: Option<String>,
     /// How often a snapshot is taken and pushed. Default `15s`.
     pub interval: DurationStr,
@@ -27,6 +27,14 @@ pub struct RemoteWriteConfig {
     /// Headers sent with every request, e.g. `{authorization: "Basic …"}` or
     /// `{X-Scope-OrgID: tenant}`. Default: none.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Extra PEM CA certificate for `https` endpoints (the system roots are always trusted).
+    /// Default: none.
+    pub ca_file: Option<String>,
+    /// PEM client certificate presented to `https` endpoints that require one (mTLS), with
+    /// `key_file`. Default: none.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`. Default: none.
+    pub key_file: Option<String>,
     /// Most samples in one request (an exemplar counts as a sample). Default `2000`.
     pub max_samples_per_request: usize,
     /// Bound of the request queue in compressed bytes, the request in flight included. When a new
@@ -49,6 +57,9 @@ impl Default for RemoteWriteConfig {
             interval: DurationStr(Duration::from_secs(15)),
             timeout: DurationStr(Duration::from_secs(10)),
             headers: Default::default(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             max_samples_per_request: 2000,
             queue_max_bytes: ByteSize(64 << 20),
             retry_initial_backoff: DurationStr(Duration::from_millis(100)),
@@ -100,6 +111,12 @@ impl RemoteWriteConfig {
                 "exporters.remote_write.endpoint",
                 ep,
                 "e.g. `http://127.0.0.1:9090/api/v1/write` (Prometheus) or `http://mimir:8080/api/v1/push`",
+            ));
+            out.extend(tls_problems(
+                "exporters.remote_write",
+                self.ca_file.as_deref(),
+                self.cert_file.as_deref(),
+                self.key_file.as_deref(),
             ));
         }
         if self.interval.0 < Duration::from_secs(1) {

@@ -98,7 +98,9 @@ pub fn spawn(
         ],
         user_agent: Some(concat!("spindle/", env!("CARGO_PKG_VERSION"))),
         timeout: config.timeout.0,
-        ca_file: None,
+        ca_file: config.ca_file.as_deref(),
+        cert_file: config.cert_file.as_deref(),
+        key_file: config.key_file.as_deref(),
         compression: BodyCompression::None,
         answers: ANSWERS,
     })?;

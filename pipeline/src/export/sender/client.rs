@@ -1,5 +1,5 @@
 //! The one client every exporter sends with, over gRPC (tonic) or HTTP (reqwest): configured
-//! headers, TLS (system roots plus an optional CA file), a per-attempt timeout, and body
+//! headers, TLS (system roots plus an optional CA file, an optional client certificate), a per-attempt timeout, and body
 //! compression. One attempt sends an encoded body — a batch's payloads as chunks, sent back to
 //! back without being joined — and classifies the answer: delivered (with the items the peer
 //! rejected), retryable (with the delay it asked for), or permanent.
@@ -110,6 +110,10 @@ pub struct ClientConfig<'a> {
     pub timeout: Duration,
     /// Extra PEM CA certificate for `https://` endpoints.
     pub ca_file: Option<&'a str>,
+    /// PEM client certificate for `https://` endpoints that require one (mTLS), with `key_file`.
+    pub cert_file: Option<&'a str>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<&'a str>,
     /// Compression of request bodies.
     pub compression: BodyCompression,
     /// How answers are read.
@@ -160,6 +164,20 @@ impl Client {
         };
         let tls_error =
             |e: &dyn std::fmt::Display| BuildError::Tls(c.ca_file.unwrap_or_default().into(), e.to_string());
+        let read = |path: &str| std::fs::read(path).map_err(|e| BuildError::Tls(path.into(), e.to_string()));
+        // The client certificate and its key, both or neither.
+        let identity = match (c.cert_file, c.key_file) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(BuildError::Tls(
+                    path.into(),
+                    "cert_file and key_file go together".into(),
+                ));
+            }
+        };
+        let identity_error =
+            |e: &dyn std::fmt::Display| BuildError::Tls(c.cert_file.unwrap_or_default().into(), e.to_string());
         let inner = match c.transport {
             Transport::Grpc { path } => {
                 let mut ep = tonic::transport::Endpoint::from_shared(c.endpoint.to_string())
@@ -170,6 +188,9 @@ impl Client {
                     let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
                     if let Some(pem) = &ca {
                         tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    }
+                    if let Some((cert, key)) = &identity {
+                        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
                     }
                     ep = ep.tls_config(tls).map_err(|e| tls_error(&e))?;
                 }
@@ -216,6 +237,13 @@ impl Client {
                 if let Some(pem) = &ca {
                     let cert = reqwest::Certificate::from_pem(pem).map_err(|e| tls_error(&e))?;
                     builder = builder.add_root_certificate(cert);
+                }
+                if let Some((cert, key)) = &identity {
+                    let mut pem = cert.clone();
+                    pem.push(b'\n');
+                    pem.extend_from_slice(key);
+                    let id = reqwest::Identity::from_pem(&pem).map_err(|e| identity_error(&e))?;
+                    builder = builder.identity(id);
                 }
                 let client = builder
                     .build()

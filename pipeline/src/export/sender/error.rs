@@ -12,8 +12,8 @@ pub enum BuildError {
     /// The endpoint is not a usable URL, or the HTTP client cannot be built for it.
     #[error("invalid endpoint `{url}`: {detail}", url = crate::util::redact::url(.0), detail = .1)]
     Endpoint(String, String),
-    /// The CA file cannot be read or used.
-    #[error("cannot use CA file `{0}`: {1}")]
+    /// A TLS file (CA, client certificate or key) cannot be read or used.
+    #[error("cannot use TLS file `{0}`: {1}")]
     Tls(String, String),
     /// A header name or value is not valid.
     #[error("invalid header `{0}`")]

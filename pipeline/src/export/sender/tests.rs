@@ -250,6 +250,8 @@ mod worker {
             user_agent: None,
             timeout: Duration::from_secs(5),
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             compression: BodyCompression::None,
             answers: ANSWERS,
         })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
-use crate::export::config::{backoff_problem, endpoint_problem, header_problems};
+use crate::export::config::{backoff_problem, endpoint_problem, header_problems, tls_problems};
 use crate::export::sender::{Batching, BodyCompression, RetryPolicy};
 
 /// `exporters.traces`.
@@ -76,6 +76,11 @@ pub struct OtlpExporterConfig {
     pub timeout: DurationStr,
     /// Extra PEM CA certificate for `https` endpoints. Default: none.
     pub ca_file: Option<String>,
+    /// PEM client certificate presented to `https` endpoints that require one (mTLS), with
+    /// `key_file`. Default: none.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`. Default: none.
+    pub key_file: Option<String>,
     /// Most spans in one export request. Default `2048`.
     pub max_batch_spans: usize,
     /// Longest a span waits for its batch to fill. Default `200ms`.
@@ -108,6 +113,8 @@ impl Default for OtlpExporterConfig {
             headers: Default::default(),
             timeout: DurationStr(Duration::from_secs(10)),
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             max_batch_spans: 2048,
             batch_timeout: DurationStr(Duration::from_millis(200)),
             max_concurrent_requests: 4,
@@ -179,15 +186,12 @@ impl OtlpExporterConfig {
                 ep,
                 "e.g. `http://127.0.0.1:4317` for gRPC or `http://127.0.0.1:4318` for http/protobuf",
             ));
-            if let Some(ca) = &ex.ca_file
-                && std::fs::metadata(ca).is_err()
-            {
-                out.push(Problem {
-                    path: "exporters.traces.otlp.ca_file".into(),
-                    message: format!("cannot read `{ca}`"),
-                    hint: "give the path of a PEM certificate".into(),
-                });
-            }
+            out.extend(tls_problems(
+                "exporters.traces.otlp",
+                ex.ca_file.as_deref(),
+                ex.cert_file.as_deref(),
+                ex.key_file.as_deref(),
+            ));
         }
         if let Some(level) = ex.compression_level {
             match ex.compression.levels() {

@@ -136,6 +136,8 @@ pub fn spawn(
         user_agent: None,
         timeout: config.timeout.0,
         ca_file: config.ca_file.as_deref(),
+        cert_file: config.cert_file.as_deref(),
+        key_file: config.key_file.as_deref(),
         compression: config.body_compression(),
         answers: ANSWERS,
     })?;
