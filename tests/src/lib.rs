@@ -13,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod otlp_sink;
+pub mod pki;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

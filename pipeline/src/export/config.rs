@@ -112,4 +112,28 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn client_certificate_and_key_go_together_and_must_be_readable() {
+        use super::tls_problems;
+        let paths = |v: Vec<crate::config::types::Problem>| v.into_iter().map(|p| p.path).collect::<Vec<_>>();
+        assert!(tls_problems("x", None, None, None).is_empty());
+        assert_eq!(paths(tls_problems("x", None, Some("/c"), None)), ["x.key_file"]);
+        assert_eq!(paths(tls_problems("x", None, None, Some("/k"))), ["x.cert_file"]);
+        assert_eq!(
+            paths(tls_problems(
+                "x",
+                Some("/nonexistent"),
+                Some("/nonexistent"),
+                Some("/nonexistent")
+            )),
+            ["x.ca_file", "x.cert_file", "x.key_file"]
+        );
+        let p = problems(
+            "exporters:\n  traces:\n    otlp:\n      endpoint: https://tempo:4317\n      cert_file: /nonexistent.pem\n  remote_write:\n    endpoint: https://prom/api/v1/write\n    key_file: /k.pem\n",
+        );
+        let got: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+        assert!(got.contains(&"exporters.traces.otlp.key_file"), "{got:?}");
+        assert!(got.contains(&"exporters.remote_write.cert_file"), "{got:?}");
+    }
 }

@@ -264,3 +264,142 @@ impl ServerTls {
         s.acceptor.0.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        dir: std::path::PathBuf,
+    }
+
+    impl Files {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("spindle-tls-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self { dir }
+        }
+
+        fn write(&self, name: &str, text: &str) -> String {
+            let p = self.dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn pair() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    fn paths(p: &[Problem]) -> Vec<&str> {
+        p.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn validate_reports_missing_mismatched_and_unreadable_files_with_key_paths_and_hints() {
+        let f = Files::new("validate");
+        let (cert, key) = pair();
+        let (_, other_key) = pair();
+        let cert = f.write("cert.pem", &cert);
+        let key = f.write("key.pem", &key);
+        let other_key = f.write("other.key", &other_key);
+        let garbage = f.write("garbage.pem", "hello\n");
+        let p = "receivers.otlp.tls";
+        let tls = |cert: Option<&str>, key: Option<&str>, ca: Option<&str>| TlsConfig {
+            cert_file: cert.map(Into::into),
+            key_file: key.map(Into::into),
+            client_ca_file: ca.map(Into::into),
+            min_version: MinTlsVersion::Tls13,
+        };
+        assert_eq!(TlsConfig::default().validate(p), vec![]);
+        assert_eq!(tls(Some(&cert), Some(&key), Some(&cert)).validate(p), vec![]);
+        let v = tls(None, Some(&key), Some(&cert)).validate(p);
+        assert_eq!(paths(&v), [format!("{p}.key_file"), format!("{p}.client_ca_file")]);
+        assert!(
+            v[0].message.contains("without `receivers.otlp.tls.cert_file`"),
+            "{}",
+            v[0]
+        );
+        let v = tls(Some(&cert), None, None).validate(p);
+        assert_eq!(paths(&v), [format!("{p}.key_file")]);
+        assert!(v[0].message.contains("missing"), "{}", v[0]);
+        let v = tls(Some("/nonexistent/cert.pem"), Some(&garbage), Some(&garbage)).validate("prometheus.tls");
+        assert_eq!(
+            paths(&v),
+            [
+                "prometheus.tls.cert_file",
+                "prometheus.tls.key_file",
+                "prometheus.tls.client_ca_file"
+            ]
+        );
+        assert!(v[0].message.contains("cannot read `/nonexistent/cert.pem`"), "{}", v[0]);
+        assert!(v[1].message.contains("no PEM private key"), "{}", v[1]);
+        assert!(v[2].message.contains("no PEM certificate"), "{}", v[2]);
+        let v = tls(Some(&cert), Some(&other_key), None).validate(p);
+        assert_eq!(paths(&v), [format!("{p}.key_file")]);
+        assert!(v[0].hint.contains("private key of cert_file"), "{}", v[0]);
+        assert!(v.iter().all(|p| !p.hint.is_empty()));
+    }
+
+    #[test]
+    fn the_root_config_checks_both_tls_blocks_and_min_version_parses() {
+        let mut c = crate::config::Config::default();
+        c.receivers.otlp.tls.key_file = Some("/k".into());
+        c.prometheus.tls.cert_file = Some("/nonexistent.pem".into());
+        let v = c.validate();
+        let got = paths(&v);
+        assert!(got.contains(&"receivers.otlp.tls.key_file"), "{got:?}");
+        assert!(got.contains(&"prometheus.tls.key_file"), "{got:?}");
+        c.prometheus.tls.key_file = Some("/nonexistent.key".into());
+        let v = c.validate();
+        assert!(paths(&v).contains(&"prometheus.tls.cert_file"), "{v:?}");
+        let v: MinTlsVersion = serde_yaml_ng::from_str("'1.3'").unwrap();
+        assert_eq!(v, MinTlsVersion::Tls13);
+        assert!(serde_yaml_ng::from_str::<MinTlsVersion>("'1.1'").is_err());
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_and_a_bad_one_keeps_the_old_configuration() {
+        let f = Files::new("reload");
+        let (cert1, key1) = pair();
+        let cert = f.write("cert.pem", &cert1);
+        let key = f.write("key.pem", &key1);
+        let config = TlsConfig {
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            ..TlsConfig::default()
+        };
+        let tls = ServerTls::new(&config, "prometheus.tls", &[b"h2"]).unwrap().unwrap();
+        let first = tls.files.stamp();
+        assert_eq!(tls.state.lock().stamp, first);
+        // A bad certificate: looked at (once the second has passed) and not taken.
+        std::fs::write(&cert, "garbage, longer than before\n").unwrap();
+        tls.state.lock().checked -= CHECK_EVERY;
+        let before = Arc::as_ptr(tls.state.lock().acceptor.0.config());
+        let _ = tls.acceptor();
+        assert_ne!(tls.state.lock().stamp, first, "the change was seen");
+        assert_eq!(
+            Arc::as_ptr(tls.state.lock().acceptor.0.config()),
+            before,
+            "the old one stays"
+        );
+        // A good pair: taken.
+        let (cert2, key2) = pair();
+        std::fs::write(&cert, cert2).unwrap();
+        std::fs::write(&key, key2).unwrap();
+        // Within the second nothing is looked at.
+        let _ = tls.acceptor();
+        assert_eq!(Arc::as_ptr(tls.state.lock().acceptor.0.config()), before);
+        tls.state.lock().checked -= CHECK_EVERY;
+        let _ = tls.acceptor();
+        assert_ne!(Arc::as_ptr(tls.state.lock().acceptor.0.config()), before, "reloaded");
+        assert!(ServerTls::new(&TlsConfig::default(), "x", &[]).unwrap().is_none());
+    }
+}
