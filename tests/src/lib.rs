@@ -740,6 +740,23 @@ impl Prometheus {
         Self::launch(&binary, &config, &[]).await
     }
 
+    /// Starts Prometheus scraping `target` (`/metrics`) over https as job `spindle`, verifying the
+    /// server's certificate against the PEM CA at `ca_file` (for the name `localhost`), and waits
+    /// until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_https(target: SocketAddr, ca_file: &str) -> Self {
+        let binary = peer_binary("prometheus");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n    scheme: https\n    \
+             tls_config:\n      ca_file: '{ca_file}'\n      server_name: localhost\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        Self::launch(&binary, &config, &[]).await
+    }
+
     /// Starts Prometheus scraping a service's own `/metrics` at `target` directly, as job `job`
     /// (no pipeline in between, so without `honor_labels`: Prometheus sets `job` and `instance`),
     /// and waits until it is ready.
