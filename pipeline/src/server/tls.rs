@@ -21,8 +21,9 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use crate::config::types::Problem;
 use crate::util::pem;
 
-/// The lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The lowest TLS version a listener accepts: `"1.2"` or `"1.3"` (a YAML number, `1.3`, is read
+/// the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub enum MinTlsVersion {
     /// TLS 1.2 and 1.3.
     #[default]
@@ -31,6 +32,34 @@ pub enum MinTlsVersion {
     /// TLS 1.3 only.
     #[serde(rename = "1.3")]
     Tls13,
+}
+
+impl<'de> Deserialize<'de> for MinTlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MinTlsVersion;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`1.2` or `1.3`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MinTlsVersion, E> {
+                match v.trim() {
+                    "1.2" => Ok(MinTlsVersion::Tls12),
+                    "1.3" => Ok(MinTlsVersion::Tls13),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a TLS version Spindle accepts: use `1.2` or `1.3`"
+                    ))),
+                }
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MinTlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A listener's `tls` block. TLS is on when `cert_file` is set.
@@ -362,7 +391,19 @@ mod tests {
         assert!(paths(&v).contains(&"prometheus.tls.cert_file"), "{v:?}");
         let v: MinTlsVersion = serde_yaml_ng::from_str("'1.3'").unwrap();
         assert_eq!(v, MinTlsVersion::Tls13);
-        assert!(serde_yaml_ng::from_str::<MinTlsVersion>("'1.1'").is_err());
+        assert_eq!(
+            serde_yaml_ng::from_str::<MinTlsVersion>("1.2").unwrap(),
+            MinTlsVersion::Tls12
+        );
+        assert_eq!(
+            serde_yaml_ng::from_str::<MinTlsVersion>("1.3").unwrap(),
+            MinTlsVersion::Tls13
+        );
+        let e = serde_yaml_ng::from_str::<MinTlsVersion>("'1.1'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use `1.2` or `1.3`"), "{e}");
+        assert!(serde_yaml_ng::from_str::<MinTlsVersion>("[1]").is_err());
     }
 
     #[test]
