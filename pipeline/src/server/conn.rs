@@ -223,7 +223,10 @@ impl AsyncWrite for Io {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
-            Io::Handshake(_) | Io::Failed => false,
+            // Asked once, when the connection starts (so mid-handshake): a TLS stream takes
+            // vectored writes.
+            Io::Handshake(_) => true,
+            Io::Failed => false,
         }
     }
 
