@@ -187,7 +187,7 @@ const LIMITED_ITEMS: Family<'static> = family(
 const CONNECTIONS_CLOSED: Family<'static> = family(
     "spindle_connections_closed",
     MetricKind::Counter,
-    "Connections the server closed or refused, by listener and reason (max_connections, idle_timeout, header_read_timeout, body_read_timeout).",
+    "Connections the server closed or refused, by listener and reason (max_connections, idle_timeout, header_read_timeout, body_read_timeout, tls_handshake).",
 );
 const OPEN_CONNECTIONS: Family<'static> = family(
     "spindle_open_connections",

@@ -166,7 +166,13 @@ async fn otlp_over_tls_on_grpc_and_http_arrives_and_plaintext_is_refused() {
     }
     .await;
     assert!(plain_grpc.is_err());
-    assert!(!scrape(&r).await.contains("plain_total"));
+    let text = scrape(&r).await;
+    assert!(!text.contains("plain_total"));
+    // Each refused handshake is counted once, by listener.
+    for listener in ["otlp_http", "otlp_grpc"] {
+        let closed = format!("spindle_connections_closed_total{{listener=\"{listener}\",reason=\"tls_handshake\"}}");
+        assert!(line_value(&text, &closed) >= 1.0, "{closed}: {text}");
+    }
     r.shutdown().await.unwrap();
 }
 

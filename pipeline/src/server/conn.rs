@@ -134,6 +134,8 @@ impl Drop for InFlight {
 pub struct Conn {
     pub(super) io: Io,
     pub(super) peer: Option<SocketAddr>,
+    /// A failed handshake was counted.
+    pub(super) handshake_counted: bool,
     pub(super) state: Arc<ConnState>,
     pub(super) id: u64,
     pub(super) registry: Arc<Registry>,
@@ -249,6 +251,18 @@ impl AsyncWrite for Io {
     }
 }
 
+impl Conn {
+    /// Counts a failed TLS handshake once (the stream is then `Failed`).
+    fn count_failed_handshake(&mut self) {
+        if matches!(self.io, Io::Failed) && !self.handshake_counted {
+            self.handshake_counted = true;
+            self.registry
+                .stats
+                .closed(self.registry.kind, CloseReason::TlsHandshake);
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.registry.conns.lock().remove(&self.id);
@@ -279,7 +293,9 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.count_failed_handshake();
+        match polled {
             Poll::Ready(Ok(())) => {
                 let n = (buf.filled().len() - before) as u64;
                 this.state.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -303,7 +319,9 @@ impl AsyncWrite for Conn {
         if this.state.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.count_failed_handshake();
+        match polled {
             Poll::Pending if register(&this.state.write_waker, cx, &this.state) => Poll::Ready(Err(closed_error())),
             other => other,
         }
@@ -318,7 +336,9 @@ impl AsyncWrite for Conn {
         if this.state.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.count_failed_handshake();
+        match polled {
             Poll::Pending if register(&this.state.write_waker, cx, &this.state) => Poll::Ready(Err(closed_error())),
             other => other,
         }

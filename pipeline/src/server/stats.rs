@@ -42,15 +42,19 @@ pub enum CloseReason {
     HeaderReadTimeout,
     /// A request's body did not arrive within `body_read_timeout` (answered 408).
     BodyReadTimeout,
+    /// The TLS handshake failed (a plaintext client, an untrusted or missing client
+    /// certificate, no common version or cipher).
+    TlsHandshake,
 }
 
 impl CloseReason {
     /// Every reason, in label order (`ALL[i] as usize == i`).
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::MaxConnections,
         Self::IdleTimeout,
         Self::HeaderReadTimeout,
         Self::BodyReadTimeout,
+        Self::TlsHandshake,
     ];
 
     /// The `reason` label value.
@@ -60,12 +64,14 @@ impl CloseReason {
             Self::IdleTimeout => "idle_timeout",
             Self::HeaderReadTimeout => "header_read_timeout",
             Self::BodyReadTimeout => "body_read_timeout",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 
     /// Whether the reason can happen on `listener` (gRPC has no header or body timeout).
     pub fn applies_to(self, listener: ListenerKind) -> bool {
-        listener != ListenerKind::OtlpGrpc || matches!(self, Self::MaxConnections | Self::IdleTimeout)
+        listener != ListenerKind::OtlpGrpc
+            || matches!(self, Self::MaxConnections | Self::IdleTimeout | Self::TlsHandshake)
     }
 }
 
@@ -134,6 +140,7 @@ mod tests {
             CloseReason::IdleTimeout => 1,
             CloseReason::HeaderReadTimeout => 2,
             CloseReason::BodyReadTimeout => 3,
+            CloseReason::TlsHandshake => 4,
         };
         for (i, l) in ListenerKind::ALL.into_iter().enumerate() {
             assert_eq!(listener(l), i);
@@ -142,6 +149,6 @@ mod tests {
             assert_eq!(reason(r), i);
         }
         assert_eq!(ListenerKind::ALL.len(), 3);
-        assert_eq!(CloseReason::ALL.len(), 4);
+        assert_eq!(CloseReason::ALL.len(), 5);
     }
 }

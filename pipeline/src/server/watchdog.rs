@@ -64,6 +64,7 @@ impl Registry {
         self.stats.opened(self.kind);
         Some(Conn {
             peer: tcp.peer_addr().ok(),
+            handshake_counted: false,
             io: Io::Plain(tcp),
             state,
             id,
