@@ -1,4 +1,4 @@
-//! Render: the whole store as OpenMetrics with exemplars (and as text 0.0.4), one thread.
+//! Render: the whole store as OpenMetrics with exemplars (and as protobuf and text 0.0.4), one thread.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use spindle::expose::render;
@@ -37,6 +37,15 @@ fn render_bench(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 render(store, &telemetry, Format::OpenMetrics, &mut out);
+                out.len()
+            })
+        });
+        g.bench_function(format!("protobuf {series} series, reused buffer"), |b| {
+            let store = store();
+            let mut out = Vec::with_capacity(cap);
+            b.iter(|| {
+                out.clear();
+                render(store, &telemetry, Format::Protobuf, &mut out);
                 out.len()
             })
         });

@@ -739,6 +739,27 @@ impl Prometheus {
         Self::launch(&binary, &config, &[]).await
     }
 
+    /// Starts Prometheus with native histograms on (`--enable-feature=native-histograms`, which
+    /// makes it ask for the protobuf exposition first) scraping `target` (`/metrics`) as job
+    /// `spindle`, and waits until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_native_histograms(target: SocketAddr) -> Self {
+        let binary = peer_binary("prometheus");
+        let protocols = if supports_scrape_protocols(&binary) {
+            "    scrape_protocols: [PrometheusProto, OpenMetricsText1.0.0, PrometheusText0.0.4]\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{protocols}    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        Self::launch(&binary, &config, &["--enable-feature=native-histograms"]).await
+    }
+
     /// Starts Prometheus scraping a service's own `/metrics` at `target` directly, as job `job`
     /// (no pipeline in between, so without `honor_labels`: Prometheus sets `job` and `instance`),
     /// and waits until it is ready.

@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod float;
 pub mod openmetrics;
+pub mod protobuf;
 pub mod routes;
 pub mod text;
 pub mod walk;
@@ -54,6 +55,12 @@ pub fn render(store: &Store, own: &dyn SelfMetrics, format: Format, out: &mut Ve
     match format {
         Format::OpenMetrics => render_with(openmetrics::OpenMetrics, store, own, out),
         Format::Text => render_with(text::Text, store, own, out),
+        Format::Protobuf => {
+            let mut pb = protobuf::Protobuf::new(out);
+            walk::store(store, &mut pb);
+            own.walk(store.series_count(), &mut pb);
+            pb.finish();
+        }
     }
 }
 
@@ -70,6 +77,11 @@ pub fn render_own(own: &dyn SelfMetrics, format: Format, active_series: usize, o
     match format {
         Format::OpenMetrics => own.walk(active_series, &mut Lines::new(openmetrics::OpenMetrics, out)),
         Format::Text => own.walk(active_series, &mut Lines::new(text::Text, out)),
+        Format::Protobuf => {
+            let mut pb = protobuf::Protobuf::new(out);
+            own.walk(active_series, &mut pb);
+            pb.finish();
+        }
     }
 }
 
