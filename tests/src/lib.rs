@@ -787,6 +787,21 @@ impl Prometheus {
         Self::launch(&binary, config, &["--web.enable-remote-write-receiver"]).await
     }
 
+    /// Starts Prometheus as a remote-write receiver that accepts native histograms
+    /// (`--enable-feature=native-histograms`), with exemplar storage, scraping nothing.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_native_remote_write_receiver() -> Self {
+        let binary = peer_binary("prometheus");
+        let config = "global:\n  evaluation_interval: 1s\nscrape_configs: []\n";
+        let args = [
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=native-histograms",
+        ];
+        Self::launch(&binary, config, &args).await
+    }
+
     /// The remote-write endpoint, `http://{addr}/api/v1/write` (accepting only when started with
     /// [`Prometheus::start_remote_write_receiver`]).
     pub fn remote_write_url(&self) -> String {

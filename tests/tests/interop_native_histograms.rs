@@ -4,7 +4,8 @@
 //! scrapes Spindle, which serves it the protobuf exposition. Prometheus's API must return a native
 //! histogram whose count and sum are what the SDK recorded, a `histogram_quantile` close to the
 //! true median, no classic `_count` series (it is native, not classic), and exemplars with the
-//! SDK's trace ids.
+//! SDK's trace ids. The same through remote write (`send_native_histograms: true`) into a
+//! Prometheus remote-write receiver with native histograms on.
 
 use std::time::{Duration, Instant};
 
@@ -46,10 +47,8 @@ async fn poll_value(prom: &Prometheus, query: &str, ok: impl Fn(f64) -> bool) ->
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn prometheus_stores_native_histograms_with_exemplars() {
-    let spindle = start_spindle(|_| {}).await;
-    let prom = Prometheus::start_native_histograms(spindle.prometheus_addr).await;
+/// Runs the SDK's sender against Spindle's gRPC receiver.
+async fn send(spindle: &spindle::app::Running) -> Sent {
     let endpoint = format!("http://{}", spindle.grpc_addr);
     let out = run_python(
         "send_exponential.py",
@@ -64,17 +63,45 @@ async fn prometheus_stores_native_histograms_with_exemplars() {
         "the SDK picked a scale Prometheus holds as is: {}",
         sent.scale
     );
+    sent
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_native_histograms_with_exemplars() {
+    let spindle = start_spindle(|_| {}).await;
+    let prom = Prometheus::start_native_histograms(spindle.prometheus_addr).await;
+    let sent = send(&spindle).await;
+    check(&prom, &sent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_write_carries_native_histograms_with_exemplars() {
+    let prom = Prometheus::start_native_remote_write_receiver().await;
+    let url = prom.remote_write_url();
+    let spindle = start_spindle(|c| {
+        let rw = &mut c.exporters.remote_write;
+        rw.endpoint = Some(url);
+        rw.interval = spindle::config::DurationStr(Duration::from_secs(1));
+        rw.send_native_histograms = true;
+    })
+    .await;
+    let sent = send(&spindle).await;
+    check(&prom, &sent).await;
+}
+
+/// What Prometheus must hold of what the SDK sent: a native histogram with its count, sum, a
+/// median within one bucket, no classic series, and exemplars of the SDK's spans.
+async fn check(prom: &Prometheus, sent: &Sent) {
     let series = "demo_exp_latency_seconds{job=\"native-svc\",route=\"/search\"}";
-    let count = poll_value(&prom, &format!("histogram_count({series})"), |v| v == sent.count as f64).await;
+    let count = poll_value(prom, &format!("histogram_count({series})"), |v| v == sent.count as f64).await;
     assert_eq!(count, sent.count as f64);
-    let sum = poll_value(&prom, &format!("histogram_sum({series})"), |_| true).await;
+    let sum = poll_value(prom, &format!("histogram_sum({series})"), |_| true).await;
     assert!((sum - sent.sum).abs() <= 1e-9 * sent.sum, "sum {sum} vs {}", sent.sum);
 
     let mut sorted = sent.values.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let q = poll_value(&prom, &format!("histogram_quantile(0.5, {series})"), |_| true).await;
+    let q = poll_value(prom, &format!("histogram_quantile(0.5, {series})"), |_| true).await;
     // At the SDK's scale a bucket is at most 2^(2^-scale) wide: within one bucket of the truth.
     let width = 2f64.powf(2f64.powi(-sent.scale));
     assert!(

@@ -280,6 +280,28 @@ fn native_histogram(
 
 /// One side's `BucketSpan`s (field `span_tag`) and deltas (packed, field `delta_tag`).
 fn side(b: &Buckets, span_tag: u32, delta_tag: u32, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    let (spans, deltas) = native_spans(b);
+    for (offset, length) in spans {
+        scratch.clear();
+        sint(1, i64::from(offset), scratch);
+        uint64(2, u64::from(length), scratch);
+        message(span_tag, scratch, out);
+    }
+    if !deltas.is_empty() {
+        scratch.clear();
+        for d in &deltas {
+            encode_varint(zigzag(*d), scratch);
+        }
+        message(delta_tag, scratch, out);
+    }
+}
+
+/// One side of an exponential histogram as a native histogram's spans `(offset, length)` and
+/// delta-encoded counts, in Prometheus's indexing (OTLP bucket `i` holds `(base^i, base^(i+1)]`,
+/// Prometheus's bucket `i` holds `(base^(i-1), base^i]`: indexes shift by one). Runs of more than
+/// two empty buckets start a new span; shorter ones are written as zeros. Shared by this encoder
+/// and remote write's `Histogram`.
+pub fn native_spans(b: &Buckets) -> (Vec<(i32, u32)>, Vec<i64>) {
     let mut spans: Vec<(i32, u32)> = Vec::new();
     let mut deltas = Vec::new();
     let mut prev = 0i64;
@@ -310,19 +332,7 @@ fn side(b: &Buckets, span_tag: u32, delta_tag: u32, out: &mut Vec<u8>, scratch: 
         next_index = Some(index + 1);
         i += 1;
     }
-    for (offset, length) in spans {
-        scratch.clear();
-        sint(1, i64::from(offset), scratch);
-        uint64(2, u64::from(length), scratch);
-        message(span_tag, scratch, out);
-    }
-    if !deltas.is_empty() {
-        scratch.clear();
-        for d in &deltas {
-            encode_varint(zigzag(*d), scratch);
-        }
-        message(delta_tag, scratch, out);
-    }
+    (spans, deltas)
 }
 
 fn zigzag(v: i64) -> u64 {
