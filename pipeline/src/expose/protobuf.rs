@@ -31,6 +31,10 @@ pub const MAX_SCHEMA: i32 = 8;
 /// Coarsest native-histogram schema Prometheus stores.
 pub const MIN_SCHEMA: i32 = -4;
 
+/// Bytes reserved for a family's length prefix: a varint of up to 5 bytes holds any length below
+/// 32 GiB.
+const PREFIX: usize = 5;
+
 /// `io.prometheus.client.MetricType`.
 fn metric_type(kind: MetricKind) -> u64 {
     match kind {
@@ -45,8 +49,9 @@ fn metric_type(kind: MetricKind) -> u64 {
 #[derive(Debug)]
 pub struct Protobuf<'o> {
     out: &'o mut Vec<u8>,
-    /// The current family's encoded `MetricFamily` (without its length prefix).
-    family: Vec<u8>,
+    /// Where the current family's length prefix goes in `out`: the family is written in place
+    /// after [`PREFIX`] reserved bytes, and the prefix is put in once its length is known.
+    family: Option<usize>,
     /// Whether `family` has at least one metric (an empty family is not written).
     has_metrics: bool,
     kind: MetricKind,
@@ -61,7 +66,8 @@ pub struct Protobuf<'o> {
 /// What a series' samples add up to.
 #[derive(Debug, Default)]
 struct Series {
-    labels: Vec<(String, String)>,
+    /// The rendered label set (`name="escaped value",…`), copied into a reused buffer.
+    labels: Vec<u8>,
     value: Option<f64>,
     exemplar: Option<Exemplar>,
     buckets: Vec<(f64, u64, Option<Exemplar>)>,
@@ -76,7 +82,7 @@ impl<'o> Protobuf<'o> {
     pub fn new(out: &'o mut Vec<u8>) -> Self {
         Protobuf {
             out,
-            family: Vec::new(),
+            family: None,
             has_metrics: false,
             kind: MetricKind::Gauge,
             series: Series::default(),
@@ -91,12 +97,24 @@ impl<'o> Protobuf<'o> {
         self.flush_family();
     }
 
+    /// Ends the current family: puts its length prefix in front of it (moving it back over the
+    /// reserved bytes the prefix does not need), or drops it when it has no metrics.
     fn flush_family(&mut self) {
-        if self.has_metrics {
-            encode_varint(self.family.len() as u64, self.out);
-            self.out.extend_from_slice(&self.family);
+        let Some(start) = self.family.take() else { return };
+        if !self.has_metrics {
+            self.out.truncate(start);
+            return;
         }
-        self.family.clear();
+        let body = start + PREFIX;
+        let len = self.out.len() - body;
+        let mut prefix = Vec::with_capacity(PREFIX);
+        encode_varint(len as u64, &mut prefix);
+        let shift = PREFIX - prefix.len();
+        self.out[start..start + prefix.len()].copy_from_slice(&prefix);
+        if shift > 0 {
+            self.out.copy_within(body.., start + prefix.len());
+            self.out.truncate(self.out.len() - shift);
+        }
         self.has_metrics = false;
     }
 
@@ -105,8 +123,13 @@ impl<'o> Protobuf<'o> {
         let s = &self.series;
         let m = &mut self.metric;
         m.clear();
-        for (k, v) in &s.labels {
-            label_pair(1, k, v, m, &mut self.leaf);
+        for (name, value) in store::label_pairs(&s.labels) {
+            if value.contains(&b'\\') {
+                unescape(value, &mut self.leaf);
+                label_pair(1, name, &self.leaf, m);
+            } else {
+                label_pair(1, name, value, m);
+            }
         }
         let inner = &mut self.inner;
         inner.clear();
@@ -141,7 +164,7 @@ impl<'o> Protobuf<'o> {
                 message(7, inner, m);
             }
         }
-        message(4, m, &mut self.family);
+        message(4, m, self.out);
         self.has_metrics = true;
     }
 }
@@ -149,13 +172,15 @@ impl<'o> Protobuf<'o> {
 impl Sink for Protobuf<'_> {
     fn family(&mut self, family: &Family<'_>) {
         self.flush_family();
+        self.family = Some(self.out.len());
+        self.out.extend_from_slice(&[0; PREFIX]);
         self.kind = family.kind;
         let suffix = match family.kind {
             MetricKind::Counter => "_total",
             MetricKind::Info => "_info",
             _ => "",
         };
-        let f = &mut self.family;
+        let f = &mut *self.out;
         encode_key(1, WireType::LengthDelimited, f);
         encode_varint((family.name.len() + suffix.len()) as u64, f);
         f.extend_from_slice(family.name.as_bytes());
@@ -170,17 +195,16 @@ impl Sink for Protobuf<'_> {
     }
 
     fn series(&mut self, labels: &[u8]) -> bool {
-        let Some(labels) = store::parse_labels(labels) else {
-            return false;
-        };
-        self.series = Series {
-            labels,
-            buckets: std::mem::take(&mut self.series.buckets),
-            quantiles: std::mem::take(&mut self.series.quantiles),
-            ..Series::default()
-        };
-        self.series.buckets.clear();
-        self.series.quantiles.clear();
+        let s = &mut self.series;
+        s.labels.clear();
+        s.labels.extend_from_slice(labels);
+        s.value = None;
+        s.exemplar = None;
+        s.buckets.clear();
+        s.count = None;
+        s.sum = None;
+        s.quantiles.clear();
+        s.native = None;
         true
     }
 
@@ -339,40 +363,71 @@ fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-/// An `Exemplar` as field `tag`: `trace_id` and `span_id` labels, value and timestamp.
-fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-    let mut ex = Vec::with_capacity(96);
-    let mut id = Vec::with_capacity(32);
-    hex::push(&e.trace_id, &mut id);
-    label_pair_bytes(1, b"trace_id", &id, &mut ex, scratch);
-    id.clear();
-    hex::push(&e.span_id, &mut id);
-    label_pair_bytes(1, b"span_id", &id, &mut ex, scratch);
-    double(2, e.value, &mut ex);
-    scratch.clear();
-    let secs = (e.time_unix_nano / 1_000_000_000) as i64;
-    let nanos = (e.time_unix_nano % 1_000_000_000) as i64;
+/// An `Exemplar` as field `tag`: `trace_id` and `span_id` labels, value and timestamp; written
+/// in place (its length is known from its parts).
+fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>, _scratch: &mut Vec<u8>) {
+    let mut trace = [0u8; 32];
+    for (i, b) in e.trace_id.iter().enumerate() {
+        trace[2 * i..2 * i + 2].copy_from_slice(&hex::pair(*b));
+    }
+    let mut span = [0u8; 16];
+    for (i, b) in e.span_id.iter().enumerate() {
+        span[2 * i..2 * i + 2].copy_from_slice(&hex::pair(*b));
+    }
+    let secs = e.time_unix_nano / 1_000_000_000;
+    let nanos = e.time_unix_nano % 1_000_000_000;
+    let ts_len = if secs != 0 { 1 + encoded_len_varint(secs) } else { 0 }
+        + if nanos != 0 { 1 + encoded_len_varint(nanos) } else { 0 };
+    let len = label_pair_len(b"trace_id", &trace) + label_pair_len(b"span_id", &span) + 9 + 2 + ts_len;
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    label_pair(1, b"trace_id", &trace, out);
+    label_pair(1, b"span_id", &span, out);
+    double(2, e.value, out);
+    encode_key(3, WireType::LengthDelimited, out);
+    encode_varint(ts_len as u64, out);
     if secs != 0 {
-        encode_key(1, WireType::Varint, scratch);
-        encode_varint(secs as u64, scratch);
+        encode_key(1, WireType::Varint, out);
+        encode_varint(secs, out);
     }
     if nanos != 0 {
-        encode_key(2, WireType::Varint, scratch);
-        encode_varint(nanos as u64, scratch);
+        encode_key(2, WireType::Varint, out);
+        encode_varint(nanos, out);
     }
-    message(3, scratch, &mut ex);
-    message(tag, &ex, out);
 }
 
-fn label_pair(tag: u32, name: &str, value: &str, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-    label_pair_bytes(tag, name.as_bytes(), value.as_bytes(), out, scratch);
+/// Bytes a `LabelPair` field takes, key and length included.
+fn label_pair_len(name: &[u8], value: &[u8]) -> usize {
+    let inner =
+        2 + encoded_len_varint(name.len() as u64) + name.len() + encoded_len_varint(value.len() as u64) + value.len();
+    1 + encoded_len_varint(inner as u64) + inner
 }
 
-fn label_pair_bytes(tag: u32, name: &[u8], value: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-    scratch.clear();
-    bytes_field(1, name, scratch);
-    bytes_field(2, value, scratch);
-    message(tag, scratch, out);
+/// A `LabelPair` as field `tag`, written in place.
+fn label_pair(tag: u32, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let inner =
+        2 + encoded_len_varint(name.len() as u64) + name.len() + encoded_len_varint(value.len() as u64) + value.len();
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(inner as u64, out);
+    bytes_field(1, name, out);
+    bytes_field(2, value, out);
+}
+
+/// A rendered label value with its escapes (`\\`, `\"`, `\n`) undone, into `out`.
+fn unescape(value: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut it = value.iter();
+    while let Some(&c) = it.next() {
+        if c == b'\\' {
+            match it.next() {
+                Some(b'n') => out.push(b'\n'),
+                Some(&other) => out.push(other),
+                None => out.push(c),
+            }
+        } else {
+            out.push(c);
+        }
+    }
 }
 
 /// A nested message (or packed field) `body` as field `tag`.
