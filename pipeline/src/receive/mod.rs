@@ -46,7 +46,8 @@ pub trait Export: OtlpRequest {
     /// The consumer's [`Refusal`].
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal>;
     /// Hands the request body over: decoded and passed to [`Export::consume`], unless the
-    /// consumer takes it as bytes (protobuf traces, which are forwarded as they came).
+    /// consumer takes it as bytes (protobuf metrics, translated in place; protobuf traces, which
+    /// are forwarded as they came).
     ///
     /// # Errors
     /// [`Refusal::Decode`] when the body does not decode; the consumer's [`Refusal`].
@@ -63,6 +64,12 @@ impl Export for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
         consumer.consume_metrics(req)
+    }
+    fn consume_body<C: Consumer>(consumer: &C, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        match encoding {
+            Encoding::Protobuf => consumer.consume_metrics_encoded(body),
+            Encoding::Json => consumer.consume_metrics(decode::decode::<Self>(&body, encoding)?),
+        }
     }
     fn respond(out: Outcome) -> Self::Response {
         metrics_response(out)
@@ -93,6 +100,18 @@ pub trait Consumer: Send + Sync + 'static {
     /// # Errors
     /// [`Refusal::Overloaded`] when a downstream bound is full and the client should retry.
     fn consume_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Outcome, Refusal>;
+    /// Consumes a metrics request as its protobuf bytes (decompressed, not yet decoded). By
+    /// default it is decoded and handed to [`Consumer::consume_metrics`].
+    ///
+    /// # Errors
+    /// [`Refusal::Decode`] when the bytes are not a valid request; as
+    /// [`Consumer::consume_metrics`] otherwise.
+    fn consume_metrics_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        self.consume_metrics(decode::decode::<ExportMetricsServiceRequest>(
+            &body,
+            Encoding::Protobuf,
+        )?)
+    }
     /// Consumes a traces request.
     ///
     /// # Errors
