@@ -2,7 +2,7 @@
 //! ([`WireAttr`]), and the checks of encoded `KeyValue`s and `AnyValue`s that the in-place readers
 //! share (metrics here, spans in `span_metrics::wire`).
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 
 use super::labels::write_any;
@@ -40,78 +40,64 @@ impl Attr for WireAttr<'_> {
         self.key
     }
     fn has_value(&self) -> bool {
-        self.values > 0
+        !matches!(self.value, WireValue::Absent)
     }
     fn push_value(&self, out: &mut String) {
         self.write_value(out);
     }
 }
 
-/// One attribute: its key, and where its value is.
+/// One attribute: its key, and its value as the check read it.
 #[derive(Debug, Clone, Copy)]
 pub struct WireAttr<'a> {
     /// The attribute key.
     pub key: &'a str,
-    /// The encoded `AnyValue` when the `KeyValue` has exactly one `value` field.
-    value: &'a [u8],
-    /// How many `value` fields the `KeyValue` has (prost merges repeated ones).
-    values: u32,
-    /// The whole encoded `KeyValue`, for the rare merged case.
+    value: WireValue<'a>,
+    /// The whole encoded `KeyValue`, for values that are decoded to be written.
     kv: &'a [u8],
+}
+
+/// An attribute value as [`key_value`] read it: the last oneof field of its one `AnyValue`
+/// (as prost keeps it), or to be decoded (arrays, maps, several `value` fields merged).
+#[derive(Debug, Clone, Copy)]
+enum WireValue<'a> {
+    /// No `value` field.
+    Absent,
+    /// An `AnyValue` with no value (or a dictionary reference, written as nothing).
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    Decode,
 }
 
 impl WireAttr<'_> {
     /// Appends the value as a label value, exactly as translation renders the decoded `AnyValue`;
     /// returns false when the attribute has no value (`KeyValue.value` absent).
     pub fn write_value(&self, out: &mut String) -> bool {
-        match self.values {
-            0 => false,
-            1 => {
-                write_any_value(self.value, out);
-                true
+        use std::fmt::Write;
+        match self.value {
+            WireValue::Absent => return false,
+            WireValue::Empty => {}
+            WireValue::Str(s) => out.push_str(s),
+            WireValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+            WireValue::Int(i) => {
+                let _ = write!(out, "{i}");
             }
-            // Several value messages merge in prost: read them as prost does.
-            _ => match KeyValue::decode(self.kv) {
-                Ok(KeyValue { value: Some(v), .. }) => {
+            WireValue::Double(d) => {
+                let _ = write!(out, "{d}");
+            }
+            WireValue::Bytes(b) => crate::util::hex::push_str(b, out),
+            // Arrays and maps (rare as labels), and merged values: as prost decodes them.
+            WireValue::Decode => {
+                if let Ok(KeyValue { value: Some(v), .. }) = KeyValue::decode(self.kv) {
                     write_any(&v, out);
-                    true
                 }
-                _ => false,
-            },
-        }
-    }
-}
-
-/// Writes an encoded `AnyValue` as [`write_any`] writes it decoded: scalars are read from the
-/// bytes (the last oneof field wins, as in prost); arrays and maps are decoded.
-fn write_any_value(value: &[u8], out: &mut String) {
-    use std::fmt::Write;
-    let mut buf = value;
-    let mut last = None;
-    while !buf.is_empty() {
-        let Ok((n, w)) = field(&mut buf) else { return };
-        if (1..=8).contains(&n) {
-            last = Some((n, w));
-        }
-    }
-    match last {
-        // No value, or a dictionary reference (written as nothing, as `write_any` does).
-        None | Some((8, _)) => {}
-        Some((1, Wire::Len(s))) => out.push_str(std::str::from_utf8(s).unwrap_or("")),
-        Some((2, Wire::Varint(b))) => out.push_str(if b != 0 { "true" } else { "false" }),
-        Some((3, Wire::Varint(i))) => {
-            let _ = write!(out, "{}", i as i64);
-        }
-        Some((4, Wire::Fixed64(d))) => {
-            let _ = write!(out, "{}", f64::from_bits(d));
-        }
-        Some((7, Wire::Len(b))) => crate::util::hex::push_str(b, out),
-        // Arrays and maps (rare as dimensions), and anything merged: as prost decodes them.
-        Some(_) => {
-            if let Ok(v) = AnyValue::decode(value) {
-                write_any(&v, out);
             }
         }
+        true
     }
 }
 
@@ -120,8 +106,7 @@ pub(crate) fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError
     depth_ok(depth)?;
     let mut a = WireAttr {
         key: "",
-        value: &[],
-        values: 0,
+        value: WireValue::Absent,
         kv,
     };
     let mut buf = kv;
@@ -129,9 +114,12 @@ pub(crate) fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError
         match field(&mut buf)? {
             (1, Wire::Len(k)) => a.key = utf8(k)?,
             (2, Wire::Len(v)) => {
-                any_value(v, depth + 1)?;
-                a.value = v;
-                a.values += 1;
+                let read = any_value(v, depth + 1)?;
+                // Several value messages merge in prost: decoded when written.
+                a.value = match a.value {
+                    WireValue::Absent => read,
+                    _ => WireValue::Decode,
+                };
             }
             (3, Wire::Varint(_)) => {}
             (1..=3, _) => return Err("invalid wire type in KeyValue"),
@@ -141,24 +129,36 @@ pub(crate) fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError
     Ok(a)
 }
 
-/// Checks an encoded `AnyValue` nested `depth` messages deep.
-pub(crate) fn any_value(mut buf: &[u8], depth: u32) -> Result<(), WireError> {
+/// Checks an encoded `AnyValue` nested `depth` messages deep; returns its value (the last oneof
+/// field wins, as in prost).
+fn any_value(mut buf: &[u8], depth: u32) -> Result<WireValue<'_>, WireError> {
     depth_ok(depth)?;
+    let mut v = WireValue::Empty;
     while !buf.is_empty() {
         match field(&mut buf)? {
-            (1, Wire::Len(s)) => utf8(s).map(drop)?,
-            (2 | 3 | 8, Wire::Varint(_)) | (4, Wire::Fixed64(_)) | (7, Wire::Len(_)) => {}
-            (5, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in ArrayValue", |item, d| {
-                any_value(item, d)
-            })?,
-            (6, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in KeyValueList", |item, d| {
-                key_value(item, d).map(drop)
-            })?,
+            (1, Wire::Len(s)) => v = WireValue::Str(utf8(s)?),
+            (2, Wire::Varint(b)) => v = WireValue::Bool(b != 0),
+            (3, Wire::Varint(i)) => v = WireValue::Int(i as i64),
+            (4, Wire::Fixed64(d)) => v = WireValue::Double(f64::from_bits(d)),
+            (7, Wire::Len(b)) => v = WireValue::Bytes(b),
+            (8, Wire::Varint(_)) => v = WireValue::Empty,
+            (5, Wire::Len(list)) => {
+                repeated(list, depth + 1, "invalid wire type in ArrayValue", |item, d| {
+                    any_value(item, d).map(drop)
+                })?;
+                v = WireValue::Decode;
+            }
+            (6, Wire::Len(list)) => {
+                repeated(list, depth + 1, "invalid wire type in KeyValueList", |item, d| {
+                    key_value(item, d).map(drop)
+                })?;
+                v = WireValue::Decode;
+            }
             (1..=8, _) => return Err("invalid wire type in AnyValue"),
             (_, w) => w.skip_unknown()?,
         }
     }
-    Ok(())
+    Ok(v)
 }
 
 /// `ArrayValue` or `KeyValueList`: field 1 repeated, each item checked by `item`.
