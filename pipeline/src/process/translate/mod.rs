@@ -33,6 +33,7 @@ use crate::receive::config::LimitsConfig;
 
 pub(crate) mod attrs;
 mod labels;
+mod layout;
 mod limits;
 mod names;
 mod points;
@@ -91,8 +92,22 @@ impl Translator {
 
     /// Translates a whole request. Invalid points are left out and counted in the outcome.
     pub fn translate(&self, req: ExportMetricsServiceRequest) -> Samples {
+        self.translate_with(req, Scratch::default())
+    }
+
+    /// [`Translator::translate`] sorting and sanitizing every point's labels afresh, without the
+    /// cached layout of the point before: the reference the cache is tested against.
+    #[cfg(test)]
+    pub(crate) fn translate_fresh(&self, req: ExportMetricsServiceRequest) -> Samples {
+        let scratch = Scratch {
+            fresh_layouts: true,
+            ..Scratch::default()
+        };
+        self.translate_with(req, scratch)
+    }
+
+    fn translate_with(&self, req: ExportMetricsServiceRequest, mut scratch: Scratch) -> Samples {
         let mut out = Samples::default();
-        let mut scratch = Scratch::default();
         for rm in req.resource_metrics {
             let attrs = rm.resource.map(|r| r.attributes).unwrap_or_default();
             let resource_labels = self.resource_labels(&attrs, &mut out);
@@ -333,6 +348,9 @@ fn reject_scope((reason, why): Limited, n: u64, out: &mut Samples) {
 struct Scratch {
     value: String,
     merged: String,
+    layout: layout::Layout,
+    /// Never reuse `layout` (tests).
+    fresh_layouts: bool,
 }
 
 fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {

@@ -197,14 +197,22 @@ impl PointCtx<'_> {
         }
         let start = out.labels.len();
         let text_start = out.text.len();
-        let mut truncations = self.push_labels(attrs.iter(), out, scratch);
-        if sort_labels(out, start) {
+        // Most points have the previous point's keys: its names and order are reused.
+        let cached = !scratch.fresh_layouts && scratch.layout.matches(self.scope_labels, attrs);
+        let mut truncations = self.push_labels(attrs.iter(), cached, out, scratch);
+        let collided = if cached {
+            scratch.layout.apply(&mut out.labels[start..]);
+            false
+        } else {
+            scratch.layout.sort(self.scope_labels, attrs, out, start)
+        };
+        if collided {
             // Names collided after sanitizing: values are joined in the order of the original keys.
             out.labels.truncate(start);
             out.text.truncate(text_start);
             let mut sorted: Vec<&A> = attrs.iter().collect();
             sorted.sort_by(|a, b| a.attr_key().cmp(b.attr_key()));
-            truncations = self.push_labels(sorted.into_iter(), out, scratch);
+            truncations = self.push_labels(sorted.into_iter(), false, out, scratch);
             sort_labels(out, start);
             truncations += merge_labels(out, start, limits.max_label_value_length, &mut scratch.merged);
         }
@@ -232,21 +240,26 @@ impl PointCtx<'_> {
         Ok(Span::new(start, out.labels.len()))
     }
 
-    /// Pushes the scope labels and one label per attribute (values truncated); returns how many
-    /// values were truncated.
+    /// Pushes the scope labels and one label per attribute (values truncated; names sanitized,
+    /// or the cached layout's when `cached`); returns how many values were truncated.
     fn push_labels<'a, A: Attr + 'a>(
         &self,
         attrs: impl Iterator<Item = &'a A>,
+        cached: bool,
         out: &mut Samples,
         scratch: &mut Scratch,
     ) -> u64 {
         out.labels.extend_from_slice(self.scope_labels);
         let mut truncations = 0;
-        for kv in attrs {
+        for (i, kv) in attrs.enumerate() {
             scratch.value.clear();
             kv.push_value(&mut scratch.value);
             truncations += u64::from(truncate_value(&mut scratch.value, self.limits.max_label_value_length));
-            let name = push_sanitized_label_name(&mut out.text, kv.attr_key());
+            let name = if cached {
+                push_str(&mut out.text, scratch.layout.name(i))
+            } else {
+                push_sanitized_label_name(&mut out.text, kv.attr_key())
+            };
             let value = push_str(&mut out.text, &scratch.value);
             out.labels.push(Label { name, value });
         }

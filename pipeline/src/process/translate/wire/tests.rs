@@ -1,5 +1,5 @@
-//! The in-place translation against the decoded one: the same samples, outcome and limit counts
-//! for every request prost decodes (random requests of every metric type, re-encoded with fields
+//! The in-place translation against the decoded one (and both against the decoded one without the
+//! label-layout cache): the same samples, outcome and limit counts for every request prost decodes (random requests of every metric type, re-encoded with fields
 //! shuffled, repeated, split and unpacked), and nothing prost refuses.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -16,10 +16,14 @@ use crate::process::translate::Translator;
 use crate::receive::config::LimitsConfig;
 use crate::util::protobuf::{Wire, field};
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
+/// A small deterministic generator (splitmix64), and the keys the points of the current metric
+/// mostly share (as real points do; translation caches their label layout).
+struct Rng(u64, Vec<&'static str>);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed, Vec::new())
+    }
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -105,6 +109,21 @@ fn attrs(r: &mut Rng, max: u64) -> Vec<KeyValue> {
     (0..r.below(max + 1)).map(|_| attr(r, 0)).collect()
 }
 
+/// A point's attributes: mostly the metric's shared keys (values vary), sometimes others.
+fn point_attrs(r: &mut Rng) -> Vec<KeyValue> {
+    if !r.chance(75) {
+        return attrs(r, 4);
+    }
+    let keys = r.1.clone();
+    keys.into_iter()
+        .map(|k| KeyValue {
+            key: k.into(),
+            value: (!r.chance(5)).then(|| any_value(r, 1)),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn exemplars(r: &mut Rng) -> Vec<pm::Exemplar> {
     (0..r.below(3))
         .map(|_| pm::Exemplar {
@@ -127,7 +146,7 @@ fn flags(r: &mut Rng) -> u32 {
 
 fn number(r: &mut Rng) -> pm::NumberDataPoint {
     pm::NumberDataPoint {
-        attributes: attrs(r, 4),
+        attributes: point_attrs(r),
         start_time_unix_nano: 1,
         time_unix_nano: 2,
         exemplars: exemplars(r),
@@ -153,7 +172,7 @@ fn histogram(r: &mut Rng) -> pm::HistogramDataPoint {
         _ => bounds.len() + 1,
     };
     pm::HistogramDataPoint {
-        attributes: attrs(r, 4),
+        attributes: point_attrs(r),
         count: r.below(100),
         sum: r.chance(70).then(|| r.f64()),
         bucket_counts: (0..n).map(|_| r.below(9)).collect(),
@@ -175,7 +194,7 @@ fn buckets(r: &mut Rng) -> Option<pm::exponential_histogram_data_point::Buckets>
 
 fn exponential(r: &mut Rng) -> pm::ExponentialHistogramDataPoint {
     pm::ExponentialHistogramDataPoint {
-        attributes: attrs(r, 4),
+        attributes: point_attrs(r),
         count: r.below(100),
         sum: r.chance(70).then(|| r.f64()),
         scale: *r.pick(&[0, 3, -2, 20, 21, -11, -10]),
@@ -191,7 +210,7 @@ fn exponential(r: &mut Rng) -> pm::ExponentialHistogramDataPoint {
 
 fn summary(r: &mut Rng) -> pm::SummaryDataPoint {
     pm::SummaryDataPoint {
-        attributes: attrs(r, 4),
+        attributes: point_attrs(r),
         count: r.below(10),
         sum: *r.pick(&[0.0, 3.5, -1.0]),
         quantile_values: (0..r.below(3))
@@ -206,7 +225,8 @@ fn summary(r: &mut Rng) -> pm::SummaryDataPoint {
 }
 
 fn data(r: &mut Rng) -> Option<Data> {
-    let n = r.below(4);
+    r.1 = (0..r.below(5)).map(|_| *r.pick(KEYS)).collect();
+    let n = r.below(6);
     let t = *r.pick(&[0, 1, 2, 7]);
     Some(match r.below(7) {
         0 => return None,
@@ -428,6 +448,9 @@ fn same(t: &Translator, body: &[u8], walk_may_refuse: bool) -> Result<(), TestCa
     let read = t.translate_encoded(body);
     match (decoded, read) {
         (Ok(req), Ok(read)) => {
+            // Against the decoded path without the label-layout cache, and with it.
+            let fresh = t.translate_fresh(req.clone());
+            prop_assert_eq!(format!("{read:?}"), format!("{fresh:?}"));
             let want = t.translate(req);
             prop_assert_eq!(format!("{read:?}"), format!("{want:?}"));
         }
@@ -451,7 +474,7 @@ proptest! {
     /// unpacked: the same samples, outcome and limit counts.
     #[test]
     fn reading_in_place_translates_as_decoding_does(seed in any::<u64>()) {
-        let mut r = Rng(seed);
+        let mut r = Rng::new(seed);
         let t = translator(&mut r);
         let req = request(&mut r);
         let body = req.encode_to_vec();
@@ -474,7 +497,7 @@ proptest! {
         flips in proptest::collection::vec((0usize..4000, any::<u8>()), 1..4),
         cut in 0usize..4000,
     ) {
-        let mut r = Rng(seed);
+        let mut r = Rng::new(seed);
         let t = translator(&mut r);
         let mut body = request(&mut r).encode_to_vec();
         if body.is_empty() {
@@ -566,13 +589,13 @@ fn nesting_is_refused_where_prost_refuses_it() {
 /// Generated requests read alike, and the generator reaches what it should.
 #[test]
 fn generated_requests_read_alike() {
-    let mut r = Rng(7);
+    let mut r = Rng::new(7);
     let (mut accepted, mut rejected, mut limited) = (0, 0, 0);
     for _ in 0..200 {
         let t = translator(&mut r);
         let body = request(&mut r).encode_to_vec();
         let read = t.translate_encoded(&body).expect("valid");
-        let want = t.translate(ExportMetricsServiceRequest::decode(&body[..]).expect("valid"));
+        let want = t.translate_fresh(ExportMetricsServiceRequest::decode(&body[..]).expect("valid"));
         assert_eq!(format!("{read:?}"), format!("{want:?}"));
         accepted += read.outcome.accepted;
         rejected += read.outcome.rejected;
