@@ -1,7 +1,9 @@
 //! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) for metrics and traces.
 //!
-//! In: requests from SDKs and collectors. Out: decoded OTLP messages handed by value to a
-//! [`Consumer`] (the rest of the pipeline, wired in `app`), and a response built from its
+//! In: requests from SDKs and collectors. Out: OTLP requests handed by value to a [`Consumer`] (the
+//! rest of the pipeline, wired in `app`) — decoded, or as their protobuf bytes, which the consumer
+//! may read in place ([`Consumer::consume_metrics_encoded`], [`Consumer::consume_traces_encoded`])
+//! — and a response built from its
 //! [`Outcome`]. Admission control bounds the decoded bytes in flight: before a body is decoded, the
 //! memory its decoded form will take is estimated from its bytes ([`size`]) and reserved from
 //! `max_inflight_bytes`; a request whose decoded form would exceed [`DECODED_FACTOR`] times its own
