@@ -1,7 +1,9 @@
 //! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) for metrics and traces.
 //!
-//! In: requests from SDKs and collectors. Out: decoded OTLP messages handed by value to a
-//! [`Consumer`] (the rest of the pipeline, wired in `app`), and a response built from its
+//! In: requests from SDKs and collectors. Out: OTLP requests handed by value to a [`Consumer`] (the
+//! rest of the pipeline, wired in `app`) — decoded, or as their protobuf bytes, which the consumer
+//! may read in place ([`Consumer::consume_metrics_encoded`], [`Consumer::consume_traces_encoded`])
+//! — and a response built from its
 //! [`Outcome`]. Admission control bounds the decoded bytes in flight: before a body is decoded, the
 //! memory its decoded form will take is estimated from its bytes ([`size`]) and reserved from
 //! `max_inflight_bytes`; a request whose decoded form would exceed [`DECODED_FACTOR`] times its own
@@ -46,7 +48,8 @@ pub trait Export: OtlpRequest {
     /// The consumer's [`Refusal`].
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal>;
     /// Hands the request body over: decoded and passed to [`Export::consume`], unless the
-    /// consumer takes it as bytes (protobuf traces, which are forwarded as they came).
+    /// consumer takes it as bytes (protobuf metrics, translated in place; protobuf traces, which
+    /// are forwarded as they came).
     ///
     /// # Errors
     /// [`Refusal::Decode`] when the body does not decode; the consumer's [`Refusal`].
@@ -63,6 +66,12 @@ impl Export for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
         consumer.consume_metrics(req)
+    }
+    fn consume_body<C: Consumer>(consumer: &C, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        match encoding {
+            Encoding::Protobuf => consumer.consume_metrics_encoded(body),
+            Encoding::Json => consumer.consume_metrics(decode::decode::<Self>(&body, encoding)?),
+        }
     }
     fn respond(out: Outcome) -> Self::Response {
         metrics_response(out)
@@ -93,6 +102,18 @@ pub trait Consumer: Send + Sync + 'static {
     /// # Errors
     /// [`Refusal::Overloaded`] when a downstream bound is full and the client should retry.
     fn consume_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Outcome, Refusal>;
+    /// Consumes a metrics request as its protobuf bytes (decompressed, not yet decoded). By
+    /// default it is decoded and handed to [`Consumer::consume_metrics`].
+    ///
+    /// # Errors
+    /// [`Refusal::Decode`] when the bytes are not a valid request; as
+    /// [`Consumer::consume_metrics`] otherwise.
+    fn consume_metrics_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        self.consume_metrics(decode::decode::<ExportMetricsServiceRequest>(
+            &body,
+            Encoding::Protobuf,
+        )?)
+    }
     /// Consumes a traces request.
     ///
     /// # Errors
