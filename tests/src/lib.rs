@@ -739,6 +739,22 @@ impl Prometheus {
         Self::launch(&binary, &config, &[]).await
     }
 
+    /// Starts Prometheus scraping `target` (`/metrics`) as job `spindle` with `honor_labels: true`
+    /// and `job_extra` (YAML lines indented under the job, e.g. `    basic_auth: {…}\n`), and waits
+    /// until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_with(target: SocketAddr, job_extra: &str) -> Self {
+        let binary = peer_binary("prometheus");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{job_extra}    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        Self::launch(&binary, &config, &[]).await
+    }
+
     /// Starts Prometheus scraping a service's own `/metrics` at `target` directly, as job `job`
     /// (no pipeline in between, so without `honor_labels`: Prometheus sets `job` and `instance`),
     /// and waits until it is ready.

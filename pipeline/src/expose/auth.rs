@@ -30,8 +30,8 @@ pub const CACHE_MAX: usize = 64;
 pub struct ScrapeAuth {
     users: BTreeMap<String, String>,
     tokens: Option<TokenFile>,
-    verified: parking_lot::Mutex<HashMap<[u8; 32], Instant>>,
-    bcrypt: tokio::sync::Semaphore,
+    verified: Arc<parking_lot::Mutex<HashMap<[u8; 32], Instant>>>,
+    bcrypt: Arc<tokio::sync::Semaphore>,
 }
 
 impl ScrapeAuth {
@@ -48,7 +48,7 @@ impl ScrapeAuth {
             users: config.basic_auth_users.clone(),
             tokens,
             verified: Default::default(),
-            bcrypt: tokio::sync::Semaphore::new(1),
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 
@@ -75,23 +75,29 @@ impl ScrapeAuth {
         let Some(hash) = self.users.get(&user).cloned() else {
             return false;
         };
-        let Ok(_permit) = self.bcrypt.acquire().await else {
+        let Ok(permit) = self.bcrypt.clone().acquire_owned().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
-        if ok {
-            let mut v = self.verified.lock();
-            if v.len() >= CACHE_MAX {
-                v.retain(|_, at| at.elapsed() < CACHE_TTL);
+        // The check and the cache entry are made on the blocking thread, so a scraper that gives
+        // up (its scrape timeout) before bcrypt finishes still finds the result cached next time.
+        let verified = self.verified.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+            if ok {
+                let mut v = verified.lock();
+                if v.len() >= CACHE_MAX {
+                    v.retain(|_, at| at.elapsed() < CACHE_TTL);
+                }
+                if v.len() >= CACHE_MAX {
+                    v.clear();
+                }
+                v.insert(key, Instant::now());
             }
-            if v.len() >= CACHE_MAX {
-                v.clear();
-            }
-            v.insert(key, Instant::now());
-        }
-        ok
+            ok
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// The `WWW-Authenticate` challenge of a 401.
