@@ -240,3 +240,53 @@ fn validate_names_unreadable_token_files_and_bad_hashes() {
     let text = format!("{p:?}");
     assert!(!text.contains("plaintext") && !text.contains("tok a"), "{text}");
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_spindle");
+
+/// `spindle healthcheck` keeps working behind `prometheus.auth` (it probes `/healthz`), and
+/// `print-config` shows the token files' paths, never a token or a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_works_and_print_config_shows_no_secret() {
+    let tokens = token_file("cli", "SECRET-TOK-1 checkout-*\n");
+    let hash = bcrypt::hash("SECRET-PASS", 4).unwrap();
+    let (t, h) = (tokens.clone(), hash.clone());
+    let r = spindle(move |c| {
+        c.prometheus.auth.basic_auth_users.insert("prom".into(), h);
+        c.prometheus.auth.bearer_tokens_file = Some(t.clone());
+        c.receivers.otlp.auth.bearer_tokens_file = Some(t);
+    })
+    .await;
+    let url = format!("http://{}/healthz", r.prometheus_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["healthcheck", "--url", &url])
+            .env_remove("SPINDLE_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    r.shutdown().await.unwrap();
+
+    let cfg = tokens.with_file_name("spindle.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "receivers:\n  otlp:\n    auth:\n      bearer_tokens_file: {0}\nprometheus:\n  auth:\n    bearer_tokens_file: {0}\n    basic_auth_users: {{prom: '{1}'}}\n",
+            tokens.display(),
+            hash
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["print-config", "--config", cfg.to_str().unwrap()])
+        .env_remove("SPINDLE_CONFIG")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(printed.matches(tokens.to_str().unwrap()).count(), 2, "{printed}");
+    assert!(!printed.contains("SECRET") && !printed.contains(&hash), "{printed}");
+    assert!(printed.contains("prom: <redacted>"), "{printed}");
+}

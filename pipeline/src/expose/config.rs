@@ -60,6 +60,12 @@ impl PrometheusAuthConfig {
         !self.basic_auth_users.is_empty() || self.bearer_tokens_file.is_some()
     }
 
+    /// Replaces the password hashes by `<redacted>` (the user names are kept; the token file is
+    /// only a path).
+    pub fn redact(&mut self) {
+        self.basic_auth_users = crate::util::redact::headers(&self.basic_auth_users);
+    }
+
     /// Checks `prometheus.auth`: every hash is a bcrypt hash, the token file reads and parses.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
