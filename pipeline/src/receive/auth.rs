@@ -134,3 +134,63 @@ impl ServiceFilter for ExportTraceServiceRequest {
         self.resource_spans.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{counter_metric, kv, metrics_request, span, traces_request};
+    use crate::util::tokens::Tokens;
+
+    #[test]
+    fn a_limited_scope_keeps_its_services_and_counts_the_rest() {
+        let tokens = Tokens::parse("t checkout-*,unknown_*\n").unwrap();
+        let scope = tokens.check(b"t").unwrap();
+        let m = |s: &str, n: usize| {
+            let metrics = (0..n).map(|i| counter_metric(&format!("c{i}"), 1, vec![])).collect();
+            metrics_request(vec![kv("service.name", s)], metrics).resource_metrics
+        };
+        let mut req = ExportMetricsServiceRequest::default();
+        for (s, n) in [("checkout-eu", 1), ("billing", 2), ("billing", 1), ("cart", 1)] {
+            req.resource_metrics.extend(m(s, n));
+        }
+        req.resource_metrics
+            .extend(metrics_request(vec![], vec![counter_metric("x", 1, vec![])]).resource_metrics);
+        let denied = req.retain_services(&scope);
+        assert_eq!(denied.items, 4);
+        assert_eq!(denied.resources, 3);
+        assert_eq!(denied.services, ["billing", "cart"]);
+        assert_eq!(
+            denied.message(),
+            "the bearer token may not write service \"billing\", \"cart\""
+        );
+        assert_eq!(
+            req.resource_metrics.len(),
+            2,
+            "checkout-eu and the resource without service.name"
+        );
+
+        let mut t = traces_request(
+            vec![kv("service.name", "billing")],
+            vec![span("a", 1, vec![]), span("b", 2, vec![])],
+        );
+        let denied = t.retain_services(&scope);
+        assert_eq!((denied.items, t.is_empty()), (2, true));
+        assert_eq!(t.retain_services(&Scope::Any), Denied::default());
+    }
+
+    #[test]
+    fn authenticate_reads_the_bearer_header() {
+        let dir = std::env::temp_dir().join(format!("spindle-recv-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t"), "tok\n").unwrap();
+        let file = TokenFile::load(dir.join("t")).unwrap();
+        let mut h = HeaderMap::new();
+        assert!(matches!(authenticate(None, &h), Ok(Scope::Any)));
+        assert!(matches!(authenticate(Some(&file), &h), Err(Refusal::Unauthenticated)));
+        h.insert("authorization", "Bearer tok".parse().unwrap());
+        assert!(matches!(authenticate(Some(&file), &h), Ok(Scope::Any)));
+        h.insert("authorization", "Basic dG9rOg==".parse().unwrap());
+        assert!(authenticate(Some(&file), &h).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
