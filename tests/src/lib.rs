@@ -719,6 +719,16 @@ fn supports_scrape_protocols(binary: &Path) -> bool {
     (major, minor) >= (2, 49)
 }
 
+/// A Prometheus config scraping `target` every second as job `spindle` with `honor_labels: true`
+/// and `job_extra` (YAML lines indented under the job).
+fn spindle_scrape_config(target: SocketAddr, job_extra: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{job_extra}    \
+         static_configs:\n      - targets: ['{target}']\n"
+    )
+}
+
 impl Prometheus {
     /// Starts Prometheus scraping `target` (`/metrics`) as job `spindle`, and waits until it is ready.
     ///
@@ -731,11 +741,7 @@ impl Prometheus {
         } else {
             ""
         };
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{protocols}    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
+        let config = spindle_scrape_config(target, protocols);
         Self::launch(&binary, &config, &[]).await
     }
 
@@ -752,12 +758,20 @@ impl Prometheus {
         } else {
             ""
         };
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{protocols}    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
+        let config = spindle_scrape_config(target, protocols);
         Self::launch(&binary, &config, &["--enable-feature=native-histograms"]).await
+    }
+
+    /// Starts Prometheus scraping `target` (`/metrics`) as job `spindle` with `honor_labels: true`
+    /// and `job_extra` (YAML lines indented under the job, e.g. `    basic_auth: {…}\n`), and waits
+    /// until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_with(target: SocketAddr, job_extra: &str) -> Self {
+        let binary = peer_binary("prometheus");
+        let config = spindle_scrape_config(target, job_extra);
+        Self::launch(&binary, &config, &[]).await
     }
 
     /// Starts Prometheus scraping a service's own `/metrics` at `target` directly, as job `job`

@@ -6,13 +6,15 @@
 //! [`openmetrics`] and [`text`] differ only in what their [`Encoder`] writes around the sample
 //! lines, which [`Lines`] writes for both. [`routes`] serves them over HTTP with content
 //! negotiation and gzip, beside `/healthz`, `/readyz` and `/api/v1/cardinality`, which [`api`]
-//! renders from the cardinality limiter's typed counts and the store. Families that are not in the store
+//! renders from the cardinality limiter's typed counts and the store; [`auth`] puts every route but
+//! `/healthz` and `/readyz` behind `prometheus.auth`. Families that are not in the store
 //! (Spindle's own metrics) come in through [`SelfMetrics`] and are walked by the same code.
 //!
 //! Rendering appends each series' pre-rendered label bytes; the only per-series work is number
 //! formatting.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod float;
 pub mod openmetrics;

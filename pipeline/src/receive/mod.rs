@@ -11,6 +11,7 @@
 //! request holds at most its body, its decompressed copy and `DECODED_FACTOR` times that decoded,
 //! and every refusal is counted.
 
+pub mod auth;
 pub mod config;
 pub mod decode;
 pub mod grpc;
@@ -33,11 +34,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::stats::ReceiverStats;
 use crate::model::{Outcome, Protocol, Signal};
+use crate::util::tokens::{Scope, TokenFile};
 use decode::{DECODED_FACTOR, DecodeError, Encoding, MIN_DECODED, OtlpRequest};
 use status::Refusal;
 
 /// An OTLP export request type and what the receivers do with it.
-pub trait Export: OtlpRequest {
+pub trait Export: OtlpRequest + auth::ServiceFilter {
     /// The OTLP response message.
     type Response: prost::Message + Serialize + Default + Send + 'static;
     /// The signal it carries.
@@ -139,6 +141,7 @@ pub struct Shared<C> {
     /// Largest accepted request after decompression, in bytes.
     pub max_request_size: u64,
     stats: Arc<ReceiverStats>,
+    tokens: Option<Arc<TokenFile>>,
 }
 
 impl<C> Clone for Shared<C> {
@@ -149,6 +152,7 @@ impl<C> Clone for Shared<C> {
             max_inflight: self.max_inflight,
             max_request_size: self.max_request_size,
             stats: self.stats.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -163,7 +167,30 @@ impl<C: Consumer> Shared<C> {
             max_inflight: permits,
             max_request_size,
             stats,
+            tokens: None,
         }
+    }
+
+    /// Requires a bearer token from `tokens` on every request (`receivers.otlp.auth`).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Option<Arc<TokenFile>>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The scope of the request's bearer token, from its headers alone (before its body is read);
+    /// a refusal is counted.
+    ///
+    /// # Errors
+    /// [`Refusal::Unauthenticated`] when a token file is configured and the token is missing or
+    /// not in it.
+    pub fn authenticate(
+        &self,
+        headers: &::http::HeaderMap,
+        signal: Signal,
+        protocol: Protocol,
+    ) -> Result<Scope, Refusal> {
+        auth::authenticate(self.tokens.as_deref(), headers).inspect_err(|r| self.refused(signal, protocol, r))
     }
 
     /// Reserves `bytes` of the in-flight budget, or refuses as overloaded.
@@ -196,14 +223,30 @@ impl<C: Consumer> Shared<C> {
         encoding: Encoding,
         protocol: Protocol,
     ) -> Result<R::Response, Refusal> {
+        self.export_as::<R>(body, encoding, protocol, &Scope::Any)
+    }
+
+    /// [`Shared::export`] for a token of `scope` (from [`Shared::authenticate`]): a token limited
+    /// to some services writes only their resources; the rest are rejected in `partial_success`,
+    /// or the request is refused as [`Refusal::PermissionDenied`] when nothing is left.
+    ///
+    /// # Errors
+    /// A [`Refusal`] when the request is refused as a whole.
+    pub fn export_as<R: Export>(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        protocol: Protocol,
+        scope: &Scope,
+    ) -> Result<R::Response, Refusal> {
         let out = self
-            .export_inner::<R>(body, encoding)
+            .export_inner::<R>(body, encoding, scope)
             .inspect_err(|r| self.refused(R::SIGNAL, protocol, r))?;
         self.stats.received(R::SIGNAL, protocol, out.accepted, out.rejected);
         Ok(R::respond(out))
     }
 
-    fn export_inner<R: Export>(&self, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+    fn export_inner<R: Export>(&self, body: Bytes, encoding: Encoding, scope: &Scope) -> Result<Outcome, Refusal> {
         let estimated = decode::decoded_size::<R>(&body, encoding)?;
         let limit = self.max_decoded_size(body.len());
         if estimated > limit {
@@ -211,7 +254,27 @@ impl<C: Consumer> Shared<C> {
         }
         // Held until the consumer has taken the batch over (stored, or queued under its own bound).
         let _permit = self.admit(estimated)?;
-        R::consume_body(&*self.consumer, body, encoding)
+        if let Scope::Any = scope {
+            return R::consume_body(&*self.consumer, body, encoding);
+        }
+        // A limited token: the decoded path (also for protobuf traces), filtered by service.
+        let mut req = decode::decode::<R>(&body, encoding)?;
+        drop(body);
+        let denied = req.retain_services(scope);
+        if denied.resources == 0 {
+            return R::consume(&*self.consumer, req);
+        }
+        if req.is_empty() {
+            return Err(Refusal::PermissionDenied(denied.message()));
+        }
+        let mut out = R::consume(&*self.consumer, req)?;
+        out.rejected += denied.items;
+        out.message = if out.message.is_empty() {
+            denied.message()
+        } else {
+            format!("{}; {}", denied.message(), out.message)
+        };
+        Ok(out)
     }
 
     /// Counts a request refused as a whole.

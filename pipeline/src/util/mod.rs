@@ -1,8 +1,9 @@
 //! Small shared helpers below every component: hex encoding, globs, label-name sanitizing and
-//! label-value escaping, the protobuf wire primitives the in-place readers share, and redaction of secrets. Every module may import from here; this module imports from none of them.
+//! label-value escaping, the protobuf wire primitives the in-place readers share, redaction of secrets, and bearer token files. Every module may import from here; this module imports from none of them.
 
 pub mod glob;
 pub mod hex;
 pub mod labels;
 pub mod protobuf;
 pub mod redact;
+pub mod tokens;
