@@ -1,4 +1,4 @@
-//! Render: the whole store as OpenMetrics with exemplars (and as text 0.0.4), one thread.
+//! Render: the whole store as OpenMetrics with exemplars (and as protobuf and text 0.0.4), one thread.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use spindle::expose::render;
@@ -40,6 +40,42 @@ fn render_bench(c: &mut Criterion) {
                 out.len()
             })
         });
+        g.bench_function(format!("protobuf {series} series, reused buffer"), |b| {
+            let store = store();
+            let mut out = Vec::with_capacity(cap);
+            b.iter(|| {
+                out.clear();
+                render(store, &telemetry, Format::Protobuf, &mut out);
+                out.len()
+            })
+        });
+        // 10% of the series native histograms (each one `Metric` of about 40 buckets).
+        let mixed = std::cell::OnceCell::new();
+        let mixed = || mixed.get_or_init(|| spindle_bench::filled_store_with_native(series - series / 10, series / 10));
+        g.bench_function(
+            format!("protobuf {series} series, 10% native histograms, reused buffer"),
+            |b| {
+                let store = mixed();
+                let mut out = Vec::with_capacity(cap);
+                b.iter(|| {
+                    out.clear();
+                    render(store, &telemetry, Format::Protobuf, &mut out);
+                    out.len()
+                })
+            },
+        );
+        g.bench_function(
+            format!("openmetrics+exemplars {series} series, 10% exponential histograms, reused buffer"),
+            |b| {
+                let store = mixed();
+                let mut out = Vec::with_capacity(cap);
+                b.iter(|| {
+                    out.clear();
+                    render(store, &telemetry, Format::OpenMetrics, &mut out);
+                    out.len()
+                })
+            },
+        );
         g.bench_function(format!("text {series} series"), |b| {
             let store = store();
             b.iter(|| {

@@ -111,6 +111,53 @@ pub fn filled_store(series: u64) -> Store {
     store
 }
 
+/// [`filled_store`] plus `native` exponential-histogram series (`rpc.latency`, scale 3, about 40
+/// populated buckets and a zero bucket, one exemplar each): what a protobuf scrape serves as native
+/// histograms.
+pub fn filled_store_with_native(series: u64, native: u64) -> Store {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint,
+        exponential_histogram_data_point::Buckets,
+    };
+    let store = filled_store(series);
+    let t = Translator::default();
+    let batch = 10_000;
+    let mut done = 0;
+    while done < native {
+        let n = batch.min(native - done);
+        let points = (done..done + n)
+            .map(|i| {
+                let counts: Vec<u64> = (0..40).map(|b| (b * 7 + i) % 13).collect();
+                let mut a = attrs(i);
+                a.push(kv("series", i.to_string()));
+                ExponentialHistogramDataPoint {
+                    attributes: a,
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    count: counts.iter().sum::<u64>() + 2,
+                    sum: Some(12.5),
+                    scale: 3,
+                    zero_count: 2,
+                    positive: Some(Buckets {
+                        offset: -20,
+                        bucket_counts: counts,
+                    }),
+                    exemplars: vec![exemplar(i, 0.02)],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let data = metric::Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        });
+        let mut req = metrics_request(0, 0);
+        req.resource_metrics[0].scope_metrics[0].metrics = vec![testing::metric("rpc.latency", "s", data)];
+        store.write(t.translate(req), Instant::now());
+        done += n;
+    }
+    store
+}
+
 /// A traces request: `traces` traces of `spans_per_trace` spans each, from service `checkout`,
 /// over 10 span names and 3 kinds, with realistic attributes and durations.
 pub fn traces_request(

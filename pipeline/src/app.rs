@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, DurationStr};
 use crate::export::remote_write;
 use crate::export::traces::{self, TraceExporter};
+use crate::expose::auth::{self, ScrapeAuth};
 use crate::expose::routes::{self, ExposeState};
 use crate::process::cardinality::Limiter;
 use crate::process::enrich::{CatalogHandle, Enricher};
@@ -27,6 +28,7 @@ use crate::server::{self, ConnectionStats, ListenerKind, ServerTls, TlsConfig};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::util::redact;
+use crate::util::tokens::TokenFile;
 
 pub use crate::process::pipeline::{Pipeline, write_metrics};
 
@@ -217,7 +219,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         otlp.max_request_size.0,
         otlp.max_inflight_bytes.0,
         telemetry.receiver.clone(),
-    );
+    )
+    .with_tokens(match &otlp.auth.bearer_tokens_file {
+        Some(path) => Some(Arc::new(
+            TokenFile::load(path)
+                .map_err(anyhow::Error::msg)
+                .context("receivers.otlp.auth.bearer_tokens_file")?,
+        )),
+        None => None,
+    });
 
     let rw = &config.exporters.remote_write;
     let remote_write_stage = match &rw.endpoint {
@@ -288,6 +298,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "OTLP/HTTP server failed",
     );
 
+    let scrape_auth = ScrapeAuth::new(&config.prometheus.auth)
+        .map_err(anyhow::Error::msg)
+        .context("prometheus.auth.bearer_tokens_file")?
+        .map(Arc::new);
     let state = ExposeState {
         store: store.clone(),
         telemetry: telemetry.clone(),
@@ -299,7 +313,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let p = &config.prometheus;
     rest.serve_http(
         (prom_l, prom_tls),
-        routes::router(state),
+        auth::protect(routes::router(state), scrape_auth),
         ListenerKind::Prometheus,
         http_limits(
             p.max_connections,

@@ -720,6 +720,16 @@ fn supports_scrape_protocols(binary: &Path) -> bool {
     (major, minor) >= (2, 49)
 }
 
+/// A Prometheus config scraping `target` every second as job `spindle` with `honor_labels: true`
+/// and `job_extra` (YAML lines indented under the job).
+fn spindle_scrape_config(target: SocketAddr, job_extra: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{job_extra}    \
+         static_configs:\n      - targets: ['{target}']\n"
+    )
+}
+
 impl Prometheus {
     /// Starts Prometheus scraping `target` (`/metrics`) as job `spindle`, and waits until it is ready.
     ///
@@ -732,11 +742,36 @@ impl Prometheus {
         } else {
             ""
         };
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: spindle\n    honor_labels: true\n{protocols}    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
+        let config = spindle_scrape_config(target, protocols);
+        Self::launch(&binary, &config, &[]).await
+    }
+
+    /// Starts Prometheus with native histograms on (`--enable-feature=native-histograms`, which
+    /// makes it ask for the protobuf exposition first) scraping `target` (`/metrics`) as job
+    /// `spindle`, and waits until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_native_histograms(target: SocketAddr) -> Self {
+        let binary = peer_binary("prometheus");
+        let protocols = if supports_scrape_protocols(&binary) {
+            "    scrape_protocols: [PrometheusProto, OpenMetricsText1.0.0, PrometheusText0.0.4]\n"
+        } else {
+            ""
+        };
+        let config = spindle_scrape_config(target, protocols);
+        Self::launch(&binary, &config, &["--enable-feature=native-histograms"]).await
+    }
+
+    /// Starts Prometheus scraping `target` (`/metrics`) as job `spindle` with `honor_labels: true`
+    /// and `job_extra` (YAML lines indented under the job, e.g. `    basic_auth: {…}\n`), and waits
+    /// until it is ready.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_with(target: SocketAddr, job_extra: &str) -> Self {
+        let binary = peer_binary("prometheus");
+        let config = spindle_scrape_config(target, job_extra);
         Self::launch(&binary, &config, &[]).await
     }
 
@@ -782,6 +817,21 @@ impl Prometheus {
         let binary = peer_binary("prometheus");
         let config = "global:\n  evaluation_interval: 1s\nscrape_configs: []\n";
         Self::launch(&binary, config, &["--web.enable-remote-write-receiver"]).await
+    }
+
+    /// Starts Prometheus as a remote-write receiver that accepts native histograms
+    /// (`--enable-feature=native-histograms`), with exemplar storage, scraping nothing.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_native_remote_write_receiver() -> Self {
+        let binary = peer_binary("prometheus");
+        let config = "global:\n  evaluation_interval: 1s\nscrape_configs: []\n";
+        let args = [
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=native-histograms",
+        ];
+        Self::launch(&binary, config, &args).await
     }
 
     /// The remote-write endpoint, `http://{addr}/api/v1/write` (accepting only when started with

@@ -294,11 +294,13 @@ impl Config {
     }
 
     /// The same configuration with its secrets (exporter header values, credentials in endpoint
-    /// URLs) shown as `<redacted>`: what `print-config` prints.
+    /// URLs, `prometheus.auth` password hashes) shown as `<redacted>`: what `print-config` prints.
+    /// Bearer tokens are only ever in their files, so only those paths are printed.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.exporters.traces.otlp.redact();
         c.exporters.remote_write.redact();
+        c.prometheus.auth.redact();
         c
     }
 

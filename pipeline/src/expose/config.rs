@@ -1,7 +1,9 @@
 //! `prometheus`: the scrape endpoint's listener and connection keys and the series store's bounds
 //! ([`PrometheusConfig`]), and the checks on them ([`PrometheusConfig::validate`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,67 @@ pub struct PrometheusConfig {
     /// `prometheus.tls`: serve the endpoint over https (and require client certificates with
     /// `client_ca_file`). Default: none, plain http.
     pub tls: TlsConfig,
+    /// `prometheus.auth`: credentials every route but `/healthz` and `/readyz` requires.
+    pub auth: PrometheusAuthConfig,
+}
+
+/// `prometheus.auth`: when either key is set, `/metrics`, `/api/*` and every other route but
+/// `/healthz` and `/readyz` require a valid credential (401 otherwise). Default: none, open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusAuthConfig {
+    /// HTTP basic auth users: user → bcrypt hash of the password, as in Prometheus's `web.yml`
+    /// (`htpasswd -nBC 10 user`). Default: none.
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// A file of bearer tokens, one a line (the receivers' format; service globs are ignored),
+    /// reloaded when it changes. Default: none.
+    pub bearer_tokens_file: Option<PathBuf>,
+}
+
+impl PrometheusAuthConfig {
+    /// Whether any credential is configured.
+    pub fn enabled(&self) -> bool {
+        !self.basic_auth_users.is_empty() || self.bearer_tokens_file.is_some()
+    }
+
+    /// Replaces the password hashes by `<redacted>` (the user names are kept; the token file is
+    /// only a path).
+    pub fn redact(&mut self) {
+        self.basic_auth_users = crate::util::redact::headers(&self.basic_auth_users);
+    }
+
+    /// Checks `prometheus.auth`: every hash is a bcrypt hash, the token file reads and parses.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (user, hash) in &self.basic_auth_users {
+            if user.is_empty() || user.contains(':') {
+                out.push(Problem {
+                    path: format!("prometheus.auth.basic_auth_users.{user}"),
+                    message: "a user name must be non-empty and without `:`".into(),
+                    hint: "e.g. `prometheus`".into(),
+                });
+            }
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                out.push(Problem {
+                    path: format!("prometheus.auth.basic_auth_users.{user}"),
+                    message: "not a bcrypt hash".into(),
+                    hint: "a bcrypt hash of the password such as `$2y$10$…`, e.g. from `htpasswd -nBC 10 user`".into(),
+                });
+            }
+        }
+        if let Some(Err(e)) = self
+            .bearer_tokens_file
+            .as_deref()
+            .map(crate::util::tokens::Tokens::read)
+        {
+            out.push(Problem {
+                path: "prometheus.auth.bearer_tokens_file".into(),
+                message: e,
+                hint: "a readable file with one token a line; `#` comments".into(),
+            });
+        }
+        out
+    }
 }
 
 impl Default for PrometheusConfig {
@@ -53,6 +116,7 @@ impl Default for PrometheusConfig {
             promote_resource_attributes: Vec::new(),
             max_series: default_max_series(),
             tls: TlsConfig::default(),
+            auth: PrometheusAuthConfig::default(),
         }
     }
 }
@@ -92,6 +156,7 @@ impl PrometheusConfig {
             }
         }
         out.extend(self.tls.validate("prometheus.tls"));
+        out.extend(self.auth.validate());
         out
     }
 }

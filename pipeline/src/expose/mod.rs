@@ -6,16 +6,19 @@
 //! [`openmetrics`] and [`text`] differ only in what their [`Encoder`] writes around the sample
 //! lines, which [`Lines`] writes for both. [`routes`] serves them over HTTP with content
 //! negotiation and gzip, beside `/healthz`, `/readyz` and `/api/v1/cardinality`, which [`api`]
-//! renders from the cardinality limiter's typed counts and the store. Families that are not in the store
+//! renders from the cardinality limiter's typed counts and the store; [`auth`] puts every route but
+//! `/healthz` and `/readyz` behind `prometheus.auth`. Families that are not in the store
 //! (Spindle's own metrics) come in through [`SelfMetrics`] and are walked by the same code.
 //!
 //! Rendering appends each series' pre-rendered label bytes; the only per-series work is number
 //! formatting.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod float;
 pub mod openmetrics;
+pub mod protobuf;
 pub mod routes;
 pub mod text;
 pub mod walk;
@@ -54,6 +57,12 @@ pub fn render(store: &Store, own: &dyn SelfMetrics, format: Format, out: &mut Ve
     match format {
         Format::OpenMetrics => render_with(openmetrics::OpenMetrics, store, own, out),
         Format::Text => render_with(text::Text, store, own, out),
+        Format::Protobuf => {
+            let mut pb = protobuf::Protobuf::new(out);
+            walk::store(store, &mut pb);
+            own.walk(store.series_count(), &mut pb);
+            pb.finish();
+        }
     }
 }
 
@@ -70,6 +79,11 @@ pub fn render_own(own: &dyn SelfMetrics, format: Format, active_series: usize, o
     match format {
         Format::OpenMetrics => own.walk(active_series, &mut Lines::new(openmetrics::OpenMetrics, out)),
         Format::Text => own.walk(active_series, &mut Lines::new(text::Text, out)),
+        Format::Protobuf => {
+            let mut pb = protobuf::Protobuf::new(out);
+            own.walk(active_series, &mut pb);
+            pb.finish();
+        }
     }
 }
 

@@ -137,21 +137,45 @@ async fn readyz(State(s): State<ExposeState>) -> Response {
     }
 }
 
-/// Picks the exposition format from an `Accept` header: OpenMetrics when asked for, else text.
+/// Picks the exposition format from an `Accept` header by its q-values, as Prometheus 2.x and 3.x
+/// send them from their `scrape_protocols`: the protobuf format
+/// (`application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited`),
+/// OpenMetrics (`application/openmetrics-text`, any version; 1.0.0 is served) or the text format
+/// (`text/plain`, `*/*`). The highest q wins, the first listed among equals; `q=0` refuses a type.
+/// With no header, or nothing Spindle serves in it, the text format.
 pub fn negotiate(accept: Option<&str>) -> Format {
-    match accept {
-        Some(a)
-            if a.split(',').any(|part| {
-                let essence = part.split(';').next().unwrap_or("").trim();
-                essence.eq_ignore_ascii_case("application/openmetrics-text")
-                    && !part.contains("q=0,")
-                    && !part.trim_end().ends_with("q=0")
-            }) =>
-        {
-            Format::OpenMetrics
+    let mut best: Option<(f32, Format)> = None;
+    for part in accept.unwrap_or("").split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let essence = params.next().unwrap_or("").to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let mut proto = None;
+        let mut encoding = None;
+        for p in params {
+            let Some((k, v)) = p.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "q" => q = v.parse().unwrap_or(0.0),
+                "proto" => proto = Some(v),
+                "encoding" => encoding = Some(v),
+                _ => {}
+            }
         }
-        _ => Format::Text,
+        let format = match essence.as_str() {
+            "application/vnd.google.protobuf"
+                if proto == Some("io.prometheus.client.MetricFamily") && encoding == Some("delimited") =>
+            {
+                Format::Protobuf
+            }
+            "application/openmetrics-text" => Format::OpenMetrics,
+            "text/plain" | "*/*" | "text/*" => Format::Text,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, format));
+        }
     }
+    best.map_or(Format::Text, |(_, f)| f)
 }
 
 fn wants_gzip(headers: &HeaderMap) -> bool {
@@ -195,6 +219,7 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
     let ct = match format {
         Format::OpenMetrics => super::openmetrics::CONTENT_TYPE,
         Format::Text => super::text::CONTENT_TYPE,
+        Format::Protobuf => super::protobuf::CONTENT_TYPE,
     };
     let mut resp = ([(header::CONTENT_TYPE, ct)], body).into_response();
     if gzip {
@@ -313,5 +338,52 @@ mod tests {
             Format::OpenMetrics
         );
         assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+    }
+
+    /// The `Accept` headers Prometheus sends, from its `scrape_protocols`.
+    #[test]
+    fn negotiation_follows_what_prometheus_2_and_3_ask_for() {
+        let cases = [
+            // 2.42, default.
+            (
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                Format::OpenMetrics,
+            ),
+            // 2.42 with --enable-feature=native-histograms.
+            (
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                Format::Protobuf,
+            ),
+            // 3.x, default scrape_protocols.
+            (
+                "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                Format::OpenMetrics,
+            ),
+            // 3.x with PrometheusProto first (native histograms).
+            (
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+                Format::Protobuf,
+            ),
+            // 3.x, scrape_protocols: [PrometheusText0.0.4] only.
+            ("text/plain;version=0.0.4;q=1,*/*;q=0.1", Format::Text),
+            // Protobuf ranked below OpenMetrics.
+            (
+                "application/openmetrics-text;version=1.0.0;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
+                Format::OpenMetrics,
+            ),
+            // Protobuf of another message, or not delimited: not served.
+            (
+                "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
+                Format::Text,
+            ),
+            (
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+                Format::Text,
+            ),
+            ("application/json", Format::Text),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(negotiate(Some(accept)), want, "{accept}");
+        }
     }
 }

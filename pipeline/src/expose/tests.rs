@@ -585,6 +585,7 @@ fn dialect(f: Format) -> Dialect {
     match f {
         Format::OpenMetrics => Dialect::OpenMetrics,
         Format::Text => Dialect::Text,
+        Format::Protobuf => unreachable!("the protobuf format is not text; see protobuf_tests.rs"),
     }
 }
 
@@ -1453,3 +1454,6 @@ fn scrape_lines_are_the_walked_samples_in_order() {
         }
     }
 }
+
+#[path = "protobuf_tests.rs"]
+mod protobuf_format;

@@ -167,6 +167,15 @@ impl ExpHistogram {
         self.downscale(by);
     }
 
+    /// This histogram at a scale of at most `max` (downscaled exactly: buckets merge in pairs).
+    pub fn with_max_scale(&self, max: i32) -> ExpHistogram {
+        let mut h = self.clone();
+        if h.scale > max {
+            h.downscale((h.scale - max) as u32);
+        }
+        h
+    }
+
     fn downscale(&mut self, by: u32) {
         if by == 0 {
             return;

@@ -139,4 +139,7 @@ pub enum Format {
     OpenMetrics,
     /// Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), without exemplars.
     Text,
+    /// Prometheus protobuf (`io.prometheus.client.MetricFamily`, delimited), with exemplars and
+    /// native histograms.
+    Protobuf,
 }

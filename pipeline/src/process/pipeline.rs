@@ -95,6 +95,19 @@ impl Consumer for Pipeline {
         Ok(self.write(samples, true))
     }
 
+    /// A protobuf metrics request as it was received. Without enrichment (which changes the
+    /// decoded request) it is translated straight from its bytes
+    /// ([`Translator::translate_encoded`]: the same samples, no prost structs); bytes the reader
+    /// refuses are decoded, so the sender gets prost's own message, or prost's result.
+    fn consume_metrics_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        if self.enricher.is_none()
+            && let Ok(samples) = self.translator.translate_encoded(&body)
+        {
+            return Ok(self.write(samples, true));
+        }
+        self.consume_metrics(decode(&body, Encoding::Protobuf)?)
+    }
+
     fn consume_traces(&self, mut req: ExportTraceServiceRequest) -> Result<Outcome, Refusal> {
         // Spans without valid ids are rejected, and neither counted nor forwarded.
         let mut out = Outcome::default();

@@ -4,6 +4,7 @@
 //! the root config's.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,42 @@ pub struct OtlpReceiverConfig {
     pub limits: LimitsConfig,
     /// `receivers.otlp.tls`: TLS (and mTLS) on both OTLP listeners. Default: none, plaintext.
     pub tls: TlsConfig,
+    /// `receivers.otlp.auth`: who may send (both protocols).
+    pub auth: ReceiverAuthConfig,
+}
+
+/// `receivers.otlp.auth`: bearer tokens, on gRPC (`authorization` metadata) and HTTP
+/// (`Authorization: Bearer …`). Default: none, every request is accepted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverAuthConfig {
+    /// A file of bearer tokens, one a line, each optionally followed by whitespace and the
+    /// comma-separated `service.name` globs it may write (see [`crate::util::tokens`]). Reloaded
+    /// when it changes. Missing or wrong token → HTTP 401 / gRPC `UNAUTHENTICATED`; a token writing
+    /// only services it may not → HTTP 403 / gRPC `PERMISSION_DENIED`. Default: none.
+    pub bearer_tokens_file: Option<PathBuf>,
+}
+
+impl ReceiverAuthConfig {
+    /// Checks `receivers.otlp.auth`: the token file reads and parses.
+    pub fn validate(&self) -> Vec<Problem> {
+        token_file_problem(
+            self.bearer_tokens_file.as_deref(),
+            "receivers.otlp.auth.bearer_tokens_file",
+        )
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The problem with the bearer token file at `path`, if any (shared with `prometheus.auth`).
+pub fn token_file_problem(path: Option<&std::path::Path>, key: &str) -> Option<Problem> {
+    let e = crate::util::tokens::Tokens::read(path?).err()?;
+    Some(Problem {
+        path: key.into(),
+        message: e,
+        hint: "a readable file with one token a line, optionally followed by whitespace and comma-separated service.name globs (`tok-7f3a checkout-*,cart`); `#` comments".into(),
+    })
 }
 
 impl Default for OtlpReceiverConfig {
@@ -50,6 +87,7 @@ impl Default for OtlpReceiverConfig {
             max_inflight_bytes: ByteSize(default_max_inflight_bytes()),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            auth: ReceiverAuthConfig::default(),
         }
     }
 }
@@ -269,6 +307,7 @@ impl OtlpReceiverConfig {
         }
         out.extend(self.limits.validate());
         out.extend(self.tls.validate("receivers.otlp.tls"));
+        out.extend(self.auth.validate());
         out
     }
 }

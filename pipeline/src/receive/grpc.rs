@@ -26,6 +26,7 @@ use super::status;
 use super::{Consumer, Export, Shared};
 use crate::model::{Protocol, Signal};
 use crate::server::ConnectionStats;
+use crate::util::tokens::Scope;
 
 /// An OTLP request type served over gRPC.
 pub trait GrpcExport: Export {
@@ -98,8 +99,16 @@ where
         if req.uri().path() != R::PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
+        // The token is checked on the metadata, before the message is read.
+        let scope = match self.shared.authenticate(req.headers(), R::SIGNAL, Protocol::Grpc) {
+            Ok(scope) => scope,
+            Err(r) => {
+                let st = r.grpc_status();
+                return Box::pin(async move { Ok(st.into_http()) });
+            }
+        };
         let limit = usize::try_from(self.shared.max_request_size).unwrap_or(usize::MAX);
-        let unary = Unary::<C, R>(self.shared.clone(), PhantomData);
+        let unary = Unary::<C, R>(self.shared.clone(), scope, PhantomData);
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawCodec::<R::Response>(PhantomData))
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -110,7 +119,7 @@ where
     }
 }
 
-struct Unary<C, R>(Shared<C>, PhantomData<fn() -> R>);
+struct Unary<C, R>(Shared<C>, Scope, PhantomData<fn() -> R>);
 
 impl<C: Consumer, R: GrpcExport> tonic::server::UnaryService<Bytes> for Unary<C, R> {
     type Response = R::Response;
@@ -118,10 +127,11 @@ impl<C: Consumer, R: GrpcExport> tonic::server::UnaryService<Bytes> for Unary<C,
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let shared = self.0.clone();
+        let scope = self.1.clone();
         Box::pin(async move {
             let body = request.into_inner();
             shared
-                .export::<R>(body, Encoding::Protobuf, Protocol::Grpc)
+                .export_as::<R>(body, Encoding::Protobuf, Protocol::Grpc, &scope)
                 .map(tonic::Response::new)
                 .map_err(|r| r.grpc_status())
         })

@@ -38,6 +38,11 @@ async fn traces<C: Consumer>(State(s): State<Shared<C>>, headers: HeaderMap, bod
 async fn handle<C: Consumer, R: Export>(s: &Shared<C>, headers: &HeaderMap, body: Body) -> Response {
     let signal = R::SIGNAL;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    // The token is checked on the headers, before anything is read or decoded.
+    let scope = match s.authenticate(headers, signal, Protocol::Http) {
+        Ok(scope) => scope,
+        Err(r) => return error_response(Encoding::from_content_type(ct).unwrap_or(Encoding::Json), &r),
+    };
     let encoding = match Encoding::from_content_type(ct) {
         Ok(e) => e,
         Err(e) => return refuse(s, signal, Encoding::Json, Refusal::Decode(e)),
@@ -67,7 +72,7 @@ async fn handle<C: Consumer, R: Export>(s: &Shared<C>, headers: &HeaderMap, body
         Ok(b) => b,
         Err(e) => return refuse(s, signal, encoding, Refusal::Decode(e)),
     };
-    match s.export::<R>(body, encoding, Protocol::Http) {
+    match s.export_as::<R>(body, encoding, Protocol::Http, &scope) {
         Ok(resp) => encode(StatusCode::OK, encoding, &resp),
         // Already counted by `Shared`.
         Err(r) => error_response(encoding, &r),
@@ -108,6 +113,9 @@ fn error_response(encoding: Encoding, r: &Refusal) -> Response {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
     if r.retryable() {
         h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    if matches!(r, Refusal::Unauthenticated) {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
 }

@@ -1,7 +1,9 @@
 //! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) for metrics and traces.
 //!
-//! In: requests from SDKs and collectors. Out: decoded OTLP messages handed by value to a
-//! [`Consumer`] (the rest of the pipeline, wired in `app`), and a response built from its
+//! In: requests from SDKs and collectors. Out: OTLP requests handed by value to a [`Consumer`] (the
+//! rest of the pipeline, wired in `app`) — decoded, or as their protobuf bytes, which the consumer
+//! may read in place ([`Consumer::consume_metrics_encoded`], [`Consumer::consume_traces_encoded`])
+//! — and a response built from its
 //! [`Outcome`]. Admission control bounds the decoded bytes in flight: before a body is decoded, the
 //! memory its decoded form will take is estimated from its bytes ([`size`]) and reserved from
 //! `max_inflight_bytes`; a request whose decoded form would exceed [`DECODED_FACTOR`] times its own
@@ -9,6 +11,7 @@
 //! request holds at most its body, its decompressed copy and `DECODED_FACTOR` times that decoded,
 //! and every refusal is counted.
 
+pub mod auth;
 pub mod config;
 pub mod decode;
 pub mod grpc;
@@ -31,11 +34,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::stats::ReceiverStats;
 use crate::model::{Outcome, Protocol, Signal};
+use crate::util::tokens::{Scope, TokenFile};
 use decode::{DECODED_FACTOR, DecodeError, Encoding, MIN_DECODED, OtlpRequest};
 use status::Refusal;
 
 /// An OTLP export request type and what the receivers do with it.
-pub trait Export: OtlpRequest {
+pub trait Export: OtlpRequest + auth::ServiceFilter {
     /// The OTLP response message.
     type Response: prost::Message + Serialize + Default + Send + 'static;
     /// The signal it carries.
@@ -46,7 +50,8 @@ pub trait Export: OtlpRequest {
     /// The consumer's [`Refusal`].
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal>;
     /// Hands the request body over: decoded and passed to [`Export::consume`], unless the
-    /// consumer takes it as bytes (protobuf traces, which are forwarded as they came).
+    /// consumer takes it as bytes (protobuf metrics, translated in place; protobuf traces, which
+    /// are forwarded as they came).
     ///
     /// # Errors
     /// [`Refusal::Decode`] when the body does not decode; the consumer's [`Refusal`].
@@ -63,6 +68,12 @@ impl Export for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
     fn consume<C: Consumer>(consumer: &C, req: Self) -> Result<Outcome, Refusal> {
         consumer.consume_metrics(req)
+    }
+    fn consume_body<C: Consumer>(consumer: &C, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+        match encoding {
+            Encoding::Protobuf => consumer.consume_metrics_encoded(body),
+            Encoding::Json => consumer.consume_metrics(decode::decode::<Self>(&body, encoding)?),
+        }
     }
     fn respond(out: Outcome) -> Self::Response {
         metrics_response(out)
@@ -93,6 +104,18 @@ pub trait Consumer: Send + Sync + 'static {
     /// # Errors
     /// [`Refusal::Overloaded`] when a downstream bound is full and the client should retry.
     fn consume_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Outcome, Refusal>;
+    /// Consumes a metrics request as its protobuf bytes (decompressed, not yet decoded). By
+    /// default it is decoded and handed to [`Consumer::consume_metrics`].
+    ///
+    /// # Errors
+    /// [`Refusal::Decode`] when the bytes are not a valid request; as
+    /// [`Consumer::consume_metrics`] otherwise.
+    fn consume_metrics_encoded(&self, body: Bytes) -> Result<Outcome, Refusal> {
+        self.consume_metrics(decode::decode::<ExportMetricsServiceRequest>(
+            &body,
+            Encoding::Protobuf,
+        )?)
+    }
     /// Consumes a traces request.
     ///
     /// # Errors
@@ -118,6 +141,7 @@ pub struct Shared<C> {
     /// Largest accepted request after decompression, in bytes.
     pub max_request_size: u64,
     stats: Arc<ReceiverStats>,
+    tokens: Option<Arc<TokenFile>>,
 }
 
 impl<C> Clone for Shared<C> {
@@ -128,6 +152,7 @@ impl<C> Clone for Shared<C> {
             max_inflight: self.max_inflight,
             max_request_size: self.max_request_size,
             stats: self.stats.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -142,7 +167,30 @@ impl<C: Consumer> Shared<C> {
             max_inflight: permits,
             max_request_size,
             stats,
+            tokens: None,
         }
+    }
+
+    /// Requires a bearer token from `tokens` on every request (`receivers.otlp.auth`).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Option<Arc<TokenFile>>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The scope of the request's bearer token, from its headers alone (before its body is read);
+    /// a refusal is counted.
+    ///
+    /// # Errors
+    /// [`Refusal::Unauthenticated`] when a token file is configured and the token is missing or
+    /// not in it.
+    pub fn authenticate(
+        &self,
+        headers: &::http::HeaderMap,
+        signal: Signal,
+        protocol: Protocol,
+    ) -> Result<Scope, Refusal> {
+        auth::authenticate(self.tokens.as_deref(), headers).inspect_err(|r| self.refused(signal, protocol, r))
     }
 
     /// Reserves `bytes` of the in-flight budget, or refuses as overloaded.
@@ -175,14 +223,30 @@ impl<C: Consumer> Shared<C> {
         encoding: Encoding,
         protocol: Protocol,
     ) -> Result<R::Response, Refusal> {
+        self.export_as::<R>(body, encoding, protocol, &Scope::Any)
+    }
+
+    /// [`Shared::export`] for a token of `scope` (from [`Shared::authenticate`]): a token limited
+    /// to some services writes only their resources; the rest are rejected in `partial_success`,
+    /// or the request is refused as [`Refusal::PermissionDenied`] when nothing is left.
+    ///
+    /// # Errors
+    /// A [`Refusal`] when the request is refused as a whole.
+    pub fn export_as<R: Export>(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        protocol: Protocol,
+        scope: &Scope,
+    ) -> Result<R::Response, Refusal> {
         let out = self
-            .export_inner::<R>(body, encoding)
+            .export_inner::<R>(body, encoding, scope)
             .inspect_err(|r| self.refused(R::SIGNAL, protocol, r))?;
         self.stats.received(R::SIGNAL, protocol, out.accepted, out.rejected);
         Ok(R::respond(out))
     }
 
-    fn export_inner<R: Export>(&self, body: Bytes, encoding: Encoding) -> Result<Outcome, Refusal> {
+    fn export_inner<R: Export>(&self, body: Bytes, encoding: Encoding, scope: &Scope) -> Result<Outcome, Refusal> {
         let estimated = decode::decoded_size::<R>(&body, encoding)?;
         let limit = self.max_decoded_size(body.len());
         if estimated > limit {
@@ -190,7 +254,27 @@ impl<C: Consumer> Shared<C> {
         }
         // Held until the consumer has taken the batch over (stored, or queued under its own bound).
         let _permit = self.admit(estimated)?;
-        R::consume_body(&*self.consumer, body, encoding)
+        if let Scope::Any = scope {
+            return R::consume_body(&*self.consumer, body, encoding);
+        }
+        // A limited token: the decoded path (also for protobuf traces), filtered by service.
+        let mut req = decode::decode::<R>(&body, encoding)?;
+        drop(body);
+        let denied = req.retain_services(scope);
+        if denied.resources == 0 {
+            return R::consume(&*self.consumer, req);
+        }
+        if req.is_empty() {
+            return Err(Refusal::PermissionDenied(denied.message()));
+        }
+        let mut out = R::consume(&*self.consumer, req)?;
+        out.rejected += denied.items;
+        out.message = if out.message.is_empty() {
+            denied.message()
+        } else {
+            format!("{}; {}", denied.message(), out.message)
+        };
+        Ok(out)
     }
 
     /// Counts a request refused as a whole.

@@ -22,17 +22,23 @@ pub enum RefusalReason {
     UnsupportedMediaType,
     /// A bound was full; the client should retry.
     Overloaded,
+    /// No bearer token, or one not in `receivers.otlp.auth.bearer_tokens_file`.
+    Unauthenticated,
+    /// The token may write none of the request's services.
+    PermissionDenied,
 }
 
 impl RefusalReason {
     /// Every reason, in label order (`ALL[i] as usize == i`).
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Malformed,
         Self::TooLarge,
         Self::CorruptCompression,
         Self::UnsupportedEncoding,
         Self::UnsupportedMediaType,
         Self::Overloaded,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
     ];
 
     /// The `reason` label value.
@@ -44,6 +50,8 @@ impl RefusalReason {
             Self::UnsupportedEncoding => "unsupported_encoding",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Overloaded => "overloaded",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -124,11 +132,13 @@ mod tests {
             RefusalReason::UnsupportedEncoding => 3,
             RefusalReason::UnsupportedMediaType => 4,
             RefusalReason::Overloaded => 5,
+            RefusalReason::Unauthenticated => 6,
+            RefusalReason::PermissionDenied => 7,
         };
         for (i, r) in RefusalReason::ALL.into_iter().enumerate() {
             assert_eq!(index(r), i);
         }
-        assert_eq!(RefusalReason::ALL.len(), 6);
+        assert_eq!(RefusalReason::ALL.len(), 8);
     }
 
     #[test]

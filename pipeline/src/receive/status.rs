@@ -26,6 +26,12 @@ pub enum Refusal {
     /// Too much data is in flight; the client should retry later.
     #[error("Spindle is overloaded ({0}); retry later")]
     Overloaded(&'static str),
+    /// No bearer token, or a wrong one (checked on the headers, before the body is read).
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    /// The token may write none of the request's services (the message names them).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// A queue that refused a request is "overloaded" (retryable). Receivers push only into the
@@ -51,6 +57,8 @@ impl Refusal {
             Refusal::Decode(DecodeError::UnsupportedMediaType(_)) => RefusalReason::UnsupportedMediaType,
             Refusal::Decode(DecodeError::Protobuf(_) | DecodeError::Json(_)) => RefusalReason::Malformed,
             Refusal::Overloaded(_) => RefusalReason::Overloaded,
+            Refusal::Unauthenticated => RefusalReason::Unauthenticated,
+            Refusal::PermissionDenied(_) => RefusalReason::PermissionDenied,
         }
     }
 
@@ -65,6 +73,8 @@ impl Refusal {
             }
             Refusal::Decode(_) => StatusCode::BAD_REQUEST,
             Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Refusal::PermissionDenied(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -86,6 +96,8 @@ impl Refusal {
                 tonic::Status::resource_exhausted(msg)
             }
             Refusal::Decode(_) => tonic::Status::invalid_argument(msg),
+            Refusal::Unauthenticated => tonic::Status::unauthenticated(msg),
+            Refusal::PermissionDenied(_) => tonic::Status::permission_denied(msg),
         }
     }
 
@@ -191,6 +203,20 @@ mod tests {
             st.get_details_retry_info().and_then(|r| r.retry_delay),
             Some(RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn auth_refusals_map_to_401_403_and_their_grpc_codes() {
+        let r = Refusal::Unauthenticated;
+        assert_eq!(r.http_status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.grpc_code(), tonic::Code::Unauthenticated);
+        assert_eq!(r.reason(), RefusalReason::Unauthenticated);
+        assert!(!r.retryable());
+        let r = Refusal::PermissionDenied("may not write service \"billing\"".into());
+        assert_eq!(r.http_status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.grpc_code(), tonic::Code::PermissionDenied);
+        assert_eq!(r.reason(), RefusalReason::PermissionDenied);
+        assert!(r.to_string().contains("billing"));
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub fn sanitized_label_name(raw: &str) -> String {
     out
 }
 
-/// Appends `raw` sanitized as a label name, as [`sanitized_label_name`] gives it.
+/// Appends `raw` sanitized as a label name, as [`sanitized_label_name`] gives it (whatever
+/// `text` already ends with: runs of `_` collapse within the name only).
 pub fn push_sanitized_label_name(text: &mut String, raw: &str) {
     match raw.chars().next() {
         Some(c) if c.is_ascii_digit() => text.push_str("key_"),
@@ -18,16 +19,32 @@ pub fn push_sanitized_label_name(text: &mut String, raw: &str) {
         None => text.push_str("key_empty"),
         _ => {}
     }
-    push_sanitized(text, raw, false);
+    let start = text.len();
+    push_sanitized_from(text, raw, false, start);
 }
 
 /// Appends `raw` with characters outside `[a-zA-Z0-9_]` (and `:` if `colon`, for metric names)
-/// replaced by `_`, and runs of `_` collapsed to one.
+/// replaced by `_`, and runs of `_` collapsed to one (with a `_` that `out` ends with, too).
 pub fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
+    push_sanitized_from(out, raw, colon, 0);
+}
+
+/// [`push_sanitized`], collapsing a leading `_` with what `out` ends with only past `start`.
+fn push_sanitized_from(out: &mut String, raw: &str, colon: bool, start: usize) {
+    let valid = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || (colon && c == b':');
+    let b = raw.as_bytes();
+    // Most keys are already valid: copied whole when nothing is replaced or collapsed.
+    if b.iter().all(|&c| valid(c))
+        && !raw.contains("__")
+        && !(b.first() == Some(&b'_') && out.len() > start && out.ends_with('_'))
+    {
+        out.push_str(raw);
+        return;
+    }
     for c in raw.chars() {
-        let ok = c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':');
+        let ok = c.is_ascii() && valid(c as u8);
         let c = if ok { c } else { '_' };
-        if c == '_' && out.ends_with('_') {
+        if c == '_' && out.len() > start && out.ends_with('_') {
             continue;
         }
         out.push(c);
@@ -84,6 +101,13 @@ mod tests {
         let mut m = String::new();
         push_sanitized(&mut m, "a:b.c", true);
         assert_eq!(m, "a:b_c");
+        // In an arena, a name does not depend on what comes before it (a value ending in `_`).
+        for (raw, want) in [(".b", "_b"), ("é", "_"), ("x", "x"), ("_p", "key_p"), ("a__b", "a_b")] {
+            let mut text = String::from("value_");
+            push_sanitized_label_name(&mut text, raw);
+            assert_eq!(&text["value_".len()..], want, "{raw}");
+            assert_eq!(sanitized_label_name(raw), want, "{raw}");
+        }
     }
 
     #[test]

@@ -23,10 +23,90 @@ pub fn varint(buf: &mut &[u8]) -> Result<u64, &'static str> {
         *buf = rest;
         v |= u64::from(b & 0x7f) << (7 * i);
         if b < 0x80 {
+            // A tenth byte may only carry the top bit of a u64; prost refuses more.
+            if i == 9 && b >= 2 {
+                return Err("invalid varint");
+            }
             return Ok(v);
         }
     }
     Err("invalid varint")
+}
+
+/// One field's payload, as [`field`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Wire<'a> {
+    /// Wire type 0.
+    Varint(u64),
+    /// Wire type 1 (little-endian).
+    Fixed64(u64),
+    /// Wire type 5 (its value is never read by the readers).
+    Fixed32,
+    /// Wire type 2: the delimited bytes.
+    Len(&'a [u8]),
+}
+
+impl Wire<'_> {
+    /// Unknown fields are skipped (their bytes were already consumed).
+    ///
+    /// # Errors
+    /// Never; a `Result` so that match arms read alike.
+    pub fn skip_unknown(self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// Reads one field off the front of `buf`: its number and payload.
+///
+/// # Errors
+/// What prost refuses in a key (number 0, a key past `u32`, an unknown wire type) and truncated
+/// payloads; groups are refused too (prost skips them; the readers leave such bytes to prost).
+#[inline(always)]
+pub fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Wire<'a>), &'static str> {
+    let key = varint(buf)?;
+    if key > u64::from(u32::MAX) {
+        return Err("invalid key value");
+    }
+    let number = (key >> 3) as u32;
+    if number == 0 {
+        return Err("invalid field number 0");
+    }
+    let w = match key & 7 {
+        0 => Wire::Varint(varint(buf)?),
+        1 => Wire::Fixed64(u64::from_le_bytes(take(buf, 8)?.try_into().map_err(|_| "truncated")?)),
+        5 => {
+            take(buf, 4)?;
+            Wire::Fixed32
+        }
+        2 => {
+            let len = varint(buf)?;
+            Wire::Len(take(buf, len)?)
+        }
+        3 | 4 => return Err("groups are not supported"),
+        _ => return Err("invalid wire type"),
+    };
+    Ok((number, w))
+}
+
+/// `b` as a string field, checked as prost checks it.
+///
+/// # Errors
+/// When `b` is not UTF-8.
+pub fn utf8(b: &[u8]) -> Result<&str, &'static str> {
+    std::str::from_utf8(b).map_err(|_| "invalid string value: data is not UTF-8 encoded")
+}
+
+/// Whether a message nested `depth` levels below the request may still be decoded (prost's
+/// recursion limit, [`MAX_DEPTH`]).
+///
+/// # Errors
+/// `recursion limit reached` past it.
+pub fn depth_ok(depth: u32) -> Result<(), &'static str> {
+    if depth > MAX_DEPTH {
+        Err("recursion limit reached")
+    } else {
+        Ok(())
+    }
 }
 
 /// Takes `n` bytes off the front of `buf`.
@@ -62,5 +142,15 @@ mod tests {
         assert_eq!(varint(&mut &[0x80u8][..]), Err("truncated varint"));
         assert_eq!(varint(&mut &[0xffu8; 11][..]), Err("invalid varint"));
         assert_eq!(take(&mut &b"ab"[..], 3), Err("buffer underflow"));
+        // A tenth byte past the top bit of a u64: prost refuses it, and so does the reader.
+        let over = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(prost::encoding::decode_varint(&mut &over[..]).is_err());
+        assert_eq!(varint(&mut &over[..]), Err("invalid varint"));
+        // A key past u32: prost refuses it.
+        let mut key = Vec::new();
+        prost::encoding::encode_varint(1 << 33, &mut key);
+        key.push(0);
+        assert!(prost::encoding::decode_key(&mut &key[..]).is_err());
+        assert!(field(&mut &key[..]).is_err());
     }
 }

@@ -37,6 +37,11 @@ pub struct RemoteWriteConfig {
     pub key_file: Option<String>,
     /// Most samples in one request (an exemplar counts as a sample). Default `2000`.
     pub max_samples_per_request: usize,
+    /// Send OTLP exponential histograms as native histograms (prompb `Histogram`, with their
+    /// exemplars) instead of classic `le` buckets. The receiver must accept native histograms
+    /// (Prometheus: `--enable-feature=native-histograms`), or it refuses the whole request.
+    /// Default `false`.
+    pub send_native_histograms: bool,
     /// Bound of the request queue in compressed bytes, the request in flight included. When a new
     /// snapshot does not fit, the oldest queued snapshot's requests are dropped and counted.
     /// Default `64MiB`.
@@ -60,6 +65,7 @@ impl Default for RemoteWriteConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            send_native_histograms: false,
             max_samples_per_request: 2000,
             queue_max_bytes: ByteSize(64 << 20),
             retry_initial_backoff: DurationStr(Duration::from_millis(100)),

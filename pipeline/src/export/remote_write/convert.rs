@@ -19,9 +19,12 @@ use bytes::Bytes;
 use hashbrown::HashSet;
 use prost::Message;
 
-use super::proto::{Exemplar, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest};
-use crate::expose::float;
+use super::proto::{
+    BucketSpan, Exemplar, Histogram, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest,
+};
 use crate::expose::walk::{self, Family, Sink};
+use crate::expose::{float, protobuf};
+use crate::model::exp::ExpHistogram;
 use crate::model::{self, MetricKind};
 use crate::store::{self, Store};
 use crate::util::hex;
@@ -42,9 +45,20 @@ pub(crate) struct Encoded {
 pub(crate) struct Converter {
     sent: HashSet<u64>,
     seed: foldhash::fast::FixedState,
+    /// Exponential histograms go as native histograms (`send_native_histograms`), not classic
+    /// buckets.
+    native: bool,
 }
 
 impl Converter {
+    /// A converter; `native`: exponential histograms go as native histograms.
+    pub(crate) fn new(native: bool) -> Self {
+        Converter {
+            native,
+            ..Converter::default()
+        }
+    }
+
     /// Every sample of `store` at `timestamp_ms`, in requests of at most `max_samples`.
     pub(crate) fn snapshot(&mut self, store: &Store, timestamp_ms: i64, max_samples: usize) -> Vec<Encoded> {
         let mut out = Snapshot {
@@ -54,6 +68,7 @@ impl Converter {
             seed: &self.seed,
             batcher: Batcher::new(max_samples),
             labels: Vec::new(),
+            native: self.native,
         };
         walk::store(store, &mut out);
         let Snapshot { sent_now, batcher, .. } = out;
@@ -87,6 +102,7 @@ struct Snapshot<'a> {
     batcher: Batcher,
     /// The current series' labels, parsed from its rendered bytes.
     labels: Vec<(String, String)>,
+    native: bool,
 }
 
 impl Sink for Snapshot<'_> {
@@ -105,12 +121,93 @@ impl Sink for Snapshot<'_> {
     }
 
     fn sample(&mut self, s: &walk::Sample<'_>) {
-        let suffix = s.kind.suffix();
-        let extra = s.kind.label();
+        let labels = self.labels_named(format!("{}{}", s.name, s.kind.suffix()), s.kind.label());
+        let exemplars = s
+            .exemplar
+            .filter(|e| {
+                let fp = self.fingerprint(s, e);
+                self.fresh(fp)
+            })
+            .map(|e| vec![exemplar_proto(e, self.timestamp_ms)])
+            .unwrap_or_default();
+        self.batcher.push(TimeSeries {
+            labels,
+            samples: vec![Sample {
+                value: s.value.as_f64(),
+                timestamp: self.timestamp_ms,
+            }],
+            exemplars,
+            histograms: Vec::new(),
+        });
+    }
+
+    /// With `send_native_histograms`, an exponential histogram goes as one native histogram
+    /// sample (at a schema of at most 8, as the protobuf exposition gives it) with its exemplars.
+    fn native(&mut self, name: &str, labels: &[u8], h: &ExpHistogram) -> bool {
+        if !self.native || h.scale < protobuf::MIN_SCHEMA {
+            return false;
+        }
+        let h = h.with_max_scale(protobuf::MAX_SCHEMA);
+        let spans = |b| {
+            let (spans, deltas) = protobuf::native_spans(b);
+            let spans = spans
+                .into_iter()
+                .map(|(offset, length)| BucketSpan { offset, length })
+                .collect();
+            (spans, deltas)
+        };
+        let (negative_spans, negative_deltas) = spans(&h.negative);
+        let (positive_spans, positive_deltas) = spans(&h.positive);
+        let mut exemplars = Vec::new();
+        for (_, e) in &h.exemplars {
+            let fp = self
+                .seed
+                .hash_one((name, labels, e.trace_id, e.span_id, e.value.to_bits(), e.time_unix_nano));
+            if self.fresh(fp) {
+                exemplars.push(exemplar_proto(e, self.timestamp_ms));
+            }
+        }
+        let labels = self.labels_named(name.to_owned(), None);
+        // The exemplars follow in a series of their own: a receiver appends a series' exemplars
+        // before its histograms (Prometheus 2.x), so on the first write they would name a series
+        // that does not exist yet.
+        let exemplar_series = (!exemplars.is_empty()).then(|| TimeSeries {
+            labels: labels.clone(),
+            samples: Vec::new(),
+            exemplars,
+            histograms: Vec::new(),
+        });
+        self.batcher.push(TimeSeries {
+            labels,
+            samples: Vec::new(),
+            exemplars: Vec::new(),
+            histograms: vec![Histogram {
+                count_int: h.count,
+                sum: h.sum,
+                schema: h.scale,
+                zero_threshold: h.zero_threshold,
+                zero_count_int: h.zero_count,
+                negative_spans,
+                negative_deltas,
+                positive_spans,
+                positive_deltas,
+                timestamp: self.timestamp_ms,
+            }],
+        });
+        if let Some(ts) = exemplar_series {
+            self.batcher.push(ts);
+        }
+        true
+    }
+}
+
+impl Snapshot<'_> {
+    /// `__name__` = `name`, then the series' labels, sorted by name.
+    fn labels_named(&self, name: String, extra: Option<(&str, f64)>) -> Vec<Label> {
         let mut labels = Vec::with_capacity(self.labels.len() + 2);
         labels.push(Label {
             name: "__name__".into(),
-            value: format!("{}{suffix}", s.name),
+            value: name,
         });
         labels.extend(self.labels.iter().map(|(k, v)| Label {
             name: k.clone(),
@@ -123,27 +220,16 @@ impl Sink for Snapshot<'_> {
             });
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
-        let exemplars = s
-            .exemplar
-            .filter(|e| {
-                let fp = self.fingerprint(s, e);
-                self.sent_now.insert(fp);
-                !self.previous.contains(&fp)
-            })
-            .map(|e| vec![exemplar_proto(e, self.timestamp_ms)])
-            .unwrap_or_default();
-        self.batcher.push(TimeSeries {
-            labels,
-            samples: vec![Sample {
-                value: s.value.as_f64(),
-                timestamp: self.timestamp_ms,
-            }],
-            exemplars,
-        });
+        labels
     }
-}
 
-impl Snapshot<'_> {
+    /// Whether `e` of series `name{labels}` goes out with this snapshot (not sent with the last
+    /// one); remembered either way.
+    fn fresh(&mut self, fp: u64) -> bool {
+        self.sent_now.insert(fp);
+        !self.previous.contains(&fp)
+    }
+
     /// Identifies an exemplar in its slot: the sample it is on and the exemplar itself.
     fn fingerprint(&self, s: &walk::Sample<'_>, e: &model::Exemplar) -> u64 {
         let mut h = self.seed.build_hasher();
@@ -234,7 +320,8 @@ impl Batcher {
     }
 
     pub(crate) fn push(&mut self, ts: TimeSeries) {
-        let n = (ts.samples.len() + ts.exemplars.len()) as u64;
+        let samples = (ts.samples.len() + ts.histograms.len()) as u64;
+        let n = samples + ts.exemplars.len() as u64;
         if self.samples + self.exemplars > 0 && self.samples + self.exemplars + n > self.max as u64 {
             self.flush();
         }
@@ -242,7 +329,7 @@ impl Batcher {
             self.current.metadata.extend(self.family.clone());
             self.family_in_current = true;
         }
-        self.samples += ts.samples.len() as u64;
+        self.samples += samples;
         self.exemplars += ts.exemplars.len() as u64;
         self.current.timeseries.push(ts);
     }

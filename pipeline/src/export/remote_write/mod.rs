@@ -128,7 +128,7 @@ pub fn spawn(
         store,
         stats,
         config: config.clone(),
-        converter: Converter::default(),
+        converter: Converter::new(config.send_native_histograms),
         last_ms: 0,
         id: 0,
     };

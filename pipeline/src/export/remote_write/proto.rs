@@ -3,8 +3,8 @@
 //! Defined with `prost` derives because no maintained crate provides them for prost 0.14 (the
 //! crates that exist generate them for prost 0.11/0.12). Field numbers and names are those of
 //! prometheus/prometheus `prompb/remote.proto` (`WriteRequest`) and `prompb/types.proto`
-//! (`TimeSeries`, `Label`, `Sample`, `Exemplar`, `MetricMetadata`); native histograms
-//! (`TimeSeries` field 4) are not sent, so they are left out.
+//! (`TimeSeries`, `Label`, `Sample`, `Exemplar`, `MetricMetadata`, `Histogram`, `BucketSpan`;
+//! of a histogram's oneofs only the integer counts, the ones Spindle sends).
 
 /// `prometheus.WriteRequest`: the body of one remote-write request (before snappy).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -29,6 +29,56 @@ pub struct TimeSeries {
     /// Exemplars of this series.
     #[prost(message, repeated, tag = "3")]
     pub exemplars: Vec<Exemplar>,
+    /// Native histogram samples, oldest first.
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<Histogram>,
+}
+
+/// `prometheus.Histogram`: a native histogram sample (integer counts).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Histogram {
+    /// Observations (`count_int` of the `count` oneof).
+    #[prost(uint64, tag = "1")]
+    pub count_int: u64,
+    /// Sum of observations.
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    /// Resolution: buckets grow by `2^(2^-schema)`.
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    /// Width of the zero bucket.
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    /// Observations in the zero bucket (`zero_count_int`).
+    #[prost(uint64, tag = "6")]
+    pub zero_count_int: u64,
+    /// Spans of the negative buckets.
+    #[prost(message, repeated, tag = "8")]
+    pub negative_spans: Vec<BucketSpan>,
+    /// Negative bucket counts, each as the difference to the previous one.
+    #[prost(sint64, repeated, tag = "9")]
+    pub negative_deltas: Vec<i64>,
+    /// Spans of the positive buckets.
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<BucketSpan>,
+    /// Positive bucket counts, each as the difference to the previous one.
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+}
+
+/// `prometheus.BucketSpan`: `length` consecutive buckets, `offset` after the previous span's end
+/// (the first span's offset is its first bucket's index).
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct BucketSpan {
+    /// Gap to the previous span (or the first index).
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    /// Buckets in the span.
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
 }
 
 /// `prometheus.Label`.

@@ -316,6 +316,7 @@ fn ts(n_exemplars: usize) -> TimeSeries {
                 timestamp: TS,
             })
             .collect(),
+        histograms: Vec::new(),
     }
 }
 

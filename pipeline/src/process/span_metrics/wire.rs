@@ -7,28 +7,9 @@
 //! also decode, and a backend receives nothing Spindle itself would have refused. It allocates two
 //! vectors per request (resources and spans, plus one of attributes), none per span.
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use prost::Message;
-
-use crate::process::translate::write_any;
-
-use crate::util::protobuf::{MAX_DEPTH, take, varint};
-
-/// Why bytes are not a valid request.
-pub type WireError = &'static str;
-
-/// One attribute: its key, and where its value is.
-#[derive(Debug, Clone, Copy)]
-pub struct WireAttr<'a> {
-    /// The attribute key.
-    pub key: &'a str,
-    /// The encoded `AnyValue` when the `KeyValue` has exactly one `value` field.
-    value: &'a [u8],
-    /// How many `value` fields the `KeyValue` has (prost merges repeated ones).
-    values: u32,
-    /// The whole encoded `KeyValue`, for the rare merged case.
-    kv: &'a [u8],
-}
+pub use crate::process::translate::attrs::{WireAttr, WireError};
+use crate::process::translate::attrs::{key_value, resource_message};
+use crate::util::protobuf::{Wire, field, utf8};
 
 /// One span, with what span metrics and the span checks read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,7 +85,7 @@ impl<'a> WireRequest<'a> {
         // Spans come before or after the resource on the wire: their resource index is known now.
         while !buf.is_empty() {
             match field(&mut buf)? {
-                (1, Wire::Len(res)) => resource_message(res, &mut attrs)?,
+                (1, Wire::Len(res)) => resource_message(res, 1, &mut attrs)?,
                 (2, Wire::Len(ss)) => self.scope_spans(ss, resource)?,
                 (3, Wire::Len(s)) => utf8(s).map(drop)?,
                 (1..=3, _) => return Err("invalid wire type in ResourceSpans"),
@@ -167,139 +148,6 @@ impl<'a> WireRequest<'a> {
     }
 }
 
-impl WireAttr<'_> {
-    /// Appends the value as a label value, exactly as translation renders the decoded `AnyValue`;
-    /// returns false when the attribute has no value (`KeyValue.value` absent).
-    pub fn write_value(&self, out: &mut String) -> bool {
-        match self.values {
-            0 => false,
-            1 => {
-                write_any_value(self.value, out);
-                true
-            }
-            // Several value messages merge in prost: read them as prost does.
-            _ => match KeyValue::decode(self.kv) {
-                Ok(KeyValue { value: Some(v), .. }) => {
-                    write_any(&v, out);
-                    true
-                }
-                _ => false,
-            },
-        }
-    }
-}
-
-/// Writes an encoded `AnyValue` as [`write_any`] writes it decoded: scalars are read from the
-/// bytes (the last oneof field wins, as in prost); arrays and maps are decoded.
-fn write_any_value(value: &[u8], out: &mut String) {
-    use std::fmt::Write;
-    let mut buf = value;
-    let mut last = None;
-    while !buf.is_empty() {
-        let Ok((n, w)) = field(&mut buf) else { return };
-        if (1..=7).contains(&n) {
-            last = Some((n, w));
-        }
-    }
-    match last {
-        None => {}
-        Some((1, Wire::Len(s))) => out.push_str(std::str::from_utf8(s).unwrap_or("")),
-        Some((2, Wire::Varint(b))) => out.push_str(if b != 0 { "true" } else { "false" }),
-        Some((3, Wire::Varint(i))) => {
-            let _ = write!(out, "{}", i as i64);
-        }
-        Some((4, Wire::Fixed64(d))) => {
-            let _ = write!(out, "{}", f64::from_bits(d));
-        }
-        Some((7, Wire::Len(b))) => crate::util::hex::push_str(b, out),
-        // Arrays and maps (rare as dimensions), and anything merged: as prost decodes them.
-        Some(_) => {
-            if let Ok(v) = AnyValue::decode(value) {
-                write_any(&v, out);
-            }
-        }
-    }
-}
-
-/// A field's payload.
-#[derive(Debug, Clone, Copy)]
-enum Wire<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    /// A fixed32 (its value is never read here).
-    Fixed32,
-    Len(&'a [u8]),
-}
-
-impl Wire<'_> {
-    /// Unknown fields are skipped (their bytes were already consumed).
-    fn skip_unknown(self) -> Result<(), WireError> {
-        Ok(())
-    }
-}
-
-/// Reads one field: its number and payload.
-#[inline(always)]
-fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Wire<'a>), WireError> {
-    let key = varint(buf)?;
-    let number = u32::try_from(key >> 3).map_err(|_| "invalid field number")?;
-    if number == 0 {
-        return Err("invalid field number 0");
-    }
-    let w = match key & 7 {
-        0 => Wire::Varint(varint(buf)?),
-        1 => Wire::Fixed64(u64::from_le_bytes(take(buf, 8)?.try_into().map_err(|_| "truncated")?)),
-        5 => {
-            take(buf, 4)?;
-            Wire::Fixed32
-        }
-        2 => {
-            let len = varint(buf)?;
-            Wire::Len(take(buf, len)?)
-        }
-        3 | 4 => return Err("groups are not supported"),
-        _ => return Err("invalid wire type"),
-    };
-    Ok((number, w))
-}
-
-fn utf8(b: &[u8]) -> Result<&str, WireError> {
-    std::str::from_utf8(b).map_err(|_| "invalid string value: data is not UTF-8 encoded")
-}
-
-fn depth_ok(depth: u32) -> Result<(), WireError> {
-    if depth > MAX_DEPTH {
-        Err("recursion limit reached")
-    } else {
-        Ok(())
-    }
-}
-
-/// `Resource`: its attributes are collected; entity refs are checked.
-fn resource_message<'a>(mut buf: &'a [u8], attrs: &mut Vec<WireAttr<'a>>) -> Result<(), WireError> {
-    while !buf.is_empty() {
-        match field(&mut buf)? {
-            (1, Wire::Len(kv)) => attrs.push(key_value(kv, 2)?),
-            (2, Wire::Varint(_)) => {}
-            (3, Wire::Len(e)) => check_entity_ref(e)?,
-            (1..=3, _) => return Err("invalid wire type in Resource"),
-            (_, w) => w.skip_unknown()?,
-        }
-    }
-    Ok(())
-}
-
-fn check_entity_ref(mut buf: &[u8]) -> Result<(), WireError> {
-    while !buf.is_empty() {
-        match field(&mut buf)? {
-            (1..=4, Wire::Len(s)) => utf8(s).map(drop)?,
-            (1..=4, _) => return Err("invalid wire type in EntityRef"),
-            (_, w) => w.skip_unknown()?,
-        }
-    }
-    Ok(())
-}
-
 fn check_scope(mut buf: &[u8]) -> Result<(), WireError> {
     while !buf.is_empty() {
         match field(&mut buf)? {
@@ -351,67 +199,6 @@ fn status(mut buf: &[u8]) -> Result<Option<i32>, WireError> {
         }
     }
     Ok(code)
-}
-
-fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError> {
-    depth_ok(depth)?;
-    let mut a = WireAttr {
-        key: "",
-        value: &[],
-        values: 0,
-        kv,
-    };
-    let mut buf = kv;
-    while !buf.is_empty() {
-        match field(&mut buf)? {
-            (1, Wire::Len(k)) => a.key = utf8(k)?,
-            (2, Wire::Len(v)) => {
-                any_value(v, depth + 1)?;
-                a.value = v;
-                a.values += 1;
-            }
-            (1 | 2, _) => return Err("invalid wire type in KeyValue"),
-            (_, w) => w.skip_unknown()?,
-        }
-    }
-    Ok(a)
-}
-
-fn any_value(mut buf: &[u8], depth: u32) -> Result<(), WireError> {
-    depth_ok(depth)?;
-    while !buf.is_empty() {
-        match field(&mut buf)? {
-            (1, Wire::Len(s)) => utf8(s).map(drop)?,
-            (2 | 3, Wire::Varint(_)) | (4, Wire::Fixed64(_)) | (7, Wire::Len(_)) => {}
-            (5, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in ArrayValue", |item, d| {
-                any_value(item, d)
-            })?,
-            (6, Wire::Len(list)) => repeated(list, depth + 1, "invalid wire type in KeyValueList", |item, d| {
-                key_value(item, d).map(drop)
-            })?,
-            (1..=7, _) => return Err("invalid wire type in AnyValue"),
-            (_, w) => w.skip_unknown()?,
-        }
-    }
-    Ok(())
-}
-
-/// `ArrayValue` or `KeyValueList`: field 1 repeated, each item checked by `item`.
-fn repeated(
-    mut list: &[u8],
-    depth: u32,
-    wrong_type: WireError,
-    item: impl Fn(&[u8], u32) -> Result<(), WireError>,
-) -> Result<(), WireError> {
-    depth_ok(depth)?;
-    while !list.is_empty() {
-        match field(&mut list)? {
-            (1, Wire::Len(i)) => item(i, depth + 1)?,
-            (1, _) => return Err(wrong_type),
-            (_, w) => w.skip_unknown()?,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

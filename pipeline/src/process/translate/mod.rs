@@ -24,7 +24,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
 
 #[cfg(test)]
@@ -32,14 +31,18 @@ use crate::model::Exemplar;
 use crate::model::{MetricKind, Signal, Temporality};
 use crate::receive::config::LimitsConfig;
 
+pub(crate) mod attrs;
 mod labels;
+mod layout;
 mod limits;
 mod names;
 mod points;
 mod samples;
 pub mod stats;
+mod wire;
 
 use crate::model::batch::{FamilyMeta, Label, LimitReason, Point, PointValue, Samples, Span};
+use attrs::Attr;
 pub(crate) use labels::write_any;
 use labels::{finish_labels, push_label, push_sanitized_label_name, push_str};
 use limits::{Limited, check_labels, label_name_too_long, preview, too_many_attributes};
@@ -47,7 +50,10 @@ pub use limits::{TRUNCATION_MARKER, truncate_value, truncated};
 pub use names::{prometheus_name, prometheus_unit};
 #[cfg(test)]
 use points::finite_bucket_range;
-use points::{PointCtx, exponential_point, histogram_point, number_point, summary_point};
+use points::{
+    ExpView, HistogramView, NumberView, PointCtx, SummaryView, exponential_point, histogram_point, number_point,
+    summary_point,
+};
 pub use stats::LimitStats;
 
 /// Configuration of the translation.
@@ -86,32 +92,57 @@ impl Translator {
 
     /// Translates a whole request. Invalid points are left out and counted in the outcome.
     pub fn translate(&self, req: ExportMetricsServiceRequest) -> Samples {
+        self.translate_with(req, Scratch::default())
+    }
+
+    /// [`Translator::translate`] sorting and sanitizing every point's labels afresh, without the
+    /// cached layout of the point before: the reference the cache is tested against.
+    #[cfg(test)]
+    pub(crate) fn translate_fresh(&self, req: ExportMetricsServiceRequest) -> Samples {
+        let scratch = Scratch {
+            fresh_layouts: true,
+            ..Scratch::default()
+        };
+        self.translate_with(req, scratch)
+    }
+
+    fn translate_with(&self, req: ExportMetricsServiceRequest, mut scratch: Scratch) -> Samples {
         let mut out = Samples::default();
-        let mut scratch = Scratch::default();
         for rm in req.resource_metrics {
             let attrs = rm.resource.map(|r| r.attributes).unwrap_or_default();
             let resource_labels = self.resource_labels(&attrs, &mut out);
             self.target_info(&attrs, &resource_labels, &mut out);
             for sm in rm.scope_metrics {
-                match scope_labels(&resource_labels, sm.scope, &sm.schema_url, &self.limits, &mut out) {
+                let scope = sm.scope.unwrap_or_default();
+                let view = ScopeView {
+                    name: &scope.name,
+                    version: &scope.version,
+                    schema_url: &sm.schema_url,
+                    attrs: &scope.attributes,
+                };
+                match scope_labels(&resource_labels, view, &self.limits, &mut out) {
                     Ok(scope_labels) => {
                         for m in sm.metrics {
                             translate_metric(m, &scope_labels, &self.limits, &mut out, &mut scratch);
                         }
                     }
-                    Err((reason, why)) => {
+                    Err(limited) => {
                         let n: u64 = sm
                             .metrics
                             .iter()
                             .filter_map(|m| m.data.as_ref())
                             .map(data_point_count)
                             .sum();
-                        out.limited.add(reason, n);
-                        out.outcome.reject(n, || why);
+                        reject_scope(limited, n, &mut out);
                     }
                 }
             }
         }
+        self.finish(out)
+    }
+
+    /// Counts what the limits changed, once per batch.
+    fn finish(&self, mut out: Samples) -> Samples {
         let cut = out.limited.get(LimitReason::LabelValueTruncated);
         if cut > 0 {
             let max = self.limits.max_label_value_length;
@@ -130,31 +161,31 @@ impl Translator {
     }
 
     /// `job`, `instance` and promoted attributes of a resource.
-    fn resource_labels(&self, attrs: &[KeyValue], out: &mut Samples) -> Vec<Label> {
+    fn resource_labels<A: Attr>(&self, attrs: &[A], out: &mut Samples) -> Vec<Label> {
         let mut labels = Vec::with_capacity(2 + self.promote.len());
-        let get = |k: &str| attrs.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.as_ref());
+        let get = |k: &str| attrs.iter().find(|kv| kv.attr_key() == k).filter(|kv| kv.has_value());
         let mut v = String::new();
         if let Some(name) = get(SERVICE_NAME) {
             if let Some(ns) = get(SERVICE_NAMESPACE) {
-                write_any(ns, &mut v);
+                ns.push_value(&mut v);
                 if !v.is_empty() {
                     v.push('/');
                 }
             }
-            write_any(name, &mut v);
+            name.push_value(&mut v);
             self.truncate(&mut v, out);
             labels.push(push_label(&mut out.text, "job", &v));
         }
         if let Some(id) = get(SERVICE_INSTANCE_ID) {
             v.clear();
-            write_any(id, &mut v);
+            id.push_value(&mut v);
             self.truncate(&mut v, out);
             labels.push(push_label(&mut out.text, "instance", &v));
         }
         for key in &self.promote {
             if let Some(val) = get(key) {
                 v.clear();
-                write_any(val, &mut v);
+                val.push_value(&mut v);
                 self.truncate(&mut v, out);
                 let name = push_sanitized_label_name(&mut out.text, key);
                 let value = push_str(&mut out.text, &v);
@@ -172,11 +203,11 @@ impl Translator {
     }
 
     /// One `target_info` point carrying every non-identifying resource attribute.
-    fn target_info(&self, attrs: &[KeyValue], resource_labels: &[Label], out: &mut Samples) {
+    fn target_info<A: Attr>(&self, attrs: &[A], resource_labels: &[Label], out: &mut Samples) {
         // Sorted by key, so attributes that collide after sanitizing join in key order.
-        let mut extra: Vec<&KeyValue> = attrs
+        let mut extra: Vec<&A> = attrs
             .iter()
-            .filter(|kv| !matches!(kv.key.as_str(), SERVICE_NAME | SERVICE_NAMESPACE | SERVICE_INSTANCE_ID))
+            .filter(|kv| !matches!(kv.attr_key(), SERVICE_NAME | SERVICE_NAMESPACE | SERVICE_INSTANCE_ID))
             .collect();
         if extra.is_empty() {
             return;
@@ -190,7 +221,7 @@ impl Translator {
             });
             return;
         }
-        extra.sort_by(|a, b| a.key.cmp(&b.key));
+        extra.sort_by(|a, b| a.attr_key().cmp(b.attr_key()));
         let family = family_index(
             out,
             FamilyMeta {
@@ -213,11 +244,9 @@ impl Translator {
         let mut truncations = 0;
         for kv in extra {
             v.clear();
-            if let Some(val) = &kv.value {
-                write_any(val, &mut v);
-            }
+            kv.push_value(&mut v);
             let truncated = truncate_value(&mut v, limits.max_label_value_length);
-            let name = push_sanitized_label_name(&mut out.text, &kv.key);
+            let name = push_sanitized_label_name(&mut out.text, kv.attr_key());
             let value = push_str(&mut out.text, &v);
             out.labels.push(Label { name, value });
             truncations += u64::from(truncated);
@@ -246,20 +275,18 @@ impl Translator {
 /// one `otel_scope_<key>` per scope attribute. Values are truncated to `max_label_value_length`;
 /// a scope with more than `max_attributes_per_point` attributes or a label name longer than
 /// `max_label_name_length` refuses all its points.
-fn scope_labels(
+fn scope_labels<A: Attr>(
     resource_labels: &[Label],
-    scope: Option<InstrumentationScope>,
-    schema_url: &str,
+    scope: ScopeView<'_, A>,
     limits: &LimitsConfig,
     out: &mut Samples,
 ) -> Result<Vec<Label>, Limited> {
-    let scope = scope.unwrap_or_default();
-    if scope.attributes.len() > limits.max_attributes_per_point {
-        let n = scope.attributes.len();
+    if scope.attrs.len() > limits.max_attributes_per_point {
+        let n = scope.attrs.len();
         return Err((
             LimitReason::TooManyAttributes,
             too_many_attributes(
-                &format!("scope `{}`", preview(&scope.name)),
+                &format!("scope `{}`", preview(scope.name)),
                 n,
                 limits.max_attributes_per_point,
             ),
@@ -269,9 +296,9 @@ fn scope_labels(
     let max = limits.max_label_value_length;
     let mut truncations = 0;
     for (name, value) in [
-        ("otel_scope_name", scope.name.as_str()),
-        ("otel_scope_version", &scope.version),
-        ("otel_scope_schema_url", schema_url),
+        ("otel_scope_name", scope.name),
+        ("otel_scope_version", scope.version),
+        ("otel_scope_schema_url", scope.schema_url),
     ] {
         if !value.is_empty() {
             let value = truncated(value, max);
@@ -281,15 +308,13 @@ fn scope_labels(
     }
     let mut v = String::new();
     let mut key = String::new();
-    for kv in &scope.attributes {
+    for kv in scope.attrs {
         v.clear();
-        if let Some(val) = &kv.value {
-            write_any(val, &mut v);
-        }
+        kv.push_value(&mut v);
         truncations += u64::from(truncate_value(&mut v, max));
         key.clear();
         key.push_str("otel_scope_");
-        key.push_str(&kv.key);
+        key.push_str(kv.attr_key());
         let name = push_sanitized_label_name(&mut out.text, &key);
         if name.len() > limits.max_label_name_length {
             return Err((
@@ -304,11 +329,28 @@ fn scope_labels(
     Ok(labels)
 }
 
+/// An instrumentation scope and its `ScopeMetrics.schema_url`, as translation reads them.
+struct ScopeView<'a, A> {
+    name: &'a str,
+    version: &'a str,
+    schema_url: &'a str,
+    attrs: &'a [A],
+}
+
+/// Rejects the `n` points of a scope whose labels a limit refused.
+fn reject_scope((reason, why): Limited, n: u64, out: &mut Samples) {
+    out.limited.add(reason, n);
+    out.outcome.reject(n, || why);
+}
+
 /// Reused per-request buffers.
 #[derive(Default)]
 struct Scratch {
     value: String,
     merged: String,
+    layout: layout::Layout,
+    /// Never reuse `layout` (tests).
+    fresh_layouts: bool,
 }
 
 fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {
@@ -323,77 +365,93 @@ fn translate_metric(
     out: &mut Samples,
     scratch: &mut Scratch,
 ) {
-    let Some(data) = m.data else {
-        out.outcome.reject(0, || format!("metric `{}` has no data", m.name));
-        return;
-    };
-    if m.name.is_empty() {
-        let n = data_point_count(&data);
-        out.outcome.reject(n, || "metric with an empty name".into());
-        return;
-    }
-    let kind = match &data {
+    let kind = m.data.as_ref().map(|data| match data {
         Data::Sum(s) if s.is_monotonic => MetricKind::Counter,
         Data::Sum(_) | Data::Gauge(_) => MetricKind::Gauge,
         Data::Histogram(_) | Data::ExponentialHistogram(_) => MetricKind::Histogram,
         Data::Summary(_) => MetricKind::Summary,
-    };
-    let (name, unit) = prometheus_name(&m.name, &m.unit, kind);
-    if name.len() > limits.max_metric_name_length {
-        let n = data_point_count(&data);
-        out.limited.add(LimitReason::MetricNameTooLong, n);
-        out.outcome.reject(n, || {
-            format!(
-                "metric `{}` ({} bytes as `{}`) has a name longer than receivers.otlp.limits.max_metric_name_length ({})",
-                preview(&m.name),
-                name.len(),
-                preview(&name),
-                limits.max_metric_name_length
-            )
-        });
+    });
+    let n = m.data.as_ref().map_or(0, data_point_count);
+    let Some(family) = metric_family(&m.name, &m.unit, m.description, kind, n, limits, out) else {
         return;
-    }
-    let mut help = m.description;
-    if truncate_value(&mut help, limits.max_label_value_length) {
-        out.limited.add(LimitReason::LabelValueTruncated, 1);
-    }
-    let family = family_index(out, FamilyMeta { name, kind, help, unit });
+    };
+    let Some(data) = m.data else { return };
     let ctx = PointCtx {
         family,
-        kind,
+        kind: kind.unwrap_or(MetricKind::Gauge),
         scope_labels,
         limits,
     };
     match data {
         Data::Gauge(g) => {
-            for dp in g.data_points {
-                number_point(&ctx, dp, Temporality::Cumulative, out, scratch);
+            for dp in &g.data_points {
+                number_point(&ctx, NumberView::of(dp), Temporality::Cumulative, out, scratch);
             }
         }
         Data::Sum(s) => {
             let t = temporality(s.aggregation_temporality);
-            for dp in s.data_points {
-                number_point(&ctx, dp, t, out, scratch);
+            for dp in &s.data_points {
+                number_point(&ctx, NumberView::of(dp), t, out, scratch);
             }
         }
         Data::Histogram(h) => {
             let t = temporality(h.aggregation_temporality);
-            for dp in h.data_points {
-                histogram_point(&ctx, dp, t, out, scratch);
+            for dp in &h.data_points {
+                histogram_point(&ctx, HistogramView::of(dp), t, out, scratch);
             }
         }
         Data::ExponentialHistogram(h) => {
             let t = temporality(h.aggregation_temporality);
-            for dp in h.data_points {
-                exponential_point(&ctx, dp, t, out, scratch);
+            for dp in &h.data_points {
+                exponential_point(&ctx, ExpView::of(dp), t, out, scratch);
             }
         }
         Data::Summary(s) => {
-            for dp in s.data_points {
-                summary_point(&ctx, dp, out, scratch);
+            for dp in &s.data_points {
+                summary_point(&ctx, SummaryView::of(dp), out, scratch);
             }
         }
     }
+}
+
+/// The family of a metric with `n` points and data of `kind` (`None`: no data), or `None` when
+/// the metric is refused (no data, an empty name, a name past its limit), counted in the outcome.
+fn metric_family(
+    raw_name: &str,
+    unit: &str,
+    description: String,
+    kind: Option<MetricKind>,
+    n: u64,
+    limits: &LimitsConfig,
+    out: &mut Samples,
+) -> Option<u32> {
+    let Some(kind) = kind else {
+        out.outcome.reject(0, || format!("metric `{raw_name}` has no data"));
+        return None;
+    };
+    if raw_name.is_empty() {
+        out.outcome.reject(n, || "metric with an empty name".into());
+        return None;
+    }
+    let (name, unit) = prometheus_name(raw_name, unit, kind);
+    if name.len() > limits.max_metric_name_length {
+        out.limited.add(LimitReason::MetricNameTooLong, n);
+        out.outcome.reject(n, || {
+            format!(
+                "metric `{}` ({} bytes as `{}`) has a name longer than receivers.otlp.limits.max_metric_name_length ({})",
+                preview(raw_name),
+                name.len(),
+                preview(&name),
+                limits.max_metric_name_length
+            )
+        });
+        return None;
+    }
+    let mut help = description;
+    if truncate_value(&mut help, limits.max_label_value_length) {
+        out.limited.add(LimitReason::LabelValueTruncated, 1);
+    }
+    Some(family_index(out, FamilyMeta { name, kind, help, unit }))
 }
 
 fn data_point_count(d: &Data) -> u64 {

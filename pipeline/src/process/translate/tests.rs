@@ -1243,3 +1243,17 @@ fn limits_are_counted_in_telemetry_once_per_batch() {
         "{text}"
     );
 }
+
+#[test]
+fn a_label_name_does_not_depend_on_the_value_before_it() {
+    // `.b` sanitizes to `_b`, also right after a value ending in `_` in the arena.
+    let req = bare(vec![metric(
+        "m",
+        "",
+        gauge(vec![num(1.0, &[("a", "v_"), (".b", "x")])]),
+    )]);
+    let out = Translator::default().translate(req);
+    let p = &out.points[0];
+    let names: Vec<&str> = out.point_labels(p).iter().map(|l| out.str(l.name)).collect();
+    assert_eq!(names, ["_b", "a"]);
+}

@@ -1,0 +1,388 @@
+//! The protobuf exposition: decoded with `io.prometheus.client` messages (prost derives of
+//! prometheus/client_model `metrics.proto`, test only), it says what the text formats say, an
+//! exponential histogram becomes the same native histogram whatever its buckets (property test),
+//! and the golden file pins the whole output.
+
+use proptest::prelude::*;
+use prost::Message;
+
+use super::*;
+use crate::expose::protobuf::{MAX_SCHEMA, Protobuf};
+use crate::model::MetricKind;
+use crate::model::exp::{Buckets, ExpHistogram};
+
+/// `io.prometheus.client` messages, as far as Spindle writes them.
+mod client_model {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub(super) name: String,
+        #[prost(string, tag = "2")]
+        pub(super) value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Gauge {
+        #[prost(double, tag = "1")]
+        pub(super) value: f64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Counter {
+        #[prost(double, tag = "1")]
+        pub(super) value: f64,
+        #[prost(message, optional, tag = "2")]
+        pub(super) exemplar: Option<Exemplar>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Quantile {
+        #[prost(double, tag = "1")]
+        pub(super) quantile: f64,
+        #[prost(double, tag = "2")]
+        pub(super) value: f64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Summary {
+        #[prost(uint64, tag = "1")]
+        pub(super) sample_count: u64,
+        #[prost(double, tag = "2")]
+        pub(super) sample_sum: f64,
+        #[prost(message, repeated, tag = "3")]
+        pub(super) quantile: Vec<Quantile>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Bucket {
+        #[prost(uint64, tag = "1")]
+        pub(super) cumulative_count: u64,
+        #[prost(double, tag = "2")]
+        pub(super) upper_bound: f64,
+        #[prost(message, optional, tag = "3")]
+        pub(super) exemplar: Option<Exemplar>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct BucketSpan {
+        #[prost(sint32, tag = "1")]
+        pub(super) offset: i32,
+        #[prost(uint32, tag = "2")]
+        pub(super) length: u32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Histogram {
+        #[prost(uint64, tag = "1")]
+        pub(super) sample_count: u64,
+        #[prost(double, tag = "2")]
+        pub(super) sample_sum: f64,
+        #[prost(message, repeated, tag = "3")]
+        pub(super) bucket: Vec<Bucket>,
+        #[prost(sint32, tag = "5")]
+        pub(super) schema: i32,
+        #[prost(double, tag = "6")]
+        pub(super) zero_threshold: f64,
+        #[prost(uint64, tag = "7")]
+        pub(super) zero_count: u64,
+        #[prost(message, repeated, tag = "9")]
+        pub(super) negative_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, tag = "10")]
+        pub(super) negative_delta: Vec<i64>,
+        #[prost(message, repeated, tag = "12")]
+        pub(super) positive_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, tag = "13")]
+        pub(super) positive_delta: Vec<i64>,
+        #[prost(message, repeated, tag = "16")]
+        pub(super) exemplars: Vec<Exemplar>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Timestamp {
+        #[prost(int64, tag = "1")]
+        pub(super) seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub(super) nanos: i32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Exemplar {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) label: Vec<LabelPair>,
+        #[prost(double, tag = "2")]
+        pub(super) value: f64,
+        #[prost(message, optional, tag = "3")]
+        pub(super) timestamp: Option<Timestamp>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Metric {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) label: Vec<LabelPair>,
+        #[prost(message, optional, tag = "2")]
+        pub(super) gauge: Option<Gauge>,
+        #[prost(message, optional, tag = "3")]
+        pub(super) counter: Option<Counter>,
+        #[prost(message, optional, tag = "4")]
+        pub(super) summary: Option<Summary>,
+        #[prost(message, optional, tag = "7")]
+        pub(super) histogram: Option<Histogram>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct MetricFamily {
+        #[prost(string, tag = "1")]
+        pub(super) name: String,
+        #[prost(string, tag = "2")]
+        pub(super) help: String,
+        #[prost(int32, tag = "3")]
+        pub(super) r#type: i32,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) metric: Vec<Metric>,
+        #[prost(string, tag = "5")]
+        pub(super) unit: String,
+    }
+}
+
+use client_model as cm;
+
+/// The delimited messages of a protobuf exposition.
+fn decode_all(mut buf: &[u8]) -> Vec<cm::MetricFamily> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(cm::MetricFamily::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
+    }
+    out
+}
+
+fn labels(m: &cm::Metric) -> Vec<(String, String)> {
+    m.label.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+}
+
+/// Absolute bucket index (Prometheus indexing) → count, from spans and deltas.
+fn expand(spans: &[cm::BucketSpan], deltas: &[i64]) -> BTreeMap<i32, u64> {
+    let mut out = BTreeMap::new();
+    let (mut index, mut count, mut d) = (0i32, 0i64, deltas.iter());
+    for (k, s) in spans.iter().enumerate() {
+        index += s.offset;
+        if k > 0 || s.length == 0 {
+            // Offsets after the first are gaps after the previous span.
+        }
+        for _ in 0..s.length {
+            count += d.next().expect("a delta per bucket");
+            assert!(count >= 0, "a negative bucket count");
+            if count > 0 {
+                out.insert(index, count as u64);
+            }
+            index += 1;
+        }
+    }
+    assert!(d.next().is_none(), "more deltas than buckets");
+    out
+}
+
+/// Index → count of one side of an exponential histogram, shifted to Prometheus indexing.
+fn absolute(b: &Buckets) -> BTreeMap<i32, u64> {
+    b.counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| (b.offset + i as i32 + 1, *c))
+        .collect()
+}
+
+fn native_of(h: &ExpHistogram) -> Option<cm::Histogram> {
+    let mut out = Vec::new();
+    let mut pb = Protobuf::new(&mut out);
+    pb.family(&walk::Family::own("h", MetricKind::Histogram, ""));
+    walk::series(
+        &mut pb,
+        "h",
+        MetricKind::Histogram,
+        b"",
+        &crate::store::SeriesValue::Exponential(Box::new(h.clone())),
+    );
+    pb.finish();
+    let families = decode_all(&out);
+    let hist = families[0].metric[0].histogram.clone().expect("a histogram");
+    (!hist.positive_span.is_empty() || !hist.negative_span.is_empty() || hist.zero_count > 0 || hist.sample_count == 0)
+        .then_some(hist)
+}
+
+fn buckets_strategy() -> impl Strategy<Value = Buckets> {
+    (
+        -300i32..300,
+        proptest::collection::vec(prop_oneof![3 => 0u64..1, 7 => 0u64..1000], 0..40),
+    )
+        .prop_map(|(offset, counts)| Buckets { offset, counts })
+}
+
+proptest! {
+    /// Any exponential histogram at a schema Prometheus holds comes out as the same native
+    /// histogram: every bucket's count at its index (shifted by one, as the two index the other
+    /// boundary), downscaled exactly when finer than schema 8; count, sum and zero bucket as they
+    /// are.
+    #[test]
+    fn native_histograms_round_trip(
+        scale in -4i32..=12,
+        positive in buckets_strategy(),
+        negative in buckets_strategy(),
+        zero_count in 0u64..50,
+        sum in 0.0f64..1e6,
+    ) {
+        let count = zero_count + positive.counts.iter().sum::<u64>() + negative.counts.iter().sum::<u64>();
+        let h = ExpHistogram {
+            scale,
+            count,
+            sum,
+            zero_count,
+            zero_threshold: 1e-9,
+            positive,
+            negative,
+            exemplars: Vec::new(),
+        };
+        let got = native_of(&h).expect("native");
+        let want = h.with_max_scale(MAX_SCHEMA);
+        prop_assert_eq!(got.schema, scale.min(MAX_SCHEMA));
+        prop_assert_eq!(got.sample_count, count);
+        prop_assert_eq!(got.sample_sum, sum);
+        prop_assert_eq!(got.zero_count, zero_count);
+        prop_assert_eq!(got.zero_threshold, 1e-9);
+        let classic: Vec<(f64, u64)> = got.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+        let want_classic: Vec<(f64, u64)> = h.classic_buckets().iter().map(|b| (b.0, b.1)).collect();
+        prop_assert_eq!(classic, want_classic, "the classic buckets go along");
+        prop_assert_eq!(expand(&got.positive_span, &got.positive_delta), absolute(&want.positive));
+        prop_assert_eq!(expand(&got.negative_span, &got.negative_delta), absolute(&want.negative));
+    }
+}
+
+#[test]
+fn a_scale_coarser_than_prometheus_holds_stays_classic() {
+    let h = ExpHistogram {
+        scale: -5,
+        count: 3,
+        sum: 10.0,
+        zero_count: 0,
+        zero_threshold: 0.0,
+        positive: Buckets {
+            offset: 0,
+            counts: vec![3],
+        },
+        negative: Buckets::default(),
+        exemplars: Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut pb = Protobuf::new(&mut out);
+    pb.family(&walk::Family::own("h", MetricKind::Histogram, ""));
+    walk::series(
+        &mut pb,
+        "h",
+        MetricKind::Histogram,
+        b"",
+        &crate::store::SeriesValue::Exponential(Box::new(h)),
+    );
+    pb.finish();
+    let hist = decode_all(&out)[0].metric[0].histogram.clone().unwrap();
+    assert!(hist.positive_span.is_empty());
+    assert_eq!(
+        hist.bucket.last().map(|b| (b.upper_bound, b.cumulative_count)),
+        Some((f64::INFINITY, 3))
+    );
+    assert_eq!(hist.sample_count, 3);
+}
+
+/// Every family of the golden store, decoded, against what the OpenMetrics exposition says:
+/// names (with `_total` and `_info`), types, help, units, label sets, values, exemplars, classic
+/// buckets (the `+Inf` one included), counts and sums; the exponential histogram as a native one
+/// with the same count and sum.
+#[test]
+fn protobuf_says_what_openmetrics_says() {
+    let store = golden_store();
+    let mut out = Vec::new();
+    render(&store, &Telemetry::default(), Format::Protobuf, &mut out);
+    let families = decode_all(&out);
+    let om = render_str(&store, Format::OpenMetrics);
+    let parsed = parse(&om, Dialect::OpenMetrics).expect("valid OpenMetrics");
+    let samples: Vec<&Sample> = parsed.iter().flat_map(|f| &f.samples).collect();
+    let find = |name: &str, labels: &[(String, String)]| -> Option<&Sample> {
+        let mut labels = labels.to_vec();
+        labels.sort();
+        samples.iter().copied().find(|s| {
+            let mut l: Vec<(String, String)> = s.labels.to_vec();
+            l.sort();
+            s.name == name && l == labels
+        })
+    };
+    let value_of = |name: &str, labels: &[(String, String)]| find(name, labels).map(|s| s.value);
+    let mut natives = 0;
+    for f in &families {
+        if f.name.starts_with("spindle_scrape_duration") {
+            continue;
+        }
+        for m in &f.metric {
+            let l = labels(m);
+            match f.r#type {
+                0 => {
+                    let c = m.counter.as_ref().expect("counter");
+                    assert_eq!(value_of(&f.name, &l), Some(c.value), "{} {l:?}", f.name);
+                }
+                1 => {
+                    let g = m.gauge.as_ref().expect("gauge");
+                    assert_eq!(value_of(&f.name, &l), Some(g.value), "{} {l:?}", f.name);
+                }
+                2 => {
+                    let s = m.summary.as_ref().expect("summary");
+                    assert_eq!(value_of(&format!("{}_count", f.name), &l), Some(s.sample_count as f64));
+                    assert_eq!(value_of(&format!("{}_sum", f.name), &l), Some(s.sample_sum));
+                    for q in &s.quantile {
+                        let mut lq = l.clone();
+                        lq.push(("quantile".into(), crate::expose::float::format_f64(q.quantile)));
+                        assert_eq!(value_of(&f.name, &lq), Some(q.value));
+                    }
+                }
+                4 => {
+                    let h = m.histogram.as_ref().expect("histogram");
+                    if !h.positive_span.is_empty() || !h.negative_span.is_empty() {
+                        natives += 1;
+                        assert!(!h.exemplars.is_empty(), "the native histogram keeps its exemplars");
+                    }
+                    for b in &h.bucket {
+                        let mut lb = l.clone();
+                        lb.push(("le".into(), crate::expose::float::format_f64(b.upper_bound)));
+                        assert_eq!(
+                            value_of(&format!("{}_bucket", f.name), &lb),
+                            Some(b.cumulative_count as f64),
+                            "{} {lb:?}",
+                            f.name
+                        );
+                        let om_ex = find(&format!("{}_bucket", f.name), &lb).and_then(|s| s.exemplar.clone());
+                        assert_eq!(om_ex.is_some(), b.exemplar.is_some(), "{} {lb:?}", f.name);
+                    }
+                    if let Some(count) = value_of(&format!("{}_count", f.name), &l) {
+                        assert_eq!(count, h.sample_count as f64);
+                        assert_eq!(value_of(&format!("{}_sum", f.name), &l), Some(h.sample_sum));
+                    } else {
+                        assert!(h.sample_sum.is_nan(), "no _sum in OpenMetrics, NaN here");
+                    }
+                }
+                t => panic!("type {t}"),
+            }
+        }
+    }
+    assert_eq!(natives, 1, "the one exponential histogram");
+}
+
+/// A readable dump of the decoded exposition, pinned by a golden file.
+#[test]
+fn golden_protobuf() {
+    let store = golden_store();
+    let mut out = Vec::new();
+    render(&store, &Telemetry::default(), Format::Protobuf, &mut out);
+    let mut dump = String::new();
+    for f in decode_all(&out) {
+        if f.name.starts_with("spindle_scrape_duration") {
+            continue;
+        }
+        dump.push_str(&format!(
+            "{} type={} unit={:?} help={:?}\n",
+            f.name, f.r#type, f.unit, f.help
+        ));
+        for m in &f.metric {
+            let rest = cm::Metric {
+                label: Vec::new(),
+                ..m.clone()
+            };
+            dump.push_str(&format!("  {:?} {:?}\n", labels(m), rest));
+        }
+    }
+    check_golden("exposition.protobuf.txt", &dump);
+}
