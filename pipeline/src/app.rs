@@ -136,6 +136,30 @@ fn server_tls(config: &TlsConfig, key: &'static str, alpn: &[&'static [u8]]) -> 
     ServerTls::new(config, key, alpn).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// The start-up warning for a listener reachable beyond this machine without TLS or without
+/// authentication (`None` on loopback, or with both): what it lacks and the keys that add it.
+fn exposure(what: &str, addr: SocketAddr, tls: bool, auth: bool) -> Option<String> {
+    if addr.ip().is_loopback() || (tls && auth) {
+        return None;
+    }
+    let lacks = match (tls, auth) {
+        (false, false) => "plaintext and open to anyone who can reach it",
+        (false, true) => "plaintext: its credentials and data cross the network unencrypted",
+        _ => "open to anyone who can reach it (no authentication)",
+    };
+    let keys = match (what.starts_with("receivers"), tls, auth) {
+        (true, false, false) => "set receivers.otlp.tls and receivers.otlp.auth",
+        (true, false, true) => "set receivers.otlp.tls",
+        (true, _, _) => "set receivers.otlp.auth",
+        (false, false, false) => "set prometheus.tls and prometheus.auth",
+        (false, false, true) => "set prometheus.tls",
+        (false, _, _) => "set prometheus.auth",
+    };
+    Some(format!(
+        "{what} listens on {addr}, beyond this machine, {lacks}; {keys} (README, \"Security\")"
+    ))
+}
+
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -364,6 +388,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(tls = otlp_tls, %grpc_addr, "OTLP/gRPC receiver listening");
     tracing::info!(tls = otlp_tls, %http_addr, "OTLP/HTTP receiver listening");
     tracing::info!(tls = prom_tls, %prometheus_addr, "Prometheus endpoint listening on /metrics");
+    let (otlp_auth, prom_auth) = (otlp.auth.bearer_tokens_file.is_some(), config.prometheus.auth.enabled());
+    for (what, addr, tls, auth) in [
+        ("receivers.otlp.grpc", grpc_addr, otlp_tls, otlp_auth),
+        ("receivers.otlp.http", http_addr, otlp_tls, otlp_auth),
+        ("prometheus", prometheus_addr, prom_tls, prom_auth),
+    ] {
+        if let Some(warning) = exposure(what, addr, tls, auth) {
+            tracing::warn!("{warning}");
+        }
+    }
     Ok(Running {
         grpc_addr,
         http_addr,
@@ -462,5 +496,30 @@ impl Running {
         };
         let rest = self.rest.stop(Duration::from_secs(5), "Prometheus endpoint").await;
         receivers.and(exporter).and(remote_write).and(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure;
+
+    #[test]
+    fn only_a_listener_beyond_loopback_without_tls_or_auth_is_warned_about() {
+        let any = "0.0.0.0:4317".parse().unwrap();
+        let lo = "127.0.0.1:4317".parse().unwrap();
+        assert_eq!(exposure("receivers.otlp.grpc", lo, false, false), None);
+        assert_eq!(exposure("receivers.otlp.grpc", any, true, true), None);
+        let w = exposure("receivers.otlp.grpc", any, false, false).unwrap();
+        assert!(
+            w.contains("plaintext and open") && w.contains("receivers.otlp.tls and receivers.otlp.auth"),
+            "{w}"
+        );
+        let w = exposure("prometheus", "[::]:9464".parse().unwrap(), true, false).unwrap();
+        assert!(
+            w.contains("no authentication") && w.ends_with("set prometheus.auth (README, \"Security\")"),
+            "{w}"
+        );
+        let w = exposure("prometheus", any, false, true).unwrap();
+        assert!(w.contains("unencrypted") && w.contains("set prometheus.tls "), "{w}");
     }
 }
