@@ -1,9 +1,11 @@
 //! The `spindle` binary: `validate`, `print-config`, and a real run that logs its addresses and
 //! stops cleanly on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
 
@@ -133,20 +135,8 @@ fn runs_logs_its_addresses_and_stops_on_sigterm() {
             }
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "exit status {st}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "spindle did not stop within 15 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (st, _) = common::sigterm_and_wait(&mut child, Duration::from_secs(15));
+    assert!(st.success(), "exit status {st}");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! errors, its logs at `trace` level while both exporters send and are retried, `/metrics` and
 //! `/api/v1/cardinality` — contains any of them, while the backend does receive them.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -222,16 +224,7 @@ fn logs_at_trace_level_and_the_http_endpoints_show_no_secret_while_exporters_sen
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert_no_secret(path, &answer);
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "spindle did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::sigterm_and_wait(&mut child, Duration::from_secs(15));
     let text = std::fs::read_to_string(&log).unwrap();
     // The log is the trace-level one, with the exporters' retries in it.
     assert!(text.contains("TRACE"), "not a trace-level log");

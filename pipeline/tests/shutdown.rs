@@ -109,23 +109,8 @@ fn sigterm_with_the_backend_down_exits_within_shutdown_timeout_and_logs_the_drop
     });
     drop(rt);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let t = Instant::now();
-    let exit = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "spindle did not exit within shutdown_timeout (1s) + 2s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = t.elapsed();
+    // shutdown_timeout (1s) + 2s.
+    let (exit, took) = common::sigterm_and_wait(&mut child, Duration::from_secs(3));
     assert!(exit.success(), "exit status {exit}");
     reader.join().unwrap();
     log.extend(lines.try_iter());

@@ -21,6 +21,7 @@ use crate::model::exp::{Buckets, ExpHistogram};
 use crate::model::{Exemplar, MetricKind};
 use crate::store;
 use crate::util::hex;
+use crate::util::labels::unescape_label_value;
 
 /// The `Content-Type` of protobuf responses, exact and complete, as Prometheus 3 parses it.
 pub const CONTENT_TYPE: &str =
@@ -125,7 +126,8 @@ impl<'o> Protobuf<'o> {
         m.clear();
         for (name, value) in store::label_pairs(&s.labels) {
             if value.contains(&b'\\') {
-                unescape(value, &mut self.leaf);
+                self.leaf.clear();
+                unescape_label_value(value, &mut self.leaf);
                 label_pair(1, name, &self.leaf, m);
             } else {
                 label_pair(1, name, value, m);
@@ -141,7 +143,7 @@ impl<'o> Protobuf<'o> {
             MetricKind::Counter => {
                 double(1, s.value.unwrap_or(0.0), inner);
                 if let Some(e) = &s.exemplar {
-                    exemplar(2, e, inner, &mut self.leaf);
+                    exemplar(2, e, inner);
                 }
                 message(3, inner, m);
             }
@@ -266,15 +268,14 @@ fn classic_histogram(s: &Series, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
 
 /// Cumulative `Bucket`s (field 3), each with its exemplar.
 fn classic_buckets(buckets: &[(f64, u64, Option<Exemplar>)], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-    let mut bucket = Vec::new();
     for (le, count, e) in buckets {
-        bucket.clear();
-        uint64(1, *count, &mut bucket);
-        double(2, *le, &mut bucket);
+        scratch.clear();
+        uint64(1, *count, scratch);
+        double(2, *le, scratch);
         if let Some(e) = e {
-            exemplar(3, e, &mut bucket, scratch);
+            exemplar(3, e, scratch);
         }
-        message(3, &bucket, out);
+        message(3, scratch, out);
     }
 }
 
@@ -298,7 +299,7 @@ fn native_histogram(
     side(&h.positive, 12, 13, out, scratch);
     // At most one per bucket (the zero bucket's included), each within its bucket.
     for (_, e) in &h.exemplars {
-        exemplar(16, e, out, scratch);
+        exemplar(16, e, out);
     }
 }
 
@@ -365,7 +366,7 @@ fn zigzag(v: i64) -> u64 {
 
 /// An `Exemplar` as field `tag`: `trace_id` and `span_id` labels, value and timestamp; written
 /// in place (its length is known from its parts).
-fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>, _scratch: &mut Vec<u8>) {
+fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>) {
     let mut trace = [0u8; 32];
     for (i, b) in e.trace_id.iter().enumerate() {
         trace[2 * i..2 * i + 2].copy_from_slice(&hex::pair(*b));
@@ -411,23 +412,6 @@ fn label_pair(tag: u32, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     encode_varint(inner as u64, out);
     bytes_field(1, name, out);
     bytes_field(2, value, out);
-}
-
-/// A rendered label value with its escapes (`\\`, `\"`, `\n`) undone, into `out`.
-fn unescape(value: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let mut it = value.iter();
-    while let Some(&c) = it.next() {
-        if c == b'\\' {
-            match it.next() {
-                Some(b'n') => out.push(b'\n'),
-                Some(&other) => out.push(other),
-                None => out.push(c),
-            }
-        } else {
-            out.push(c);
-        }
-    }
 }
 
 /// A nested message (or packed field) `body` as field `tag`.

@@ -152,11 +152,9 @@ fn labels(m: &cm::Metric) -> Vec<(String, String)> {
 fn expand(spans: &[cm::BucketSpan], deltas: &[i64]) -> BTreeMap<i32, u64> {
     let mut out = BTreeMap::new();
     let (mut index, mut count, mut d) = (0i32, 0i64, deltas.iter());
-    for (k, s) in spans.iter().enumerate() {
+    for s in spans {
+        // The first offset is an index, each later one the gap after the previous span.
         index += s.offset;
-        if k > 0 || s.length == 0 {
-            // Offsets after the first are gaps after the previous span.
-        }
         for _ in 0..s.length {
             count += d.next().expect("a delta per bucket");
             assert!(count >= 0, "a negative bucket count");

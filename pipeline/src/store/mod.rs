@@ -17,7 +17,7 @@ use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
 use crate::model::batch::{FamilyMeta, Label, Point, PointValue, Samples};
 use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
-use crate::util::labels::render_label_pairs;
+use crate::util::labels::{render_label_pairs, unescape_label_value};
 
 /// Exponential histogram state, shared vocabulary in [`crate::model::exp`]; re-exported where the
 /// store's series hold it.
@@ -437,25 +437,17 @@ pub fn parse_labels(rendered: &[u8]) -> Option<Vec<(String, String)>> {
         let eq = rest.iter().position(|&c| c == b'=')?;
         let name = std::str::from_utf8(&rest[..eq]).ok()?;
         rest = rest[eq + 1..].strip_prefix(b"\"")?;
-        let mut value = Vec::new();
         let mut i = 0;
         loop {
             match *rest.get(i)? {
                 b'"' => break,
-                b'\\' => {
-                    value.push(match *rest.get(i + 1)? {
-                        b'\\' => b'\\',
-                        b'"' => b'"',
-                        b'n' => b'\n',
-                        _ => return None,
-                    });
-                    i += 2;
-                }
-                c => {
-                    value.push(c);
-                    i += 1;
-                }
+                b'\\' => i += 2,
+                _ => i += 1,
             }
+        }
+        let mut value = Vec::with_capacity(i);
+        if !unescape_label_value(&rest[..i], &mut value) {
+            return None;
         }
         out.push((name.to_owned(), String::from_utf8(value).ok()?));
         rest = &rest[i + 1..];

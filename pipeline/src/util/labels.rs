@@ -65,6 +65,25 @@ pub fn render_label_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)
     }
 }
 
+/// Appends `escaped` with [`escape_label_value`]'s escapes undone (`\\\\` → `\\`, `\\"` → `"`,
+/// `\\n` → newline); `false` (with `out` partly written) on any other escape.
+pub fn unescape_label_value(escaped: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut it = escaped.iter();
+    while let Some(&c) = it.next() {
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'"') => out.push(b'"'),
+            Some(b'n') => out.push(b'\n'),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Escapes a label value for both exposition formats: `\` → `\\`, `"` → `\"`, newline → `\n`.
 pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
     let b = v.as_bytes();

@@ -61,3 +61,30 @@ pub async fn hanging_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     });
     (addr, accepted)
 }
+
+/// Sends SIGTERM to `child` and waits for it to exit, for at most `within`; returns its exit
+/// status and how long it took.
+///
+/// # Panics
+/// When `kill` fails or the process is still running after `within`.
+pub fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> (std::process::ExitStatus, std::time::Duration) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < within,
+            "spindle did not exit within {within:?} of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -59,11 +59,6 @@ impl BodyCompression {
         }
     }
 
-    /// Appends the chunks, compressed as one stream, to `out`.
-    fn compress_into(self, body: &[Bytes], out: &mut Vec<u8>) -> std::io::Result<()> {
-        self.compress_to(body, out)
-    }
-
     /// Writes the chunks, compressed as one stream, to `out`.
     fn compress_to(self, body: &[Bytes], mut out: impl std::io::Write) -> std::io::Result<()> {
         use std::io::Write;
@@ -310,7 +305,7 @@ impl Client {
                 let payload = match compression.name() {
                     Some(name) => {
                         let mut out = Vec::with_capacity(body.iter().map(Bytes::len).sum::<usize>() / 4);
-                        if let Err(e) = compression.compress_into(body, &mut out) {
+                        if let Err(e) = compression.compress_to(body, &mut out) {
                             return Err(AttemptError::Permanent(format!("{name}: {e}")));
                         }
                         rb = rb.header(http::header::CONTENT_ENCODING, name);
@@ -570,16 +565,16 @@ mod tests {
         assert_eq!(join(&chunks), Bytes::from_static(b"abc"));
         for level in [1, 9] {
             let mut gz = Vec::new();
-            BodyCompression::Gzip(level).compress_into(&chunks, &mut gz).unwrap();
+            BodyCompression::Gzip(level).compress_to(&chunks, &mut gz).unwrap();
             let mut raw = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
             assert_eq!(raw, b"abc");
             let mut zs = Vec::new();
-            BodyCompression::Zstd(level).compress_into(&chunks, &mut zs).unwrap();
+            BodyCompression::Zstd(level).compress_to(&chunks, &mut zs).unwrap();
             assert_eq!(zstd::decode_all(&zs[..]).unwrap(), b"abc");
         }
         let mut plain = Vec::new();
-        BodyCompression::None.compress_into(&chunks, &mut plain).unwrap();
+        BodyCompression::None.compress_to(&chunks, &mut plain).unwrap();
         assert_eq!(plain, b"abc");
     }
 }
