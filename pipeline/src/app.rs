@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DurationStr};
 use crate::export::remote_write;
+use crate::export::sender::DiskPlace;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::auth::{self, ScrapeAuth};
 use crate::expose::routes::{self, ExposeState};
@@ -25,6 +26,7 @@ use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::{Shared, grpc, http};
 use crate::server::{self, ConnectionStats, ListenerKind, ServerTls, TlsConfig};
+use crate::storage::Storage;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::util::redact;
@@ -54,6 +56,8 @@ pub struct Running {
     exporter: Option<(Stage, Duration, TraceExporter)>,
     remote_write: Option<(Stage, Duration)>,
     rest: Stage,
+    /// `storage.path`, locked while Spindle runs.
+    storage: Option<Storage>,
 }
 
 /// A group of tasks stopped together, in shutdown order.
@@ -177,6 +181,13 @@ fn sweep_interval(ttl: Duration) -> Duration {
 /// When a listener cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let telemetry = Arc::new(Telemetry::default());
+    let storage = Storage::open(&config.storage)?;
+    let disk = |name: &str| {
+        storage.as_ref().map(|s| DiskPlace {
+            dir: s.queue_dir(name),
+            max_bytes: s.queue_max_bytes(),
+        })
+    };
     let reserved = Telemetry::reserved_names();
     let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
     let store = Arc::new(Store::new(
@@ -206,7 +217,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 write_metrics(&st, Some(&lim), exemplars, false);
             });
             let stats = telemetry.traces.clone();
-            let (exporter, handle) = traces::spawn(ex, endpoint, stats, on_forwarded, stage.token.clone())
+            let (exporter, handle) = traces::spawn(
+                ex,
+                endpoint,
+                stats,
+                on_forwarded,
+                stage.token.clone(),
+                disk("traces").as_ref(),
+            )
                 .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
             stage
                 .tasks
@@ -258,7 +276,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(endpoint) => {
             let mut stage = Stage::new();
             let stats = telemetry.remote_write.clone();
-            let handle = remote_write::spawn(rw, endpoint, store.clone(), stats, stage.token.clone())
+            let handle = remote_write::spawn(
+                rw,
+                endpoint,
+                store.clone(),
+                stats,
+                stage.token.clone(),
+                disk("remote_write").as_ref(),
+            )
                 .context("cannot build the remote-write exporter (`exporters.remote_write`)")?;
             stage
                 .tasks
@@ -410,6 +435,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         exporter: exporter_stage,
         remote_write: remote_write_stage,
         rest,
+        storage,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod model;
 pub mod process;
 pub mod receive;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 /// Builders for tests and benches: OTLP requests and a Spindle on port 0.

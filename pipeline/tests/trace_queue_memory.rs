@@ -100,6 +100,7 @@ async fn the_queue_bound_counts_the_memory_queued_spans_hold() {
         telemetry.clone(),
         Box::new(|_| {}),
         drain.clone(),
+        None,
     )
     .unwrap();
     // Encoded requests are built beforehand: only their decoded and queued forms are measured.

@@ -32,6 +32,7 @@ pub use crate::process::enrich::config::{
     CatalogConfig, CatalogFormat, EnrichConfig, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
 pub use crate::process::span_metrics::config::{Dimension, SpanKindName, SpanMetricsConfig};
+pub use crate::storage::config::StorageConfig;
 pub use crate::receive::config::{
     GrpcListenerConfig, HttpListenerConfig, LimitsConfig, OtlpReceiverConfig, ReceiversConfig,
 };
@@ -54,6 +55,8 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// Where data is forwarded.
     pub exporters: ExportersConfig,
+    /// Where what must outlive the process is kept (disk queues, metric state).
+    pub storage: StorageConfig,
 }
 
 /// `processors`.
@@ -266,6 +269,7 @@ impl Config {
         out.extend(self.exporters.traces.validate());
         out.extend(self.trace_queue_problem());
         out.extend(self.exporters.remote_write.validate());
+        out.extend(self.storage.validate());
         out
     }
 

@@ -3,7 +3,11 @@
 //! Every module may import from here; this module imports from none of them.
 
 pub mod batch;
+pub mod codec;
+pub mod durable;
 pub mod exp;
+
+pub use durable::{Durable, NotDurable, Synced};
 
 /// The kind of telemetry in a request (in config: `metrics`, `traces`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -53,6 +57,9 @@ pub struct Outcome {
     pub rejected: u64,
     /// A human-readable summary of why items were rejected (empty when none were).
     pub message: String,
+    /// When the accepted items went to a durable queue: the write to await before the sender is
+    /// told they were accepted (`None`: they are already where they go).
+    pub durable: Option<Durable>,
 }
 
 impl Outcome {

@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::export::sender::PushError;
+use crate::model::Durable;
 use crate::export::traces::TraceExporter;
 use crate::model::Outcome;
 use crate::model::batch::Samples;
@@ -137,7 +138,7 @@ impl Consumer for Pipeline {
             .filter(|sm| sm.enabled())
             .map(|sm| sm.process(&req));
         let accepted = out.accepted;
-        self.forward(metrics, |exporter, exemplars| {
+        out.durable = self.forward(metrics, |exporter, exemplars| {
             exporter.try_enqueue(req, accepted, exemplars)
         })?;
         Ok(out)
@@ -167,11 +168,12 @@ impl Consumer for Pipeline {
             }
             _ => return self.consume_traces(decode(&body, Encoding::Protobuf)?),
         };
-        self.forward(metrics, |exporter, exemplars| {
+        let durable = self.forward(metrics, |exporter, exemplars| {
             exporter.try_enqueue_encoded(body, accepted, exemplars)
         })?;
         Ok(Outcome {
             accepted,
+            durable,
             ..Outcome::default()
         })
     }
@@ -182,23 +184,22 @@ impl Pipeline {
     /// and writes its span metrics: the counts now, the exemplars once the spans are forwarded (or
     /// now, when there is no backend).
     ///
+    /// Returns the durable queue's write the receiver awaits before answering, if any.
+    ///
     /// # Errors
     /// [`Refusal::Overloaded`] when the exporter's queue refuses; nothing was counted then.
     fn forward(
         &self,
         metrics: Option<SpanMetricsBatch>,
-        enqueue: impl FnOnce(&TraceExporter, Samples) -> Result<(), PushError>,
-    ) -> Result<(), Refusal> {
+        enqueue: impl FnOnce(&TraceExporter, Samples) -> Result<Option<Durable>, PushError>,
+    ) -> Result<Option<Durable>, Refusal> {
         let (counts, exemplars) = metrics.map(|m| (m.counts, m.exemplars)).unzip();
-        let exemplars = match &self.exporter {
+        let (exemplars, durable) = match &self.exporter {
             // Queue first: when the queue refuses, nothing has been counted and the client retries
             // (`receive::status` maps the queue's full / closed to "overloaded").
-            Some(exporter) => {
-                enqueue(exporter, exemplars.unwrap_or_default()).map_err(Refusal::from)?;
-                None
-            }
+            Some(exporter) => (None, enqueue(exporter, exemplars.unwrap_or_default()).map_err(Refusal::from)?),
             // No backend: exemplars name spans Spindle received.
-            None => exemplars,
+            None => (exemplars, None),
         };
         if let Some(c) = counts {
             self.write(c, true);
@@ -207,7 +208,7 @@ impl Pipeline {
         if let Some(e) = exemplars {
             self.write(e, false);
         }
-        Ok(())
+        Ok(durable)
     }
 }
 

@@ -132,6 +132,7 @@ impl<C: Consumer, R: GrpcExport> tonic::server::UnaryService<Bytes> for Unary<C,
             let body = request.into_inner();
             shared
                 .export_as::<R>(body, Encoding::Protobuf, Protocol::Grpc, &scope)
+                .await
                 .map(tonic::Response::new)
                 .map_err(|r| r.grpc_status())
         })

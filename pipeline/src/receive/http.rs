@@ -72,7 +72,7 @@ async fn handle<C: Consumer, R: Export>(s: &Shared<C>, headers: &HeaderMap, body
         Ok(b) => b,
         Err(e) => return refuse(s, signal, encoding, Refusal::Decode(e)),
     };
-    match s.export_as::<R>(body, encoding, Protocol::Http, &scope) {
+    match s.export_as::<R>(body, encoding, Protocol::Http, &scope).await {
         Ok(resp) => encode(StatusCode::OK, encoding, &resp),
         // Already counted by `Shared`.
         Err(r) => error_response(encoding, &r),
@@ -188,6 +188,7 @@ mod tests {
         // The same refusal over gRPC carries RetryInfo.
         let err = shared
             .export::<ExportMetricsServiceRequest>(body.clone(), Encoding::Protobuf, Protocol::Grpc)
+            .await
             .unwrap_err();
         assert_eq!(err.grpc_status().code(), tonic::Code::ResourceExhausted);
         use tonic_types::StatusExt;

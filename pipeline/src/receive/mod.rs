@@ -217,31 +217,42 @@ impl<C: Consumer> Shared<C> {
     ///
     /// # Errors
     /// A [`Refusal`] when the request is refused as a whole.
-    pub fn export<R: Export>(
+    pub async fn export<R: Export>(
         &self,
         body: Bytes,
         encoding: Encoding,
         protocol: Protocol,
     ) -> Result<R::Response, Refusal> {
-        self.export_as::<R>(body, encoding, protocol, &Scope::Any)
+        self.export_as::<R>(body, encoding, protocol, &Scope::Any).await
     }
 
     /// [`Shared::export`] for a token of `scope` (from [`Shared::authenticate`]): a token limited
     /// to some services writes only their resources; the rest are rejected in `partial_success`,
     /// or the request is refused as [`Refusal::PermissionDenied`] when nothing is left.
     ///
+    /// With a durable export queue, the answer waits until the accepted items are on disk
+    /// (`Outcome::durable`); a failed flush refuses the request as overloaded, so the sender
+    /// retries (its items may then arrive twice: at least once).
+    ///
     /// # Errors
     /// A [`Refusal`] when the request is refused as a whole.
-    pub fn export_as<R: Export>(
+    pub async fn export_as<R: Export>(
         &self,
         body: Bytes,
         encoding: Encoding,
         protocol: Protocol,
         scope: &Scope,
     ) -> Result<R::Response, Refusal> {
-        let out = self
+        let mut out = self
             .export_inner::<R>(body, encoding, scope)
             .inspect_err(|r| self.refused(R::SIGNAL, protocol, r))?;
+        if let Some(d) = out.durable.take()
+            && d.wait().await.is_err()
+        {
+            let r = Refusal::Overloaded("the export queue could not write to disk");
+            self.refused(R::SIGNAL, protocol, &r);
+            return Err(r);
+        }
         self.stats.received(R::SIGNAL, protocol, out.accepted, out.rejected);
         Ok(R::respond(out))
     }

@@ -41,6 +41,7 @@ impl From<PushError> for Refusal {
         match e {
             PushError::Full => Refusal::Overloaded("trace export queue is full"),
             PushError::Closed => Refusal::Overloaded("trace exporter is shutting down"),
+            PushError::Unwritable => Refusal::Overloaded("trace export queue cannot write to disk"),
         }
     }
 }
@@ -221,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_refusing_export_queue_is_overloaded_and_retryable() {
-        for e in [PushError::Full, PushError::Closed] {
+        for e in [PushError::Full, PushError::Closed, PushError::Unwritable] {
             let r = Refusal::from(e);
             assert!(matches!(r, Refusal::Overloaded(_)), "{r:?}");
             assert!(r.retryable());

@@ -31,8 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use super::sender::{
-    Answers, BodyCompression, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, Queue, Shutdown,
-    Transport, Worker,
+    Answers, BodyCompression, BuildError, Client, ClientConfig, DiskPlace, Hooks, Payload, Persist, Queue, Shutdown,
+    Transport, Worker, open_queue,
 };
 use super::stats::{ExporterStats, RemoteWriteDropReason};
 use crate::store::Store;
@@ -48,6 +48,22 @@ struct Sidecar {
     snapshot: u64,
     /// Exemplars it carries (counted once sent).
     exemplars: u64,
+}
+
+/// Kept on disk beside a queued request: 16 bytes.
+impl Persist for Sidecar {
+    fn persist(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.snapshot.to_le_bytes());
+        out.extend_from_slice(&self.exemplars.to_le_bytes());
+    }
+
+    fn restore(bytes: &[u8]) -> Option<Self> {
+        let (a, b) = bytes.split_at_checked(8)?;
+        Some(Self {
+            snapshot: u64::from_le_bytes(a.try_into().ok()?),
+            exemplars: u64::from_le_bytes(b.try_into().ok()?),
+        })
+    }
 }
 
 /// Appends the requests of snapshot `id`. When one does not fit, the oldest queued snapshot's
@@ -76,16 +92,18 @@ fn push_snapshot(queue: &dyn Queue<Sidecar>, id: u64, reqs: Vec<Encoded>) -> u64
 }
 
 /// Builds the exporter and spawns it: a snapshot every `interval` until `drain` is cancelled,
-/// then a last snapshot and a flush of at most `shutdown_timeout`.
+/// then a last snapshot and a flush of at most `shutdown_timeout`. With `disk`, queued requests
+/// are kept there and survive a restart.
 ///
 /// # Errors
-/// [`BuildError`] when the endpoint or headers are unusable.
+/// [`BuildError`] when the endpoint or headers are unusable, or the disk queue cannot be opened.
 pub fn spawn(
     config: &RemoteWriteConfig,
     endpoint: &str,
     store: Arc<Store>,
     stats: impl Into<ExporterStats<RemoteWriteDropReason>>,
     drain: CancellationToken,
+    disk: Option<&DiskPlace>,
 ) -> Result<tokio::task::JoinHandle<()>, BuildError> {
     let client = Client::new(&ClientConfig {
         endpoint,
@@ -104,8 +122,9 @@ pub fn spawn(
         compression: BodyCompression::None,
         answers: ANSWERS,
     })?;
-    let queue: Arc<dyn Queue<Sidecar>> = Arc::new(MemoryQueue::new(config.queue_max_bytes.0));
     let stats = stats.into();
+    let queue: Arc<dyn Queue<Sidecar>> =
+        open_queue(config.queue_max_bytes.0, disk, "remote_write", stats.disk())?;
     stats.queue(0, queue.capacity());
     // The input ends once the last snapshot is queued.
     let last_queued = CancellationToken::new();

@@ -14,6 +14,7 @@ use prost::Message;
 use super::convert::{Batcher, Converter, Encoded};
 use super::proto::{Label, MetricType, Sample, TimeSeries, WriteRequest};
 use super::*;
+use crate::export::sender::MemoryQueue;
 use crate::model::Format;
 use crate::process::translate::Translator;
 use crate::testing::{self, kv};

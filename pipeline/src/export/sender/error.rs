@@ -18,6 +18,9 @@ pub enum BuildError {
     /// A header name or value is not valid.
     #[error("invalid header `{0}`")]
     Header(String),
+    /// The disk queue's directory cannot be opened or read.
+    #[error("cannot open the disk queue in `{0}`: {1}")]
+    Queue(String, String),
 }
 
 /// Why a queue refused a payload; nothing was queued. Receivers answer both as "overloaded"
@@ -33,6 +36,9 @@ pub enum PushError {
     /// The exporter has shut down: the queue accepts nothing any more.
     #[error("the exporter is shutting down")]
     Closed,
+    /// A durable queue could not write the payload to disk (disk full, I/O error).
+    #[error("the export queue cannot write to disk")]
+    Unwritable,
 }
 
 /// Why one attempt at sending a batch did not deliver it.

@@ -8,9 +8,10 @@
 //! ([`Queue::nack`]: to be sent again, e.g. at shutdown).
 //!
 //! [`Queue`] is the interface the sender and the exporters use; [`MemoryQueue`] is the in-memory
-//! implementation. A disk-backed queue implements the same trait, so it replaces the memory one
-//! without touching the exporters: it would store the bodies, keep unacknowledged batches across
-//! a restart, and return 0 from [`Queue::close`] (nothing it holds is lost).
+//! implementation, and `disk::DiskQueue` the durable one (`storage.path`): it stores the bodies
+//! and their sidecars ([`Persist`]), hands back from [`Queue::push`] the write to await before
+//! acknowledging, keeps unacknowledged batches across a restart, and returns 0 from
+//! [`Queue::close`] (nothing it holds is lost).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -20,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::error::PushError;
+use crate::model::Durable;
 
 /// One queued request: its encoded body, its item count and its sidecar.
 #[derive(Debug)]
@@ -60,6 +62,17 @@ pub struct Batch<S> {
     pub payloads: Vec<Payload<S>>,
     /// What acknowledges them.
     pub ticket: Ticket,
+    /// Items among them that were handed to a sender before a restart (a durable queue's
+    /// at-least-once delivery): they may reach the peer a second time.
+    pub resent: u64,
+}
+
+/// A sidecar a durable queue can store beside its body, and read back after a restart.
+pub trait Persist: Sized {
+    /// Appends its encoding to `out`.
+    fn persist(&self, out: &mut Vec<u8>);
+    /// Reads it back; `None` when the bytes are not an encoding of it.
+    fn restore(bytes: &[u8]) -> Option<Self>;
 }
 
 impl<S> Batch<S> {
@@ -72,12 +85,13 @@ impl<S> Batch<S> {
 /// A bounded queue of encoded payloads, shared by the producer (receivers, snapshots) and one
 /// sender. Every method is cheap and never blocks on I/O of the peer.
 pub trait Queue<S>: Send + Sync + fmt::Debug {
-    /// Appends a payload.
+    /// Appends a payload. A durable queue hands back the write to await before the payload's
+    /// sender may be told it was accepted; a memory queue hands back `None`.
     ///
     /// # Errors
     /// [`PushError::Full`] when it does not fit the bound, [`PushError::Closed`] once the queue is
-    /// closed; nothing was queued.
-    fn push(&self, payload: Payload<S>) -> Result<(), PushError>;
+    /// closed, [`PushError::Unwritable`] when a durable queue cannot write; nothing was queued.
+    fn push(&self, payload: Payload<S>) -> Result<Option<Durable>, PushError>;
 
     /// For lossy producers: evicts the oldest queued payloads (never one in flight) whose sidecar
     /// is `evictable`, until `bytes` more would fit or none is left. Returns the items evicted.
@@ -170,7 +184,7 @@ impl<S> State<S> {
 }
 
 impl<S: Send> Queue<S> for MemoryQueue<S> {
-    fn push(&self, payload: Payload<S>) -> Result<(), PushError> {
+    fn push(&self, payload: Payload<S>) -> Result<Option<Durable>, PushError> {
         let n = payload.held_bytes();
         {
             let mut st = self.state.lock();
@@ -186,7 +200,7 @@ impl<S: Send> Queue<S> for MemoryQueue<S> {
             st.queued.push_back(payload);
         }
         self.pushed.notify_one();
-        Ok(())
+        Ok(None)
     }
 
     fn make_room(&self, bytes: u64, evictable: &dyn Fn(&S) -> bool) -> u64 {
@@ -226,6 +240,7 @@ impl<S: Send> Queue<S> for MemoryQueue<S> {
         Some(Batch {
             payloads,
             ticket: Ticket { seq, bytes, items },
+            resent: 0,
         })
     }
 

@@ -74,9 +74,21 @@ pub struct ExporterStats<R> {
     reason: PhantomData<R>,
 }
 
+/// What a disk queue counts while it runs, shared between the queue and its exporter's stats.
+#[derive(Debug, Default)]
+pub struct QueueEvents {
+    /// Records that failed their checksum: read back while running, or stretches skipped or
+    /// truncated at start.
+    pub corrupt: AtomicU64,
+    /// Writes, flushes and position updates that failed (disk full, I/O errors).
+    pub io_errors: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     sent: AtomicU64,
+    resent: AtomicU64,
+    disk: Arc<QueueEvents>,
     sent_exemplars: AtomicU64,
     dropped: [AtomicU64; MAX_REASONS],
     retries: AtomicU64,
@@ -104,6 +116,21 @@ impl<R> Default for ExporterStats<R> {
 }
 
 impl<R: Reason> ExporterStats<R> {
+    /// Counts items delivered again after a restart (a durable queue delivers at least once).
+    pub fn resent(&self, n: u64) {
+        self.inner.resent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Items delivered again after a restart.
+    pub fn resent_total(&self) -> u64 {
+        self.inner.resent.load(Ordering::Relaxed)
+    }
+
+    /// The counters a disk queue updates.
+    pub fn disk(&self) -> &Arc<QueueEvents> {
+        &self.inner.disk
+    }
+
     /// Counts items the receiving end acknowledged.
     pub fn sent(&self, n: u64) {
         self.inner.sent.fetch_add(n, Ordering::Relaxed);

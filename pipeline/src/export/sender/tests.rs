@@ -22,9 +22,9 @@ fn tags(b: &Batch<u32>) -> Vec<u32> {
 #[test]
 fn the_bound_counts_bytes_held_and_a_full_queue_refuses_with_a_typed_error() {
     let q = MemoryQueue::new(100);
-    assert_eq!(q.push(payload(60, 1, 1)), Ok(()));
+    assert_eq!(q.push(payload(60, 1, 1)), Ok(None));
     assert_eq!(q.push(payload(41, 1, 2)), Err(PushError::Full), "over capacity");
-    assert_eq!(q.push(payload(40, 1, 3)), Ok(()));
+    assert_eq!(q.push(payload(40, 1, 3)), Ok(None));
     assert_eq!((q.bytes(), q.queued_items()), (100, 2));
     // The sidecar's bytes count too.
     let mut p = payload(0, 1, 4);
@@ -43,8 +43,7 @@ fn the_bound_counts_bytes_held_and_a_full_queue_refuses_with_a_typed_error() {
     q.ack(b.ticket);
     assert_eq!(q.bytes(), 0);
     assert_eq!(
-        q.push(payload(150, 1, 6)),
-        Ok(()),
+        q.push(payload(150, 1, 6)), Ok(None),
         "larger than the bound, into an empty queue"
     );
     assert_eq!(q.push(payload(1, 1, 7)), Err(PushError::Full), "and nothing beside it");
@@ -198,7 +197,7 @@ mod worker {
     }
 
     impl Queue<u32> for Recording {
-        fn push(&self, p: Payload<u32>) -> Result<(), PushError> {
+        fn push(&self, p: Payload<u32>) -> Result<Option<crate::model::Durable>, PushError> {
             self.inner.push(p)
         }
         fn make_room(&self, bytes: u64, evictable: &dyn Fn(&u32) -> bool) -> u64 {

@@ -207,6 +207,7 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
                 self.report_queue();
                 let rejected = rejected.min(items);
                 self.stats.sent(items - rejected);
+                self.stats.resent(batch.resent);
                 if rejected > 0 {
                     self.stats.dropped(R::REJECTED.unwrap_or(R::PERMANENT), rejected);
                 }

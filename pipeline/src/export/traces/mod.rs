@@ -32,10 +32,11 @@ pub mod config;
 pub use config::*;
 
 use super::sender::{
-    Answers, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, PushError, Queue, Shutdown, Transport,
-    Worker,
+    Answers, BuildError, Client, ClientConfig, DiskPlace, Hooks, Payload, Persist, PushError, Queue, Shutdown,
+    Transport, Worker, open_queue,
 };
 use super::stats::{DropReason, ExporterStats, Reason};
+use crate::model::Durable;
 use crate::model::batch::Samples;
 
 /// Called with the exemplars of a batch once the backend has acknowledged it.
@@ -66,7 +67,12 @@ impl TraceExporter {
     /// # Errors
     /// [`PushError::Full`] when the queue has no room, [`PushError::Closed`] once the exporter has
     /// shut down; nothing was queued.
-    pub fn try_enqueue(&self, req: ExportTraceServiceRequest, spans: u64, exemplars: Samples) -> Result<(), PushError> {
+    pub fn try_enqueue(
+        &self,
+        req: ExportTraceServiceRequest,
+        spans: u64,
+        exemplars: Samples,
+    ) -> Result<Option<Durable>, PushError> {
         let body = Bytes::from(req.encode_to_vec());
         drop(req);
         self.try_enqueue_encoded(body, spans, exemplars)
@@ -74,12 +80,13 @@ impl TraceExporter {
 
     /// Queues an encoded `ExportTraceServiceRequest` of `spans` spans (e.g. the bytes a receiver
     /// was sent, when nothing changed them), with its exemplars. The queue counts the body, the
-    /// exemplars' memory and the queue slot against `queue_max_bytes`.
+    /// exemplars' memory and the queue slot against `queue_max_bytes`. With a disk queue, returns
+    /// the write to await before the sender is answered.
     ///
     /// # Errors
     /// [`PushError::Full`] when the queue has no room, [`PushError::Closed`] once the exporter has
     /// shut down; nothing was queued.
-    pub fn try_enqueue_encoded(&self, body: Bytes, spans: u64, exemplars: Samples) -> Result<(), PushError> {
+    pub fn try_enqueue_encoded(&self, body: Bytes, spans: u64, exemplars: Samples) -> Result<Option<Durable>, PushError> {
         let sidecar_bytes = size_of::<Payload<Samples>>() as u64 + samples_heap_bytes(&exemplars);
         let pushed = self.queue.push(Payload {
             body,
@@ -110,16 +117,20 @@ impl TraceExporter {
 
 /// Builds the exporter and spawns its worker. The worker runs until `drain` is cancelled, then
 /// flushes the queue for at most `shutdown_timeout` and counts what it could not deliver. It counts
-/// into `stats` (its [`ExporterStats`], or the process's `Telemetry`, which holds them).
+/// into `stats` (its [`ExporterStats`], or the process's `Telemetry`, which holds them). With
+/// `disk`, the queue is durable there: requests are answered once on disk, and what a previous
+/// run left is delivered first.
 ///
 /// # Errors
-/// [`BuildError`] when the endpoint, CA file or headers are unusable.
+/// [`BuildError`] when the endpoint, CA file or headers are unusable, or the disk queue cannot
+/// be opened.
 pub fn spawn(
     config: &OtlpExporterConfig,
     endpoint: &str,
     stats: impl Into<ExporterStats<DropReason>>,
     on_forwarded: OnForwarded,
     drain: CancellationToken,
+    disk: Option<&DiskPlace>,
 ) -> Result<(TraceExporter, tokio::task::JoinHandle<()>), BuildError> {
     let url = match config.protocol {
         OtlpProtocol::Grpc => endpoint.to_string(),
@@ -141,8 +152,8 @@ pub fn spawn(
         compression: config.body_compression(),
         answers: ANSWERS,
     })?;
-    let queue: Arc<dyn Queue<Samples>> = Arc::new(MemoryQueue::new(config.queue_max_bytes.0));
     let stats = stats.into();
+    let queue: Arc<dyn Queue<Samples>> = open_queue(config.queue_max_bytes.0, disk, "traces", stats.disk())?;
     stats.queue(0, queue.capacity());
     let worker = Worker {
         queue: queue.clone(),
@@ -219,6 +230,18 @@ impl Hooks<Samples> for Forwarded {
             spans = late,
             "trace exporter: dropping {late} spans queued after the final flush"
         );
+    }
+}
+
+/// The exemplars queued beside a request are kept with it on disk, so that a batch delivered
+/// after a restart still publishes them (and only then).
+impl Persist for Samples {
+    fn persist(&self, out: &mut Vec<u8>) {
+        crate::model::codec::encode(self, out);
+    }
+
+    fn restore(bytes: &[u8]) -> Option<Self> {
+        crate::model::codec::decode(bytes)
     }
 }
 

@@ -5,6 +5,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use super::*;
+use crate::export::sender::MemoryQueue;
 use crate::testing::kv;
 
 /// A request of `n` spans from service `svc`, span ids starting at `first`.
@@ -248,6 +249,7 @@ async fn every_compression_and_level_reaches_a_real_backend_over_grpc_and_http()
                 ExporterStats::default(),
                 Box::new(|_| {}),
                 drain.clone(),
+                None,
             )
             .unwrap();
             let req = request(&format!("svc-{i}"), 0, 50);
