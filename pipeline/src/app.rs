@@ -26,7 +26,7 @@ use crate::process::span_metrics::SpanMetrics;
 use crate::process::translate::Translator;
 use crate::receive::{Shared, grpc, http};
 use crate::server::{self, ConnectionStats, ListenerKind, ServerTls, TlsConfig};
-use crate::storage::Storage;
+use crate::storage::{Storage, snapshot};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::util::redact;
@@ -195,6 +195,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.prometheus.max_series,
         &reserved,
     ));
+
+    if let Some(st) = &storage {
+        match snapshot::restore(&store, &st.state_dir(), config.prometheus.series_ttl.0) {
+            Ok(r) if r.series + r.expired > 0 => tracing::info!(
+                series = r.series,
+                expired = r.expired,
+                "restored the metric state saved at the last shutdown"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot restore the metric state; counters start from zero"),
+        }
+    }
 
     let limiter = Arc::new(
         Limiter::new(
@@ -520,6 +532,15 @@ impl Running {
             Some((stage, limit)) => stage.stop(*limit, "remote-write exporter").await,
             None => Ok(()),
         };
+        // Nothing writes the store any more: keep its state for the next start.
+        if let Some(st) = &self.storage {
+            let (store, dir) = (self.store.clone(), st.state_dir());
+            match tokio::task::spawn_blocking(move || snapshot::save(&store, &dir)).await {
+                Ok(Ok(n)) => tracing::info!(series = n, "saved the metric state for the next start"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the metric state; counters will start from zero"),
+                Err(e) => tracing::warn!(error = %e, "saving the metric state failed"),
+            }
+        }
         let rest = self.rest.stop(Duration::from_secs(5), "Prometheus endpoint").await;
         receivers.and(exporter).and(remote_write).and(rest)
     }

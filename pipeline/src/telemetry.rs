@@ -73,9 +73,14 @@ const SCRAPE_DURATION: Family<'static> = family(
     "Time to render /metrics.",
 );
 
-/// The six families of one exporter, in render order.
+/// The `kind` label values of the disk queues' error counters.
+const DISK_ERROR_KINDS: [&str; 2] = ["corrupt", "io"];
+
+/// The families of one exporter, in render order.
 struct ExporterFamilies {
     sent: Family<'static>,
+    resent: Family<'static>,
+    disk_errors: Family<'static>,
     dropped: Family<'static>,
     retries: Family<'static>,
     queue_bytes: Family<'static>,
@@ -88,6 +93,16 @@ const TRACE_EXPORTER: ExporterFamilies = ExporterFamilies {
         "spindle_exporter_sent_spans",
         MetricKind::Counter,
         "Spans the trace backend acknowledged.",
+    ),
+    resent: family(
+        "spindle_exporter_resent_spans",
+        MetricKind::Counter,
+        "Spans delivered again after a restart: the disk queue (storage.path) delivers at least once, and these had been handed to the backend before.",
+    ),
+    disk_errors: family(
+        "spindle_exporter_queue_disk_errors",
+        MetricKind::Counter,
+        "Trouble in the trace exporter's disk queue, by kind: corrupt (records that failed their checksum, or torn tails cut at start) and io (failed writes and flushes; the requests were refused as overloaded).",
     ),
     dropped: family(
         "spindle_exporter_dropped_spans",
@@ -121,6 +136,16 @@ const REMOTE_WRITE: ExporterFamilies = ExporterFamilies {
         "spindle_remote_write_sent_samples",
         MetricKind::Counter,
         "Samples the remote-write receiver acknowledged.",
+    ),
+    resent: family(
+        "spindle_remote_write_resent_samples",
+        MetricKind::Counter,
+        "Samples delivered again after a restart: the disk queue (storage.path) delivers at least once, and these had been handed to the receiver before.",
+    ),
+    disk_errors: family(
+        "spindle_remote_write_queue_disk_errors",
+        MetricKind::Counter,
+        "Trouble in the remote-write disk queue, by kind: corrupt (records that failed their checksum, or torn tails cut at start) and io (failed writes and flushes).",
     ),
     dropped: family(
         "spindle_remote_write_dropped_samples",
@@ -206,12 +231,16 @@ const FAMILIES: &[Family<'static>] = &[
     EXPIRED_SERIES,
     SCRAPE_DURATION,
     TRACE_EXPORTER.sent,
+    TRACE_EXPORTER.resent,
+    TRACE_EXPORTER.disk_errors,
     TRACE_EXPORTER.dropped,
     TRACE_EXPORTER.retries,
     TRACE_EXPORTER.queue_bytes,
     TRACE_EXPORTER.queue_capacity,
     TRACE_EXPORTER.duration,
     REMOTE_WRITE.sent,
+    REMOTE_WRITE.resent,
+    REMOTE_WRITE.disk_errors,
     REMOTE_WRITE.dropped,
     REMOTE_WRITE.retries,
     REMOTE_WRITE.queue_bytes,
@@ -434,10 +463,17 @@ fn duration<S: Sink + ?Sized>(w: &mut Own<'_, S>, h: &DurationHistogram) {
     w.histogram(&[], &DURATION_BUCKETS, &h.cumulative(), h.sum_seconds());
 }
 
-/// The six families of one exporter.
+/// The families of one exporter.
 fn exporter<S: Sink + ?Sized, R: Reason>(w: &mut Own<'_, S>, f: &ExporterFamilies, s: &ExporterStats<R>) {
     w.family(&f.sent);
     w.number(&[], s.sent_total());
+    w.family(&f.resent);
+    w.number(&[], s.resent_total());
+    w.family(&f.disk_errors);
+    let disk = s.disk();
+    let [corrupt, io] = DISK_ERROR_KINDS;
+    w.number(&[("kind", corrupt)], disk.corrupt.load(Ordering::Relaxed));
+    w.number(&[("kind", io)], disk.io_errors.load(Ordering::Relaxed));
     w.family(&f.dropped);
     for r in R::ALL {
         w.number(&[("reason", r.as_str())], s.dropped_total(*r));
@@ -733,7 +769,7 @@ mod tests {
                     "listener" => ListenerKind::ALL.iter().any(|l| l.as_str() == v),
                     "result" => RELOAD_RESULTS.contains(&v.as_str()),
                     "reason" => reasons.contains(v.as_str()),
-                    "kind" => kinds.contains(&v.as_str()),
+                    "kind" => kinds.contains(&v.as_str()) || DISK_ERROR_KINDS.contains(&v.as_str()),
                     "metric" => name == CARDINALITY_FOLDED.name,
                     "label" => name == CARDINALITY_NORMALIZED.name,
                     _ => false,

@@ -25,6 +25,8 @@ pub use crate::model::exp;
 pub(crate) use crate::model::exp::exp_from;
 use exp::ExpHistogram;
 
+mod snapshot;
+
 type Hasher = foldhash::fast::RandomState;
 
 /// Stored value of one series.
