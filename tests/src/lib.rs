@@ -329,9 +329,17 @@ impl SentSummary {
 /// # Panics
 /// When the peer is missing or fails (e.g. Spindle rejected an export).
 pub async fn send_metrics(spindle: &Running, opts: &SendOptions) -> SentSummary {
+    send_metrics_to(spindle.grpc_addr, spindle.http_addr, opts).await
+}
+
+/// [`send_metrics`] to a Spindle (e.g. another process) with these receiver addresses.
+///
+/// # Panics
+/// When the peer is missing or fails (e.g. Spindle rejected an export).
+pub async fn send_metrics_to(grpc_addr: SocketAddr, http_addr: SocketAddr, opts: &SendOptions) -> SentSummary {
     let (protocol, endpoint) = match opts.protocol {
-        Protocol::Grpc => ("grpc", format!("http://{}", spindle.grpc_addr)),
-        Protocol::Http => ("http", format!("http://{}/v1/metrics", spindle.http_addr)),
+        Protocol::Grpc => ("grpc", format!("http://{grpc_addr}")),
+        Protocol::Http => ("http", format!("http://{http_addr}/v1/metrics")),
     };
     let rounds = opts.rounds.to_string();
     let span_rounds = opts.span_rounds.map(|n| n.to_string());
@@ -814,9 +822,32 @@ impl Prometheus {
     /// # Panics
     /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
     pub async fn start_remote_write_receiver() -> Self {
+        Self::start_remote_write_receiver_on(free_port()).await
+    }
+
+    /// [`Prometheus::start_remote_write_receiver`] on `127.0.0.1:port` (a sender may be pointed at
+    /// it before it starts).
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_remote_write_receiver_on(port: u16) -> Self {
         let binary = peer_binary("prometheus");
         let config = "global:\n  evaluation_interval: 1s\nscrape_configs: []\n";
-        Self::launch(&binary, config, &["--web.enable-remote-write-receiver"]).await
+        Self::launch_on(port, &binary, config, &["--web.enable-remote-write-receiver"]).await
+    }
+
+    /// [`Prometheus::start`] on `127.0.0.1:port`.
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_on(port: u16, target: SocketAddr) -> Self {
+        let binary = peer_binary("prometheus");
+        let protocols = if supports_scrape_protocols(&binary) {
+            "    scrape_protocols: [OpenMetricsText1.0.0, PrometheusText0.0.4]\n"
+        } else {
+            ""
+        };
+        Self::launch_on(port, &binary, &spindle_scrape_config(target, protocols), &[]).await
     }
 
     /// Starts Prometheus as a remote-write receiver that accepts native histograms
@@ -841,10 +872,13 @@ impl Prometheus {
     }
 
     async fn launch(binary: &Path, config: &str, extra_args: &[&str]) -> Self {
+        Self::launch_on(free_port(), binary, config, extra_args).await
+    }
+
+    async fn launch_on(port: u16, binary: &Path, config: &str, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new(binary)
