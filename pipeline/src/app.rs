@@ -237,7 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 stage.token.clone(),
                 disk("traces").as_ref(),
             )
-                .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
+            .context("cannot build the trace exporter (`exporters.traces.otlp`)")?;
             stage
                 .tasks
                 .spawn(async move { handle.await.context("trace exporter panicked") });
@@ -296,7 +296,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 stage.token.clone(),
                 disk("remote_write").as_ref(),
             )
-                .context("cannot build the remote-write exporter (`exporters.remote_write`)")?;
+            .context("cannot build the remote-write exporter (`exporters.remote_write`)")?;
             stage
                 .tasks
                 .spawn(async move { handle.await.context("remote-write exporter panicked") });

@@ -156,3 +156,28 @@ fn the_readme_config_block_is_exactly_the_embedded_defaults() {
         "README config block differs from the defaults"
     );
 }
+
+#[test]
+fn an_unusable_storage_path_is_reported_by_validate_and_refused_at_start() {
+    let blocker = write("storage-blocker", "a file, not a directory");
+    let p = write(
+        "storage.yaml",
+        &format!(
+            "receivers:\n  otlp:\n    grpc: {{listen: 127.0.0.1:0}}\n    http: {{listen: 127.0.0.1:0}}\n\
+             prometheus:\n  listen: 127.0.0.1:0\nstorage:\n  path: {}/queues\n",
+            blocker.display()
+        ),
+    );
+    let out = validate(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.path:") && err.contains("is not a directory"),
+        "{err}"
+    );
+    // Started anyway, it refuses with the same message instead of running without durability.
+    let out = Command::new(BIN).arg("--config").arg(&p).output().unwrap();
+    assert!(!out.status.success());
+    let all = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(all.contains("storage.path"), "{all}");
+}

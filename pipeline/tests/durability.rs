@@ -163,15 +163,13 @@ async fn send_spans(ports: Ports, protocol: Protocol, service: &str, traces: u32
     ];
     let out = run_python("send_spans.py", &args, None).await;
     let line = out.stdout.lines().last().unwrap_or_default();
-    let sent: SentSpans = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("send_spans.py: {e}\n{}\n{}", out.stdout, out.stderr));
+    let sent: SentSpans =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("send_spans.py: {e}\n{}\n{}", out.stdout, out.stderr));
     sent.spans.into_iter().map(|s| (s.trace_id, s.span_id)).collect()
 }
 
 async fn wait_for_spans(sink: &OtlpSink, want: &BTreeSet<(String, String)>, within: Duration) {
-    let ok = sink
-        .wait_for(within, |s| want.is_subset(&s.span_keys()))
-        .await;
+    let ok = sink.wait_for(within, |s| want.is_subset(&s.span_keys())).await;
     let got = sink.span_keys();
     let missing = want.difference(&got).count();
     assert!(ok, "{missing} of {} acknowledged spans never arrived", want.len());
@@ -349,7 +347,84 @@ async fn a_graceful_restart_under_load_keeps_span_metric_counters_continuous_in_
     send_spans(ports, Protocol::Grpc, "orders", 2).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while resets(&prom).await < 1.0 {
-        assert!(Instant::now() < deadline, "Prometheus never saw the reset after kill -9");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the reset after kill -9"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The trace ids of the span-metric exemplars on `/metrics` (OpenMetrics).
+async fn exemplar_trace_ids(ports: Ports) -> BTreeSet<String> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", Ports::addr(ports.prometheus)))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("traces_span_metrics_"))
+        .filter_map(|l| l.split("trace_id=\"").nth(1)?.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exemplars_of_batches_delivered_after_a_restart_are_published_only_once_the_backend_acknowledged_them() {
+    let (dir, storage) = storage_dir();
+    let ports = Ports::new();
+    let backend = Ports::addr(free_port());
+    let cfg = config(ports, &storage, &trace_exporter(backend));
+    let spindle = Spindle::start(dir.path(), &cfg, ports).await;
+    let sent = send_spans(ports, Protocol::Grpc, "payments", 20).await;
+    assert_eq!(spindle.metric("traces_span_metrics_calls_total").await, 100.0);
+    assert!(
+        exemplar_trace_ids(ports).await.is_empty(),
+        "nothing was acknowledged yet"
+    );
+    // A graceful restart while the backend is still down: counts are saved, spans stay queued.
+    spindle.sigterm();
+    let sink = OtlpSink::start_with(SinkOptions {
+        grpc_addr: Some(backend),
+        ..SinkOptions::default()
+    })
+    .await;
+    sink.set_reply(SinkReply::Unavailable);
+    let spindle = Spindle::start(dir.path(), &cfg, ports).await;
+    assert_eq!(
+        spindle.metric("traces_span_metrics_calls_total").await,
+        100.0,
+        "restored, and not counted again when the queued spans are sent"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.refused() == 0 {
+        assert!(Instant::now() < deadline, "the queued spans were never tried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exemplar_trace_ids(ports).await.is_empty(),
+        "refused batches publish no exemplar"
+    );
+    sink.set_reply(SinkReply::Accept);
+    wait_for_spans(&sink, &sent, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let published = loop {
+        let ids = exemplar_trace_ids(ports).await;
+        if !ids.is_empty() {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "no exemplar after delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delivered = sink.trace_ids();
+    assert!(
+        published.is_subset(&delivered),
+        "every exemplar names a span the backend acknowledged: {:?}",
+        published.difference(&delivered).collect::<Vec<_>>()
+    );
+    assert_eq!(spindle.metric("traces_span_metrics_calls_total").await, 100.0);
 }

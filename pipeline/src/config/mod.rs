@@ -32,10 +32,10 @@ pub use crate::process::enrich::config::{
     CatalogConfig, CatalogFormat, EnrichConfig, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
 pub use crate::process::span_metrics::config::{Dimension, SpanKindName, SpanMetricsConfig};
-pub use crate::storage::config::StorageConfig;
 pub use crate::receive::config::{
     GrpcListenerConfig, HttpListenerConfig, LimitsConfig, OtlpReceiverConfig, ReceiversConfig,
 };
+pub use crate::storage::config::StorageConfig;
 pub use types::{ByteSize, ConfigError, DurationStr, Problem};
 
 /// Environment variable naming the config file, used when `--config` is not given.

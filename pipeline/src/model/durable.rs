@@ -45,7 +45,11 @@ impl Durable {
     /// [`NotDurable`] when the flush that covered it failed or the log stopped flushing.
     pub async fn wait(mut self) -> Result<(), NotDurable> {
         let seq = self.seq;
-        let s = *self.synced.wait_for(|s| s.through >= seq).await.map_err(|_| NotDurable)?;
+        let s = *self
+            .synced
+            .wait_for(|s| s.through >= seq)
+            .await
+            .map_err(|_| NotDurable)?;
         if seq >= s.good_from { Ok(()) } else { Err(NotDurable) }
     }
 }
@@ -71,7 +75,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_is_durable_once_a_good_flush_covers_it_and_refused_after_a_bad_one() {
-        let (tx, rx) = watch::channel(Synced { through: 0, good_from: 0 });
+        let (tx, rx) = watch::channel(Synced {
+            through: 0,
+            good_from: 0,
+        });
         let waiter = tokio::spawn(Durable::new(rx.clone(), 3).wait());
         tx.send_modify(|s| s.through = 2);
         tokio::task::yield_now().await;
@@ -79,11 +86,20 @@ mod tests {
         tx.send_modify(|s| s.through = 5);
         assert_eq!(waiter.await.unwrap(), Ok(()));
         // A failed flush of 6..=8: their waiters are refused; later records are fine again.
-        tx.send_modify(|s| *s = Synced { through: 8, good_from: 9 });
+        tx.send_modify(|s| {
+            *s = Synced {
+                through: 8,
+                good_from: 9,
+            }
+        });
         assert_eq!(Durable::new(rx.clone(), 7).wait().await, Err(NotDurable));
         tx.send_modify(|s| s.through = 10);
         assert_eq!(Durable::new(rx.clone(), 10).wait().await, Ok(()));
         drop(tx);
-        assert_eq!(Durable::new(rx, 11).wait().await, Err(NotDurable), "the flusher is gone");
+        assert_eq!(
+            Durable::new(rx, 11).wait().await,
+            Err(NotDurable),
+            "the flusher is gone"
+        );
     }
 }

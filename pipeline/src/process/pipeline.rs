@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::export::sender::PushError;
-use crate::model::Durable;
 use crate::export::traces::TraceExporter;
+use crate::model::Durable;
 use crate::model::Outcome;
 use crate::model::batch::Samples;
 use crate::process::cardinality::Limiter;
@@ -197,7 +197,10 @@ impl Pipeline {
         let (exemplars, durable) = match &self.exporter {
             // Queue first: when the queue refuses, nothing has been counted and the client retries
             // (`receive::status` maps the queue's full / closed to "overloaded").
-            Some(exporter) => (None, enqueue(exporter, exemplars.unwrap_or_default()).map_err(Refusal::from)?),
+            Some(exporter) => (
+                None,
+                enqueue(exporter, exemplars.unwrap_or_default()).map_err(Refusal::from)?,
+            ),
             // No backend: exemplars name spans Spindle received.
             None => (exemplars, None),
         };

@@ -68,10 +68,17 @@ fn usable(path: &Path) -> Result<(), String> {
         match std::fs::metadata(at) {
             Ok(m) if m.is_dir() => return writable(at),
             Ok(_) => return Err(format!("`{}` is not a directory", at.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
-                _ => return Ok(()),
-            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => return Ok(()),
+                }
+            }
             Err(e) => return Err(format!("`{}`: {e}", at.display())),
         }
     }
@@ -85,7 +92,11 @@ fn writable(dir: &Path) -> Result<(), String> {
     if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
         Ok(())
     } else {
-        Err(format!("`{}` is not writable: {}", dir.display(), std::io::Error::last_os_error()))
+        Err(format!(
+            "`{}` is not writable: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ))
     }
 }
 

@@ -30,7 +30,9 @@ pub enum StorageError {
     #[error("cannot use storage.path `{0}`: {1}")]
     Io(PathBuf, std::io::Error),
     /// Another process holds the lock.
-    #[error("storage.path `{0}` is in use by another Spindle process (its lock file is held); give each process its own directory")]
+    #[error(
+        "storage.path `{0}` is in use by another Spindle process (its lock file is held); give each process its own directory"
+    )]
     Locked(PathBuf),
 }
 

@@ -171,7 +171,10 @@ mod tests {
             attributes: attrs(),
             count: 4,
             sum: 10.0,
-            quantile_values: vec![pm::summary_data_point::ValueAtQuantile { quantile: 0.5, value: 2.0 }],
+            quantile_values: vec![pm::summary_data_point::ValueAtQuantile {
+                quantile: 0.5,
+                value: 2.0,
+            }],
             time_unix_nano: 1,
             ..Default::default()
         };
@@ -181,7 +184,10 @@ mod tests {
             testing::metric(
                 "latency",
                 "s",
-                testing::histogram(false, vec![testing::hpoint(&[0.1, 1.0], &[1, 2, 3], Some(4.5), attrs())]),
+                testing::histogram(
+                    false,
+                    vec![testing::hpoint(&[0.1, 1.0], &[1, 2, 3], Some(4.5), attrs())],
+                ),
             ),
             testing::metric(
                 "sizes",
@@ -194,7 +200,9 @@ mod tests {
             testing::metric(
                 "rtt",
                 "",
-                pm::metric::Data::Summary(pm::Summary { data_points: vec![summary] }),
+                pm::metric::Data::Summary(pm::Summary {
+                    data_points: vec![summary],
+                }),
             ),
         ];
         let req = testing::metrics_request(testing::kvs(&[("service.name", "svc")]), metrics);
@@ -206,7 +214,14 @@ mod tests {
         let a = store();
         a.write(every_kind(), Instant::now());
         let before = scrape(&a);
-        for part in ["calls_total{", "# {trace_id=", "latency_seconds_bucket{", "sizes_bucket{", "rtt{", "temp{"] {
+        for part in [
+            "calls_total{",
+            "# {trace_id=",
+            "latency_seconds_bucket{",
+            "sizes_bucket{",
+            "rtt{",
+            "temp{",
+        ] {
             assert!(before.contains(part), "{part} in {before}");
         }
         let dir = tempfile::tempdir().unwrap();
@@ -214,10 +229,19 @@ mod tests {
         assert_eq!(n, a.series_count());
         let b = store();
         let r = restore(&b, dir.path(), Duration::from_secs(300)).unwrap();
-        assert_eq!(r, Restored { series: n as u64, expired: 0 });
+        assert_eq!(
+            r,
+            Restored {
+                series: n as u64,
+                expired: 0
+            }
+        );
         assert_eq!(scrape(&b), before);
         assert!(!path(dir.path()).exists(), "removed once restored");
-        assert_eq!(restore(&store(), dir.path(), Duration::from_secs(300)).unwrap(), Restored::default());
+        assert_eq!(
+            restore(&store(), dir.path(), Duration::from_secs(300)).unwrap(),
+            Restored::default()
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ impl Store {
             let family = s.families.len() as u32;
             s.families.push(f.meta.clone());
             for series in &f.series {
-                let Some(pairs) = super::parse_labels(&series.labels) else { continue };
+                let Some(pairs) = super::parse_labels(&series.labels) else {
+                    continue;
+                };
                 let l0 = s.labels.len();
                 for (k, v) in pairs {
                     let n0 = s.text.len();

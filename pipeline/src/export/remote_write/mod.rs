@@ -123,8 +123,7 @@ pub fn spawn(
         answers: ANSWERS,
     })?;
     let stats = stats.into();
-    let queue: Arc<dyn Queue<Sidecar>> =
-        open_queue(config.queue_max_bytes.0, disk, "remote_write", stats.disk())?;
+    let queue: Arc<dyn Queue<Sidecar>> = open_queue(config.queue_max_bytes.0, disk, "remote_write", stats.disk())?;
     stats.queue(0, queue.capacity());
     // The input ends once the last snapshot is queued.
     let last_queued = CancellationToken::new();

@@ -72,7 +72,10 @@ pub fn open_queue<S: Persist + Send + 'static>(
     #[cfg(not(unix))]
     {
         let _ = (name, events);
-        Err(BuildError::Queue(d.dir.display().to_string(), "durable storage needs a Unix system".into()))
+        Err(BuildError::Queue(
+            d.dir.display().to_string(),
+            "durable storage needs a Unix system".into(),
+        ))
     }
 }
 

@@ -43,7 +43,8 @@ fn the_bound_counts_bytes_held_and_a_full_queue_refuses_with_a_typed_error() {
     q.ack(b.ticket);
     assert_eq!(q.bytes(), 0);
     assert_eq!(
-        q.push(payload(150, 1, 6)), Ok(None),
+        q.push(payload(150, 1, 6)),
+        Ok(None),
         "larger than the bound, into an empty queue"
     );
     assert_eq!(q.push(payload(1, 1, 7)), Err(PushError::Full), "and nothing beside it");

@@ -86,7 +86,12 @@ impl TraceExporter {
     /// # Errors
     /// [`PushError::Full`] when the queue has no room, [`PushError::Closed`] once the exporter has
     /// shut down; nothing was queued.
-    pub fn try_enqueue_encoded(&self, body: Bytes, spans: u64, exemplars: Samples) -> Result<Option<Durable>, PushError> {
+    pub fn try_enqueue_encoded(
+        &self,
+        body: Bytes,
+        spans: u64,
+        exemplars: Samples,
+    ) -> Result<Option<Durable>, PushError> {
         let sidecar_bytes = size_of::<Payload<Samples>>() as u64 + samples_heap_bytes(&exemplars);
         let pushed = self.queue.push(Payload {
             body,

@@ -61,10 +61,7 @@ impl Flusher {
         name: &str,
         on_error: impl Fn(&std::io::Error) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (synced, _) = watch::channel(Synced {
-            through,
-            good_from: 0,
-        });
+        let (synced, _) = watch::channel(Synced { through, good_from: 0 });
         let inner = Arc::new(Inner {
             pending: Mutex::new(Pending {
                 written: through,
@@ -125,13 +122,10 @@ fn run(inner: &Inner, dir: &std::path::Path, on_error: &dyn Fn(&std::io::Error))
             }
             (p.written, std::mem::take(&mut p.files), std::mem::take(&mut p.dir))
         };
-        let res = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| {
-            if flush_dir {
-                File::open(dir)?.sync_all()
-            } else {
-                Ok(())
-            }
-        });
+        let res = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| if flush_dir { File::open(dir)?.sync_all() } else { Ok(()) });
         drop(files);
         through = target;
         match res {

@@ -44,7 +44,10 @@ fn encode(m: Marks) -> [u8; SLOT as usize] {
 }
 
 fn decode(b: &[u8]) -> Option<Marks> {
-    let word = |r: std::ops::Range<usize>| b.get(r).map(|s| s.iter().rev().fold(0u64, |a, x| a << 8 | u64::from(*x)));
+    let word = |r: std::ops::Range<usize>| {
+        b.get(r)
+            .map(|s| s.iter().rev().fold(0u64, |a, x| a << 8 | u64::from(*x)))
+    };
     if word(0..4)? != u64::from(MAGIC) || word(4..8)? != u64::from(crc32fast::hash(b.get(8..24)?)) {
         return None;
     }
@@ -69,7 +72,10 @@ impl MarksFile {
             .open(path)?;
         let mut buf = [0u8; 2 * SLOT as usize];
         let n = file.read_at(&mut buf, 0)?;
-        let slots = [decode(&buf[..n.min(SLOT as usize)]), decode(buf.get(SLOT as usize..n).unwrap_or(&[]))];
+        let slots = [
+            decode(&buf[..n.min(SLOT as usize)]),
+            decode(buf.get(SLOT as usize..n).unwrap_or(&[])),
+        ];
         // The newer slot is the one further along; write the other one next.
         let (last, next_slot) = match slots {
             [Some(a), Some(b)] if (b.acked, b.popped) > (a.acked, a.popped) => (b, 0),
@@ -111,7 +117,11 @@ mod tests {
         let mut m = MarksFile::open(&p).unwrap();
         assert_eq!(m.get(), Marks::default());
         for i in 1..=5 {
-            m.set(Marks { acked: i, popped: i + 1 }).unwrap();
+            m.set(Marks {
+                acked: i,
+                popped: i + 1,
+            })
+            .unwrap();
         }
         drop(m);
         assert_eq!(MarksFile::open(&p).unwrap().get(), Marks { acked: 5, popped: 6 });

@@ -145,11 +145,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn open_segment(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(create)
-        .open(path)
+    OpenOptions::new().read(true).write(true).create_new(create).open(path)
 }
 
 impl<S: Persist + Send + 'static> DiskQueue<S> {
@@ -419,7 +415,10 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
         #[cfg(test)]
         let fail = self.fail_writes.load(Ordering::Relaxed);
         let written = log.writable(len, roll).and_then(|(id, created)| {
-            let seg = log.segments.get(&id).ok_or_else(|| io::Error::other("segment vanished"))?;
+            let seg = log
+                .segments
+                .get(&id)
+                .ok_or_else(|| io::Error::other("segment vanished"))?;
             let at = seg.len;
             let res = seg.file.write_all_at(&head, at).and_then(|()| {
                 #[cfg(test)]
@@ -482,7 +481,9 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
                     break;
                 }
                 let Some(e) = log.queued.front().copied() else { break };
-                let Some(file) = log.segments.get(&e.segment).map(|s| s.file.clone()) else { break };
+                let Some(file) = log.segments.get(&e.segment).map(|s| s.file.clone()) else {
+                    break;
+                };
                 (e, file)
             };
             let sidecar = self
@@ -559,9 +560,7 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
             }
             if !corrupt.is_empty() {
                 let lost: u64 = corrupt.iter().map(|e| e.items).sum();
-                self.events
-                    .corrupt
-                    .fetch_add(corrupt.len() as u64, Ordering::Relaxed);
+                self.events.corrupt.fetch_add(corrupt.len() as u64, Ordering::Relaxed);
                 tracing::error!(
                     queue = %self.name,
                     records = corrupt.len(),
@@ -598,7 +597,9 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
 
     fn ack(&self, ticket: Ticket) {
         let mut log = self.log.lock();
-        let Some(entries) = log.inflight.remove(&ticket.seq) else { return };
+        let Some(entries) = log.inflight.remove(&ticket.seq) else {
+            return;
+        };
         for e in &entries {
             log.settle(e);
         }
@@ -611,7 +612,9 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
 
     fn nack(&self, batch: Batch<S>) {
         let mut log = self.log.lock();
-        let Some(entries) = log.inflight.remove(&batch.ticket.seq) else { return };
+        let Some(entries) = log.inflight.remove(&batch.ticket.seq) else {
+            return;
+        };
         for e in entries.into_iter().rev() {
             log.queued_items += e.items;
             log.queued.push_front(e);

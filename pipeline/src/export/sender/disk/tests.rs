@@ -60,18 +60,31 @@ fn disk_bytes(dir: &Path) -> u64 {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Push { len: usize, items: u64 },
-    Pop { max: u64 },
-    Ack { which: usize },
-    Nack { which: usize },
+    Push {
+        len: usize,
+        items: u64,
+    },
+    Pop {
+        max: u64,
+    },
+    Ack {
+        which: usize,
+    },
+    Nack {
+        which: usize,
+    },
     /// Dropped without closing, then reopened: `kill -9`.
     Crash,
     /// A crash in the middle of writing a record: its first bytes are on disk.
-    TornTail { keep: usize },
+    TornTail {
+        keep: usize,
+    },
     /// Closed, then reopened: a graceful restart.
     Restart,
     /// The next pushes fail to write, as on a full disk; then space comes back.
-    DiskFull { pushes: usize },
+    DiskFull {
+        pushes: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -243,7 +256,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(q.queued_items(), m.queued.iter().map(|t| m.records[t].0).sum::<u64>());
         prop_assert_eq!(q.is_empty(), m.queued.is_empty());
         // The disk holds what is not settled plus at most a segment and the batches in flight.
-        let inflight: u64 = m.inflight.iter().flat_map(|(_, t)| t).map(|t| record_len(m.records[t].1)).sum();
+        let inflight: u64 = m
+            .inflight
+            .iter()
+            .flat_map(|(_, t)| t)
+            .map(|t| record_len(m.records[t].1))
+            .sum();
         let segment = (CAPACITY / SEGMENTS_PER_BOUND).max(MIN_SEGMENT);
         prop_assert!(
             disk_bytes(dir.path()) <= m.live() + segment + inflight + record_len(3000) * 2,
@@ -315,7 +333,10 @@ fn delivered_segments_are_deleted_and_sequence_numbers_survive_an_empty_log() {
     while let Some(b) = q.pop(7) {
         q.ack(b.ticket);
     }
-    assert!(disk_bytes(dir.path()) <= MIN_SEGMENT, "only the segment being written stays");
+    assert!(
+        disk_bytes(dir.path()) <= MIN_SEGMENT,
+        "only the segment being written stays"
+    );
     drop(q);
     // Reopened: nothing comes back, and new records are not mistaken for settled ones.
     let (q, rec, _) = open(dir.path(), 1 << 20);
