@@ -90,6 +90,7 @@ async fn main() {
                     grpc = grpc.send_compressed(CompressionEncoding::Gzip);
                 }
                 let (mut ok, mut err, mut overloaded) = (0usize, 0usize, 0usize);
+                let mut latencies = Vec::with_capacity(n);
                 for i in 0..n {
                     let body = bodies[(w * 7 + i) % bodies.len()].clone();
                     loop {
@@ -98,8 +99,12 @@ async fn main() {
                             break;
                         }
                         let req = tonic::Request::new(body.clone());
+                        let sent = Instant::now();
                         match grpc.unary(req, http::uri::PathAndQuery::from_static(path), Raw).await {
-                            Ok(_) => ok += 1,
+                            Ok(_) => {
+                                ok += 1;
+                                latencies.push(sent.elapsed());
+                            }
                             Err(s)
                                 if s.code() == tonic::Code::ResourceExhausted
                                     || s.code() == tonic::Code::Unavailable =>
@@ -118,21 +123,32 @@ async fn main() {
                         break;
                     }
                 }
-                (ok, err, overloaded)
+                (ok, err, overloaded, latencies)
             })
         })
         .collect();
     let (mut ok, mut err, mut overloaded) = (0, 0, 0);
+    let mut latencies = Vec::new();
     for t in tasks {
-        let (o, e, r) = t.await.unwrap_or((0, 1, 0));
+        let (o, e, r, l) = t.await.unwrap_or((0, 1, 0, Vec::new()));
         ok += o;
         err += e;
         overloaded += r;
+        latencies.extend(l);
     }
     let secs = start.elapsed().as_secs_f64();
     let req_bytes = bodies.iter().map(Bytes::len).sum::<usize>() / bodies.len();
+    // Acknowledgement latency of the accepted requests (send to OK), in milliseconds.
+    latencies.sort_unstable();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
     println!(
-        "{{\"ok\":{ok},\"err\":{err},\"overloaded\":{overloaded},\"items\":{},\"secs\":{secs:.3},\"req_bytes\":{req_bytes}}}",
-        ok * spans
+        "{{\"ok\":{ok},\"err\":{err},\"overloaded\":{overloaded},\"items\":{},\"secs\":{secs:.3},\"req_bytes\":{req_bytes},\"ack_p50_ms\":{:.2},\"ack_p99_ms\":{:.2}}}",
+        ok * spans,
+        pct(0.5),
+        pct(0.99)
     );
 }
