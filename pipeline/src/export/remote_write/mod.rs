@@ -87,10 +87,11 @@ pub fn spawn(
     stats: impl Into<ExporterStats<RemoteWriteDropReason>>,
     drain: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BuildError> {
+    let headers = crate::export::config::resolved_headers(&config.headers, &config.headers_from_files)?;
     let client = Client::new(&ClientConfig {
         endpoint,
         transport: Transport::Http,
-        headers: &config.headers,
+        headers: &headers,
         protocol_headers: &[
             ("content-encoding", "snappy"),
             ("content-type", "application/x-protobuf"),

@@ -18,6 +18,10 @@ pub enum BuildError {
     /// A header name or value is not valid.
     #[error("invalid header `{0}`")]
     Header(String),
+    /// A `headers_from_files` file cannot be read or holds no valid value (the message names the
+    /// file, never its content).
+    #[error("header `{0}`: {1}")]
+    HeaderFile(String, String),
 }
 
 /// Why a queue refused a payload; nothing was queued. Receivers answer both as "overloaded"

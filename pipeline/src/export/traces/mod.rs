@@ -125,13 +125,14 @@ pub fn spawn(
         OtlpProtocol::Grpc => endpoint.to_string(),
         OtlpProtocol::HttpProtobuf => http_url(endpoint)?,
     };
+    let headers = crate::export::config::resolved_headers(&config.headers, &config.headers_from_files)?;
     let client = Client::new(&ClientConfig {
         endpoint: &url,
         transport: match config.protocol {
             OtlpProtocol::Grpc => Transport::Grpc { path: GRPC_PATH },
             OtlpProtocol::HttpProtobuf => Transport::Http,
         },
-        headers: &config.headers,
+        headers: &headers,
         protocol_headers: &[("content-type", "application/x-protobuf")],
         user_agent: None,
         timeout: config.timeout.0,
