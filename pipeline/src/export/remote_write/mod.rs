@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sender::{
     Answers, BodyCompression, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, Queue, Shutdown,
-    Transport, Worker,
+    TlsFailures, Transport, Worker,
 };
 use super::stats::{ExporterStats, RemoteWriteDropReason};
 use crate::store::Store;
@@ -117,7 +117,11 @@ pub fn spawn(
     ));
     let worker = Worker {
         queue: queue.clone(),
-        client,
+        client: client.with_tls_failures(TlsFailures::new(
+            "remote write",
+            "exporters.remote_write",
+            stats.tls_failure_counter(),
+        )),
         batching: config.batching(),
         retry: config.retry_policy(),
         stats: stats.clone(),

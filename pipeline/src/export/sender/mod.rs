@@ -25,7 +25,7 @@ pub mod shutdown;
 pub mod stats;
 pub mod worker;
 
-pub use client::{Answers, BodyCompression, Client, ClientConfig, Transport};
+pub use client::{Answers, BodyCompression, Client, ClientConfig, TlsFailures, Transport};
 pub use error::{AttemptError, BuildError, PushError};
 pub use queue::{Batch, MemoryQueue, Payload, Queue, Ticket};
 pub use retry::RetryPolicy;

@@ -32,8 +32,8 @@ pub mod config;
 pub use config::*;
 
 use super::sender::{
-    Answers, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, PushError, Queue, Shutdown, Transport,
-    Worker,
+    Answers, BuildError, Client, ClientConfig, Hooks, MemoryQueue, Payload, PushError, Queue, Shutdown, TlsFailures,
+    Transport, Worker,
 };
 use super::stats::{DropReason, ExporterStats, Reason};
 use crate::model::batch::Samples;
@@ -147,7 +147,11 @@ pub fn spawn(
     stats.queue(0, queue.capacity());
     let worker = Worker {
         queue: queue.clone(),
-        client,
+        client: client.with_tls_failures(TlsFailures::new(
+            "trace exporter",
+            "exporters.traces.otlp",
+            stats.tls_failure_counter(),
+        )),
         batching: config.batching(),
         retry: config.retry_policy(),
         stats: stats.clone(),
