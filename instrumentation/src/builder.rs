@@ -26,6 +26,7 @@ use tracing_subscriber::fmt as tfmt;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
+use crate::client::{self, ClientSettings, HeaderInterceptor, SpanHttpClient};
 use crate::error::{InitError, ShutdownError, Signal};
 use crate::exemplars::{
     DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, ExemplarStore, OTEL_METRICS_EXEMPLAR_FILTER,
@@ -640,6 +641,19 @@ impl Builder {
         } else {
             String::new()
         };
+        // TLS files and headers, per signal, for the exporters in use.
+        let env = |name: &str| self.env(name);
+        let is_https = |endpoint: &str| endpoint.starts_with("https://");
+        let traces_client = if traces_endpoint.is_empty() {
+            ClientSettings::default()
+        } else {
+            ClientSettings::from_env(&env, &client::TRACES, is_https(&traces_endpoint))?
+        };
+        let metrics_client = if metrics_endpoint.is_empty() {
+            ClientSettings::default()
+        } else {
+            ClientSettings::from_env(&env, &client::METRICS, is_https(&metrics_endpoint))?
+        };
         let prometheus_listener = if prometheus_on && self.prometheus_listener {
             Some(self.prometheus_listener()?)
         } else {
@@ -649,7 +663,8 @@ impl Builder {
         // gRPC exporters run on a runtime of their own, so they work whatever runtime (or none)
         // the service uses, and shutting down never waits on the service's own worker threads.
         // The Prometheus listener runs there too, so scrapes never use the service's workers.
-        let needs_runtime = (otlp_traces && self.span_exporter.is_none() && traces_protocol == Protocol::Grpc)
+        // OTLP/HTTP spans are sent from there too (the SDK's batch processor awaits them).
+        let needs_runtime = (otlp_traces && self.span_exporter.is_none())
             || (otlp_metrics && !custom_metrics)
             || prometheus_listener.is_some();
         let runtime = if needs_runtime {
@@ -674,17 +689,31 @@ impl Builder {
             None if traces_exporter == TracesExporter::None => traces,
             None => {
                 use opentelemetry_otlp::{Compression, WithHttpConfig as _, WithTonicConfig as _};
+                let invalid = |reason: String| InitError::Exporter {
+                    signal: "traces",
+                    source: opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
+                        "{traces_endpoint}: {reason}"
+                    )),
+                };
+                let handle = runtime
+                    .as_ref()
+                    .map(|rt| rt.handle().clone())
+                    .ok_or_else(|| invalid("no exporter runtime".into()))?;
+                // The client is this crate's (TLS and headers from `client.rs`); the SDK's own
+                // reading of `*_HEADERS` from the process environment is overridden by it.
                 let exporter = match traces_protocol {
                     Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                         .with_tonic()
                         .with_compression(Compression::Gzip)
-                        .with_endpoint(traces_endpoint)
+                        .with_channel(traces_client.grpc_channel(&traces_endpoint).map_err(invalid)?)
+                        .with_interceptor(HeaderInterceptor(traces_client.headers.clone()))
                         .build(),
                     Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                         .with_http()
                         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                         .with_compression(Compression::Gzip)
-                        .with_endpoint(traces_endpoint)
+                        .with_endpoint(traces_endpoint.clone())
+                        .with_http_client(SpanHttpClient::new(&traces_client, handle).map_err(invalid)?)
                         .build(),
                 }
                 .map_err(|source| InitError::Exporter {
@@ -733,8 +762,8 @@ impl Builder {
             (None, None) => {
                 let transport = match runtime.as_ref().map(|rt| rt.handle().clone()) {
                     Some(handle) => match metrics_protocol {
-                        Protocol::Grpc => OtlpMetricExporter::grpc(&metrics_endpoint, handle),
-                        Protocol::HttpProtobuf => OtlpMetricExporter::http(&metrics_endpoint, handle),
+                        Protocol::Grpc => OtlpMetricExporter::grpc(&metrics_endpoint, &metrics_client, handle),
+                        Protocol::HttpProtobuf => OtlpMetricExporter::http(&metrics_endpoint, &metrics_client, handle),
                     },
                     None => Err("no exporter runtime".to_owned()),
                 };
@@ -947,14 +976,10 @@ impl Builder {
         let uri: ::http::Uri = value
             .parse()
             .map_err(|_| bad("expected a URL such as http://localhost:4317"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "TLS is not built in; use an http:// endpoint (Spindle runs next to the service)",
-                ));
-            }
-            _ => return Err(bad("expected a URL with scheme http://, such as http://localhost:4317")),
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad(
+                "expected a URL with scheme http:// or https://, such as http://localhost:4317",
+            ));
         }
         if uri.authority().is_none() {
             return Err(bad("expected a host and port, such as http://localhost:4317"));

@@ -13,7 +13,7 @@ pub enum InitError {
     InvalidEnv {
         /// The variable, e.g. `OTEL_TRACES_SAMPLER_ARG`.
         name: &'static str,
-        /// Its value.
+        /// Its value (`<redacted>` for the `*_HEADERS` variables, whose values are secrets).
         value: String,
         /// What would be valid.
         hint: String,

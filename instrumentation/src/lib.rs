@@ -41,6 +41,9 @@
 //! | [`OTEL_EXPORTER_OTLP_ENDPOINT`] | base URL of Spindle's OTLP receiver | [`DEFAULT_GRPC_ENDPOINT`] / [`DEFAULT_HTTP_ENDPOINT`] |
 //! | [`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`], [`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`] | per-signal URL, used as is | |
 //! | [`OTEL_EXPORTER_OTLP_PROTOCOL`] (and `_TRACES_`/`_METRICS_` variants) | `grpc` or `http/protobuf` | `grpc` |
+//! | [`OTEL_EXPORTER_OTLP_HEADERS`] (and `_TRACES_`/`_METRICS_` variants) | request headers, `authorization=Bearer%20<token>`; values never logged | |
+//! | [`OTEL_EXPORTER_OTLP_CERTIFICATE`] (and `_TRACES_`/`_METRICS_` variants) | PEM CA trusted for an `https://` endpoint | the system's roots |
+//! | [`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`], [`OTEL_EXPORTER_OTLP_CLIENT_KEY`] (and variants) | PEM client certificate and key for mTLS | |
 //! | [`OTEL_TRACES_SAMPLER`], [`OTEL_TRACES_SAMPLER_ARG`] | sampler name and ratio | `parentbased_always_on` |
 //! | [`OTEL_METRIC_EXPORT_INTERVAL`] | milliseconds between metric exports | 60000 |
 //! | [`OTEL_METRICS_EXEMPLAR_FILTER`] | `always_on`, `always_off` or `trace_based`: which measurements of counters and histograms carry exemplars ([`exemplars`]) | `trace_based` |
@@ -49,11 +52,17 @@
 //! | [`OTEL_EXPORTER_PROMETHEUS_HOST`], [`OTEL_EXPORTER_PROMETHEUS_PORT`] | where `prometheus` serves `/metrics` | `localhost`, `9464` |
 //! | [`RUST_LOG`] | log filter directives (logs only; spans: [`Builder::with_traces_filter`]) | `info` |
 //!
-//! A value that cannot be used is an [`InitError`] naming the variable, never a panic.
+//! A signal's own variable replaces the general one as a whole (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`
+//! set means `OTEL_EXPORTER_OTLP_HEADERS` is not read for spans). The TLS variables apply to
+//! `https://` endpoints only; their files are read and checked when instrumentation is built.
+//!
+//! A value that cannot be used is an [`InitError`] naming the variable, never a panic (a
+//! `*_HEADERS` value is shown as `<redacted>`).
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod builder;
+mod client;
 mod error;
 pub mod exemplars;
 pub mod http;
@@ -101,6 +110,33 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 /// Protocol for metrics only.
 pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
+/// Request headers for both signals: `key=value` pairs separated by commas, values
+/// percent-encoded (`authorization=Bearer%20<token>`). Values are secrets: never logged.
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// Request headers for spans only; replaces [`OTEL_EXPORTER_OTLP_HEADERS`] as a whole.
+pub const OTEL_EXPORTER_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// Request headers for metrics only; replaces [`OTEL_EXPORTER_OTLP_HEADERS`] as a whole.
+pub const OTEL_EXPORTER_OTLP_METRICS_HEADERS: &str = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
+/// Path of the PEM CA certificate(s) trusted for an `https://` endpoint, instead of the system's
+/// roots; both signals.
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// [`OTEL_EXPORTER_OTLP_CERTIFICATE`] for spans only.
+pub const OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
+/// [`OTEL_EXPORTER_OTLP_CERTIFICATE`] for metrics only.
+pub const OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE";
+/// Path of the PEM client certificate presented to an `https://` endpoint that asks for one
+/// (mTLS), with [`OTEL_EXPORTER_OTLP_CLIENT_KEY`]; both signals.
+pub const OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+/// [`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`] for spans only.
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE";
+/// [`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`] for metrics only.
+pub const OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE";
+/// Path of the PEM private key (PKCS#8, PKCS#1 or SEC1) of the client certificate; both signals.
+pub const OTEL_EXPORTER_OTLP_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+/// [`OTEL_EXPORTER_OTLP_CLIENT_KEY`] for spans only.
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY";
+/// [`OTEL_EXPORTER_OTLP_CLIENT_KEY`] for metrics only.
+pub const OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY";
 /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`,
 /// `parentbased_traceidratio`.
 pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";

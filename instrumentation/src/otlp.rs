@@ -24,10 +24,8 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use prost::Message as _;
 use tonic::transport::Channel;
 
+use crate::client::{ClientSettings, Headers};
 use crate::exemplars::ExemplarStore;
-
-/// Time allowed for one export request.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The retry policy of the metric export: the SDK exporter's recommended one.
 #[derive(Debug, Clone, Copy)]
@@ -165,8 +163,8 @@ impl OtlpMetricsCapture {
 }
 
 pub(crate) enum Transport {
-    Grpc(MetricsServiceClient<Channel>, tokio::runtime::Handle),
-    Http(reqwest::Client, String, tokio::runtime::Handle),
+    Grpc(MetricsServiceClient<Channel>, Headers, tokio::runtime::Handle),
+    Http(reqwest::Client, String, Headers, tokio::runtime::Handle),
     Capture(OtlpMetricsCapture),
 }
 
@@ -198,23 +196,32 @@ impl OtlpMetricExporter {
         self
     }
 
-    /// A gRPC transport to `endpoint`; must be called inside `runtime`.
-    pub(crate) fn grpc(endpoint: &str, runtime: tokio::runtime::Handle) -> Result<Transport, String> {
-        let channel = Channel::from_shared(endpoint.to_owned())
-            .map_err(|e| e.to_string())?
-            .timeout(EXPORT_TIMEOUT)
-            .connect_lazy();
+    /// A gRPC transport to `endpoint`, with the TLS settings and headers of `settings`; must be
+    /// called inside `runtime`.
+    pub(crate) fn grpc(
+        endpoint: &str,
+        settings: &ClientSettings,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Transport, String> {
+        let channel = settings.grpc_channel(endpoint)?;
         let client = MetricsServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
-        Ok(Transport::Grpc(client, runtime))
+        Ok(Transport::Grpc(client, settings.headers.clone(), runtime))
     }
 
-    /// An HTTP/protobuf transport posting to `url`.
-    pub(crate) fn http(url: &str, runtime: tokio::runtime::Handle) -> Result<Transport, String> {
-        let client = reqwest::Client::builder()
-            .timeout(EXPORT_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Transport::Http(client, url.to_owned(), runtime))
+    /// An HTTP/protobuf transport posting to `url`, with the TLS settings and headers of
+    /// `settings`.
+    pub(crate) fn http(
+        url: &str,
+        settings: &ClientSettings,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Transport, String> {
+        let client = settings.http_client()?;
+        Ok(Transport::Http(
+            client,
+            url.to_owned(),
+            settings.headers.clone(),
+            runtime,
+        ))
     }
 }
 
@@ -226,13 +233,15 @@ impl PushMetricExporter for OtlpMetricExporter {
                 c.requests.lock().unwrap_or_else(PoisonError::into_inner).push(request);
                 Ok(())
             }
-            Transport::Grpc(client, rt) => {
+            Transport::Grpc(client, headers, rt) => {
                 let client = client.clone();
+                let headers = headers.clone();
                 let policy = self.retry;
                 rt.spawn(async move {
                     with_retry(policy, || {
                         let mut client = client.clone();
-                        let request = request.clone();
+                        let mut request = tonic::Request::new(request.clone());
+                        headers.apply_metadata(request.metadata_mut());
                         async move {
                             client
                                 .export(request)
@@ -247,17 +256,20 @@ impl PushMetricExporter for OtlpMetricExporter {
                 .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?
                 .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP/gRPC metrics export: {e}")))
             }
-            Transport::Http(client, url, rt) => {
+            Transport::Http(client, url, headers, rt) => {
                 let body = gzip(&request.encode_to_vec())
                     .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP/HTTP metrics export: gzip: {e}")))?;
                 let body = bytes::Bytes::from(body);
                 let client = client.clone();
                 let url = url.clone();
+                let mut extra = http::HeaderMap::new();
+                headers.apply(&mut extra);
                 let policy = self.retry;
                 rt.spawn(async move {
                     with_retry(policy, || {
                         let req = client
                             .post(url.as_str())
+                            .headers(extra.clone())
                             .header("content-type", "application/x-protobuf")
                             .header("content-encoding", "gzip")
                             .body(body.clone());
@@ -363,7 +375,8 @@ mod tests {
 
     fn exporter(url: &str) -> OtlpMetricExporter {
         let store = Arc::new(ExemplarStore::new(ExemplarFilter::TraceBased));
-        let transport = OtlpMetricExporter::http(url, tokio::runtime::Handle::current()).expect("transport");
+        let transport = OtlpMetricExporter::http(url, &ClientSettings::default(), tokio::runtime::Handle::current())
+            .expect("transport");
         OtlpMetricExporter::new(store, transport).with_retry_policy(FAST)
     }
 

@@ -28,7 +28,8 @@ pub(crate) fn parse_resource_attributes(text: &str) -> Result<Vec<(String, Strin
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Percent-decodes `s`; `None` for a bad escape or a result that is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

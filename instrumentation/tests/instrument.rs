@@ -512,8 +512,19 @@ fn bad_environment_values_are_errors_naming_the_variable() {
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         ),
         (
-            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://collector:4317")],
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector:4317")],
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "authorization")],
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+            "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
         ),
         (&[("OTEL_RESOURCE_ATTRIBUTES", "team")], "OTEL_RESOURCE_ATTRIBUTES"),
         (&[("RUST_LOG", "info,[{")], "RUST_LOG"),

@@ -83,6 +83,7 @@ struct ExporterFamilies {
     disk_errors: Family<'static>,
     dropped: Family<'static>,
     retries: Family<'static>,
+    tls_failures: Family<'static>,
     queue_bytes: Family<'static>,
     queue_capacity: Family<'static>,
     duration: Family<'static>,
@@ -113,6 +114,11 @@ const TRACE_EXPORTER: ExporterFamilies = ExporterFamilies {
         "spindle_exporter_retries",
         MetricKind::Counter,
         "Trace export attempts that failed and were retried.",
+    ),
+    tls_failures: family(
+        "spindle_exporter_tls_failures",
+        MetricKind::Counter,
+        "Trace export attempts that failed in the TLS handshake: the backend refused Spindle's client certificate, or Spindle did not trust the backend's (retried, logged once).",
     ),
     queue_bytes: family(
         "spindle_exporter_queue_bytes",
@@ -156,6 +162,11 @@ const REMOTE_WRITE: ExporterFamilies = ExporterFamilies {
         "spindle_remote_write_retries",
         MetricKind::Counter,
         "Remote-write requests that failed and were retried.",
+    ),
+    tls_failures: family(
+        "spindle_remote_write_tls_failures",
+        MetricKind::Counter,
+        "Remote-write attempts that failed in the TLS handshake: the receiver refused Spindle's client certificate, or Spindle did not trust the receiver's (retried, logged once).",
     ),
     queue_bytes: family(
         "spindle_remote_write_queue_bytes",
@@ -235,6 +246,7 @@ const FAMILIES: &[Family<'static>] = &[
     TRACE_EXPORTER.disk_errors,
     TRACE_EXPORTER.dropped,
     TRACE_EXPORTER.retries,
+    TRACE_EXPORTER.tls_failures,
     TRACE_EXPORTER.queue_bytes,
     TRACE_EXPORTER.queue_capacity,
     TRACE_EXPORTER.duration,
@@ -243,6 +255,7 @@ const FAMILIES: &[Family<'static>] = &[
     REMOTE_WRITE.disk_errors,
     REMOTE_WRITE.dropped,
     REMOTE_WRITE.retries,
+    REMOTE_WRITE.tls_failures,
     REMOTE_WRITE.queue_bytes,
     REMOTE_WRITE.queue_capacity,
     REMOTE_WRITE.duration,
@@ -480,6 +493,8 @@ fn exporter<S: Sink + ?Sized, R: Reason>(w: &mut Own<'_, S>, f: &ExporterFamilie
     }
     w.family(&f.retries);
     w.number(&[], s.retries_total());
+    w.family(&f.tls_failures);
+    w.number(&[], s.tls_failures_total());
     w.family(&f.queue_bytes);
     w.number(&[], s.queue_bytes());
     w.family(&f.queue_capacity);
@@ -522,6 +537,9 @@ mod tests {
         t.traces.dropped(DropReason::Shutdown, 2);
         t.traces.dropped(DropReason::RejectedByBackend, 3);
         t.traces.retried();
+        t.traces
+            .tls_failure_counter()
+            .fetch_add(4, std::sync::atomic::Ordering::Relaxed);
         t.traces.queue(100, 1000);
         t.traces.took(Duration::from_millis(30));
         t.remote_write.sent(10);

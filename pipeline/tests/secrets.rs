@@ -1,5 +1,6 @@
-//! Secrets never leak: with a bearer token and a URL password on the trace exporter, and an API key
-//! and a URL password on remote write, nothing Spindle prints — `print-config`, `validate`'s
+//! Secrets never leak: with a bearer token, a token read from a file (`headers_from_files`) and a
+//! URL password on the trace exporter, and an API key, a key read from a file and a URL password on
+//! remote write, nothing Spindle prints — `print-config`, `validate`'s
 //! errors, its logs at `trace` level while both exporters send and are retried, `/metrics` and
 //! `/api/v1/cardinality` — contains any of them, while the backend does receive them.
 
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
 
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 8] = [
     "SECRET-TOKEN-abc123",
+    "SECRET-FILETOKEN",
+    "SECRET-RWFILEKEY",
     "SECRET-URLPASS",
     "SECRET-RWKEY",
     "SECRET-RWPASS",
@@ -97,7 +100,17 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
     out
 }
 
+/// The secret files of `headers_from_files`, each ending with a newline (dropped when read).
+fn secret_files() -> (String, String) {
+    let token = dir().join("trace-token");
+    std::fs::write(&token, "Bearer SECRET-FILETOKEN\n").unwrap();
+    let key = dir().join("rw-key");
+    std::fs::write(&key, "SECRET-RWFILEKEY\r\n").unwrap();
+    (token.display().to_string(), key.display().to_string())
+}
+
 fn config(backend: SocketAddr) -> String {
+    let (token, key) = secret_files();
     format!(
         r#"receivers:
   otlp:
@@ -110,6 +123,7 @@ exporters:
       endpoint: "http://traceuser:SECRET-URLPASS@{backend}"
       protocol: http/protobuf
       headers: {{X-Auth-Token: "Bearer SECRET-TOKEN-abc123"}}
+      headers_from_files: {{X-File-Token: "{token}"}}
       batch_timeout: 10ms
       retry_initial_backoff: 50ms
       retry_max_backoff: 100ms
@@ -117,6 +131,7 @@ exporters:
   remote_write:
     endpoint: "http://rwuser:SECRET-RWPASS@{backend}/api/v1/write"
     headers: {{X-Api-Key: SECRET-RWKEY}}
+    headers_from_files: {{X-Rw-Key: "{key}"}}
     interval: 1s
     retry_initial_backoff: 50ms
     retry_max_backoff: 100ms
@@ -147,6 +162,38 @@ fn print_config_and_validate_show_no_secret() {
     assert_eq!(printed.matches("<redacted>").count(), 4, "{printed}");
     assert!(printed.contains("X-Auth-Token: <redacted>"), "{printed}");
     assert!(printed.contains(&format!("http://<redacted>@{addr}")), "{printed}");
+    // Values read from files are shown by their paths.
+    let (token, key) = secret_files();
+    assert!(printed.contains(&format!("X-File-Token: {token}")), "{printed}");
+    assert!(printed.contains(&format!("X-Rw-Key: {key}")), "{printed}");
+
+    // An unreadable or empty secret file is a start-up error naming the key and the file only.
+    let missing = dir().join("missing.yaml");
+    let empty = dir().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    std::fs::write(
+        &missing,
+        format!(
+            "exporters:\n  traces:\n    otlp:\n      endpoint: http://h:4317\n      headers_from_files: {{authorization: /nonexistent/token}}\n  remote_write:\n    endpoint: http://h/api/v1/write\n    headers_from_files: {{X-Key: \"{}\"}}\n",
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exporters.traces.otlp.headers_from_files.authorization") && err.contains("/nonexistent/token"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exporters.remote_write.headers_from_files.X-Key") && err.contains("is empty"),
+        "{err}"
+    );
 
     // An endpoint that fails validation is named without its credentials.
     let bad = dir().join("bad.yaml");
@@ -212,8 +259,11 @@ fn logs_at_trace_level_and_the_http_endpoints_show_no_secret_while_exporters_sen
             let lower = heads.to_ascii_lowercase();
             assert!(lower.contains("x-auth-token: bearer secret-token-abc123"), "{heads}");
             assert!(lower.contains("x-api-key: secret-rwkey"), "{heads}");
-            assert!(heads.contains(&format!("Basic {}", SECRETS[4])), "{heads}");
-            assert!(heads.contains(&format!("Basic {}", SECRETS[5])), "{heads}");
+            assert!(heads.contains(&format!("Basic {}", SECRETS[6])), "{heads}");
+            assert!(heads.contains(&format!("Basic {}", SECRETS[7])), "{heads}");
+            // Read from their files, without the trailing newline.
+            assert!(lower.contains("x-file-token: bearer secret-filetoken\r\n"), "{heads}");
+            assert!(lower.contains("x-rw-key: secret-rwfilekey\r\n"), "{heads}");
             break;
         }
         assert!(Instant::now() < deadline, "the exporters did not retry:\n{heads}");

@@ -567,6 +567,7 @@ mod tests {
             "crate::process::span_metrics::config::",
             "crate::export::traces::config::",
             "crate::export::remote_write::config::",
+            "crate::storage::config::",
             // The process's open-file limit, to check the listeners' connection caps against.
             "crate::server::open_file_limit",
         ];

@@ -54,6 +54,72 @@ pub(crate) fn header_problems(prefix: &str, headers: &std::collections::BTreeMap
     out
 }
 
+/// The value of a `headers_from_files` entry: the file's text without its trailing line break(s).
+/// Errors name the file, never its content.
+pub(crate) fn read_header_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(format!("`{path}` is empty"));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(format!(
+            "`{path}` does not hold a valid HTTP header value (visible ASCII on one line)"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Every `headers_from_files` entry must be a valid header name, not also in `headers`, and name
+/// a readable file holding a valid header value (read here, so `spindle validate` reports it).
+pub(crate) fn header_file_problems(
+    prefix: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    files: &std::collections::BTreeMap<String, String>,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (k, path) in files {
+        let problem = |message: String, hint: &str| Problem {
+            path: format!("{prefix}.headers_from_files.{k}"),
+            message,
+            hint: hint.into(),
+        };
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            out.push(problem(
+                "is not a valid HTTP header name".into(),
+                "use letters, digits and `-`, e.g. `authorization`",
+            ));
+        } else if headers.keys().any(|h| h.eq_ignore_ascii_case(k)) {
+            out.push(problem(
+                format!("`{k}` is also in {prefix}.headers"),
+                "set each header in one of the two",
+            ));
+        } else if let Err(e) = read_header_file(path) {
+            out.push(problem(
+                e,
+                "the path of a file holding the value alone, e.g. `Bearer <token>` (a trailing newline is dropped)",
+            ));
+        }
+    }
+    out
+}
+
+/// The headers an exporter sends: `headers`, and the values of `headers_from_files` read now.
+///
+/// # Errors
+/// [`BuildError::HeaderFile`] when a file cannot be read or holds no valid value.
+pub(crate) fn resolved_headers(
+    headers: &std::collections::BTreeMap<String, String>,
+    files: &std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, crate::export::sender::BuildError> {
+    let mut out = headers.clone();
+    for (k, path) in files {
+        let value = read_header_file(path).map_err(|e| crate::export::sender::BuildError::HeaderFile(k.clone(), e))?;
+        out.insert(k.clone(), value);
+    }
+    Ok(out)
+}
+
 /// The client TLS files: `ca_file` must hold certificates; `cert_file` and `key_file` (the client
 /// certificate for mTLS) go together and must hold a certificate and its key.
 pub(crate) fn tls_problems(prefix: &str, ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> Vec<Problem> {

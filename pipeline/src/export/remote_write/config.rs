@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
-use crate::export::config::{backoff_problem, endpoint_problem, header_problems, tls_problems};
+use crate::export::config::{backoff_problem, endpoint_problem, header_file_problems, header_problems, tls_problems};
 use crate::export::sender::{Batching, RetryPolicy};
 
 /// `exporters.remote_write`: every `interval`, a snapshot of the series store (the samples and
@@ -27,6 +27,11 @@ pub struct RemoteWriteConfig {
     /// Headers sent with every request, e.g. `{authorization: "Basic …"}` or
     /// `{X-Scope-OrgID: tenant}`. Default: none.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Headers whose values are read from files, so that secrets stay out of the config: header
+    /// name → path of a file holding the value alone (e.g. `{authorization: /run/secrets/token}`
+    /// with `Bearer <token>` in it); a trailing newline is dropped. Read at start; `print-config`
+    /// shows the paths. A name may not also be in `headers`. Default: none.
+    pub headers_from_files: std::collections::BTreeMap<String, String>,
     /// Extra PEM CA certificate for `https` endpoints (the system roots are always trusted).
     /// Default: none.
     pub ca_file: Option<String>,
@@ -62,6 +67,7 @@ impl Default for RemoteWriteConfig {
             interval: DurationStr(Duration::from_secs(15)),
             timeout: DurationStr(Duration::from_secs(10)),
             headers: Default::default(),
+            headers_from_files: Default::default(),
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -158,6 +164,11 @@ impl RemoteWriteConfig {
             self.retry_max_backoff,
         ));
         out.extend(header_problems("exporters.remote_write", &self.headers));
+        out.extend(header_file_problems(
+            "exporters.remote_write",
+            &self.headers,
+            &self.headers_from_files,
+        ));
         out
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sender::{
     Answers, BodyCompression, BuildError, Client, ClientConfig, DiskPlace, Hooks, Payload, Persist, Queue, Shutdown,
-    Transport, Worker, open_queue,
+    TlsFailures, Transport, Worker, open_queue,
 };
 use super::stats::{ExporterStats, RemoteWriteDropReason};
 use crate::store::Store;
@@ -105,10 +105,11 @@ pub fn spawn(
     drain: CancellationToken,
     disk: Option<&DiskPlace>,
 ) -> Result<tokio::task::JoinHandle<()>, BuildError> {
+    let headers = crate::export::config::resolved_headers(&config.headers, &config.headers_from_files)?;
     let client = Client::new(&ClientConfig {
         endpoint,
         transport: Transport::Http,
-        headers: &config.headers,
+        headers: &headers,
         protocol_headers: &[
             ("content-encoding", "snappy"),
             ("content-type", "application/x-protobuf"),
@@ -134,7 +135,11 @@ pub fn spawn(
     ));
     let worker = Worker {
         queue: queue.clone(),
-        client,
+        client: client.with_tls_failures(TlsFailures::new(
+            "remote write",
+            "exporters.remote_write",
+            stats.tls_failure_counter(),
+        )),
         batching: config.batching(),
         retry: config.retry_policy(),
         stats: stats.clone(),

@@ -128,6 +128,149 @@ pub struct ClientConfig<'a> {
 pub struct Client {
     inner: Inner,
     answers: Answers,
+    tls: TlsFailures,
+}
+
+/// Attempts that failed in the TLS handshake — the backend refused our client certificate, or we
+/// did not trust its certificate — counted, and logged once until an attempt succeeds again.
+///
+/// With TLS 1.3 a server checks the client's certificate after the client considers the handshake
+/// done, so its refusal arrives once the request is on its way: gRPC reports it as an `h2` error
+/// (a code that would read as permanent) or as `UNAVAILABLE`, depending on timing; with TLS 1.2 it
+/// is a connect error. All of these are one case: a configuration error on one side, which an
+/// operator fixes (or a certificate rotation finishes) without Spindle restarting. Such attempts
+/// are therefore always retryable, like the Collector's `UNAVAILABLE`, so the queue's backpressure
+/// keeps accepted data instead of dropping batch after batch.
+#[derive(Debug, Clone)]
+pub struct TlsFailures {
+    /// Counted here (an exporter hands in its stats' counter).
+    pub count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the current run of failures was logged.
+    logged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The exporter, for the log line (`trace exporter`).
+    pub exporter: &'static str,
+    /// Its config key prefix, for the hint (`exporters.traces.otlp`).
+    pub key: &'static str,
+}
+
+impl TlsFailures {
+    /// Failures of `exporter` (configured under `key`) counted into `count`.
+    pub fn new(exporter: &'static str, key: &'static str, count: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            count,
+            logged: Default::default(),
+            exporter,
+            key,
+        }
+    }
+
+    fn failed(&self, failure: &TlsFailure) {
+        use std::sync::atomic::Ordering;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            let (what, fix) = match failure {
+                TlsFailure::RefusedByPeer(_) => (
+                    "the backend refused Spindle's TLS client certificate",
+                    format!(
+                        "set {k}.cert_file and {k}.key_file to a certificate the backend's client CA signed",
+                        k = self.key
+                    ),
+                ),
+                TlsFailure::PeerNotTrusted(_) => (
+                    "Spindle does not trust the backend's TLS certificate",
+                    format!(
+                        "set {}.ca_file to the CA that signed it, or check the endpoint's host name",
+                        self.key
+                    ),
+                ),
+            };
+            tracing::error!(
+                exporter = self.exporter,
+                error = %failure,
+                "{}: {what}; retrying with backoff until it is fixed: {fix} (logged once until an export succeeds)",
+                self.exporter
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        self.logged.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A TLS handshake that failed for a reason of configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The peer sent this fatal alert: it refused our certificate (or that we sent none).
+    RefusedByPeer(String),
+    /// We refused the peer's certificate.
+    PeerNotTrusted(String),
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsFailure::RefusedByPeer(alert) => write!(f, "TLS handshake refused by the peer (alert {alert})"),
+            TlsFailure::PeerNotTrusted(why) => write!(f, "TLS: the peer's certificate is not trusted ({why})"),
+        }
+    }
+}
+
+/// Fatal alerts a peer sends when it refuses our certificate (or that we sent none).
+const CERTIFICATE_ALERTS: [&str; 9] = [
+    "CertificateRequired",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+    "HandshakeFailure",
+];
+
+/// The TLS failure somewhere in `err`'s source chain, if any: a fatal alert about certificates
+/// from the peer, or our refusal of its certificate. rustls errors travel inside `std::io::Error`s
+/// (whose `source()` skips them), so each I/O error's payload is looked at too — as a
+/// `rustls::Error`, or, where a layer kept only its text, as rustls's message for it
+/// (`received fatal alert: …`, `invalid peer certificate: …`).
+pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    use tokio_rustls::rustls::Error as E;
+    let classify = |e: &E| match e {
+        E::AlertReceived(a) => {
+            let name = format!("{a:?}");
+            CERTIFICATE_ALERTS
+                .contains(&name.as_str())
+                .then_some(TlsFailure::RefusedByPeer(name))
+        }
+        E::InvalidCertificate(why) => Some(TlsFailure::PeerNotTrusted(format!("{why:?}"))),
+        _ => None,
+    };
+    let from_text = |text: &str| {
+        if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+            let alert = alert.trim();
+            return CERTIFICATE_ALERTS
+                .contains(&alert)
+                .then(|| TlsFailure::RefusedByPeer(alert.to_owned()));
+        }
+        text.strip_prefix("invalid peer certificate: ")
+            .map(|why| TlsFailure::PeerNotTrusted(why.trim().to_owned()))
+    };
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(r) = e.downcast_ref::<E>() {
+            return classify(r);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(found) = tls_failure(inner).or_else(|| from_text(&inner.to_string())) {
+                return Some(found);
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 enum Inner {
@@ -265,12 +408,38 @@ impl Client {
         Ok(Self {
             inner,
             answers: c.answers,
+            tls: TlsFailures::new("exporter", "exporters", Default::default()),
         })
+    }
+
+    /// Counts TLS handshake failures into `tls` and logs them under its exporter's name.
+    pub fn with_tls_failures(mut self, tls: TlsFailures) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// One attempt ([`Client::attempt`]), with TLS handshake failures made retryable, counted and
+    /// logged (see [`TlsFailures`]).
+    pub async fn send(&self, body: &[Bytes]) -> Attempt {
+        match self.attempt(body).await {
+            Ok(sent) => {
+                self.tls.succeeded();
+                Ok(sent)
+            }
+            Err(Failed::Tls(failure)) => {
+                self.tls.failed(&failure);
+                Err(AttemptError::Retryable {
+                    after: None,
+                    why: failure.to_string(),
+                })
+            }
+            Err(Failed::Other(e)) => Err(e),
+        }
     }
 
     /// One attempt: sends `body` (its chunks back to back form the request) and classifies the
     /// answer. Never panics on what the peer sends.
-    pub async fn send(&self, body: &[Bytes]) -> Attempt {
+    async fn attempt(&self, body: &[Bytes]) -> Result<Sent, Failed> {
         match &self.inner {
             Inner::Grpc {
                 grpc,
@@ -281,10 +450,13 @@ impl Client {
             } => {
                 let mut grpc = (**grpc).clone();
                 if let Err(e) = grpc.ready().await {
-                    return Err(AttemptError::Retryable {
+                    if let Some(t) = tls_failure(&*e) {
+                        return Err(Failed::Tls(t));
+                    }
+                    return Err(Failed::Other(AttemptError::Retryable {
                         after: None,
                         why: format!("connecting: {e}"),
-                    });
+                    }));
                 }
                 let mut req = tonic::Request::new(body.to_vec());
                 *req.metadata_mut() = headers.clone();
@@ -293,7 +465,17 @@ impl Client {
                     Ok(resp) => Ok(Sent {
                         rejected: (self.answers.rejected)(resp.get_ref()),
                     }),
-                    Err(status) => Err(classify_grpc(&status)),
+                    Err(status) => Err(match tls_failure(&status) {
+                        Some(t) => Failed::Tls(t),
+                        // The connection failed under the call (reset, broken pipe, closed — as
+                        // when a TLS 1.3 server refuses our certificate and the alert is lost):
+                        // the backend gave no answer, so it is retried whatever code tonic chose.
+                        None if transport_failure(&status) => Failed::Other(AttemptError::Retryable {
+                            after: None,
+                            why: format!("connection failed: {}", error_chain(&status)),
+                        }),
+                        None => Failed::Other(classify_grpc(&status)),
+                    }),
                 }
             }
             Inner::Http {
@@ -306,7 +488,7 @@ impl Client {
                     Some(name) => {
                         let mut out = Vec::with_capacity(body.iter().map(Bytes::len).sum::<usize>() / 4);
                         if let Err(e) = compression.compress_to(body, &mut out) {
-                            return Err(AttemptError::Permanent(format!("{name}: {e}")));
+                            return Err(Failed::Other(AttemptError::Permanent(format!("{name}: {e}"))));
                         }
                         rb = rb.header(http::header::CONTENT_ENCODING, name);
                         Bytes::from(out)
@@ -316,20 +498,57 @@ impl Client {
                 let resp = match rb.body(payload).send().await {
                     Ok(r) => r,
                     Err(e) => {
-                        return Err(AttemptError::Retryable {
+                        if let Some(t) = tls_failure(&e) {
+                            return Err(Failed::Tls(t));
+                        }
+                        return Err(Failed::Other(AttemptError::Retryable {
                             after: None,
                             // Without the URL, which may carry credentials.
                             why: format!("sending: {}", e.without_url()),
-                        });
+                        }));
                     }
                 };
                 let status = resp.status();
                 let after = retry_after(resp.headers());
                 let bytes = resp.bytes().await.unwrap_or_default();
-                classify_http(status.as_u16(), after, &bytes, &self.answers)
+                classify_http(status.as_u16(), after, &bytes, &self.answers).map_err(Failed::Other)
             }
         }
     }
+}
+
+/// Whether a gRPC status came from the connection (tonic's transport) rather than from the
+/// backend's answer (`grpc-status`, which carries no source).
+fn transport_failure(status: &tonic::Status) -> bool {
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// `err` and its sources, `: `-separated (each only once when a layer repeats its source's text).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// Why one attempt failed, before TLS failures are counted.
+enum Failed {
+    Tls(TlsFailure),
+    Other(AttemptError),
 }
 
 /// The chunks as one buffer (no copy when there is one).
@@ -557,6 +776,79 @@ mod tests {
             Err(AttemptError::Permanent(why)) => assert!(why.len() < 260, "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tls_failures_are_found_wherever_they_sit_in_the_error_chain() {
+        use tokio_rustls::rustls::{AlertDescription, CertificateError, Error as TlsError};
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("h2 protocol error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let alert = |a| std::io::Error::other(TlsError::AlertReceived(a));
+        // TLS 1.3: after the request was sent, inside an h2 error inside a gRPC status.
+        let status = tonic::Status::from_error(Box::new(Wrapper(alert(AlertDescription::CertificateRequired))));
+        assert_eq!(
+            tls_failure(&status),
+            Some(TlsFailure::RefusedByPeer("CertificateRequired".into()))
+        );
+        // TLS 1.2: at connect, an I/O error.
+        assert_eq!(
+            tls_failure(&alert(AlertDescription::BadCertificate)),
+            Some(TlsFailure::RefusedByPeer("BadCertificate".into()))
+        );
+        let untrusted = std::io::Error::other(TlsError::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert!(matches!(
+            tls_failure(&Wrapper(untrusted)),
+            Some(TlsFailure::PeerNotTrusted(_))
+        ));
+        // Not about certificates: classified as before.
+        assert_eq!(tls_failure(&alert(AlertDescription::DecodeError)), None);
+        assert_eq!(tls_failure(&tonic::Status::unavailable("down")), None);
+        assert_eq!(tls_failure(&std::io::Error::other("connection refused")), None);
+        // A layer that kept only the text of rustls's error.
+        let text = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        assert_eq!(
+            tls_failure(&tonic::Status::from_error(Box::new(Wrapper(text)))),
+            Some(TlsFailure::RefusedByPeer("CertificateRequired".into()))
+        );
+        let text = std::io::Error::new(std::io::ErrorKind::InvalidData, "received fatal alert: DecodeError");
+        assert_eq!(tls_failure(&text), None);
+        // A connection that broke under the call (the alert lost) is a transport failure,
+        // whatever the code; a backend's own answer is not.
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        assert!(transport_failure(&broken));
+        assert!(error_chain(&broken).contains("broken pipe"), "{}", error_chain(&broken));
+        assert!(!transport_failure(&tonic::Status::unknown("the backend's own answer")));
+
+        let t = TlsFailures::new("trace exporter", "exporters.traces.otlp", Default::default());
+        let f = TlsFailure::RefusedByPeer("CertificateRequired".into());
+        t.failed(&f);
+        t.failed(&f);
+        assert_eq!(t.count.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(
+            t.logged.load(std::sync::atomic::Ordering::Relaxed),
+            "logged once, then quiet"
+        );
+        t.succeeded();
+        assert!(
+            !t.logged.load(std::sync::atomic::Ordering::Relaxed),
+            "logged again after a success"
+        );
     }
 
     #[test]

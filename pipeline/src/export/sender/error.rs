@@ -21,6 +21,10 @@ pub enum BuildError {
     /// The disk queue's directory cannot be opened or read.
     #[error("cannot open the disk queue in `{0}`: {1}")]
     Queue(String, String),
+    /// A `headers_from_files` file cannot be read or holds no valid value (the message names the
+    /// file, never its content).
+    #[error("header `{0}`: {1}")]
+    HeaderFile(String, String),
 }
 
 /// Why a queue refused a payload; nothing was queued. Receivers answer both as "overloaded"

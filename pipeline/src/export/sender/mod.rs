@@ -28,7 +28,7 @@ pub mod shutdown;
 pub mod stats;
 pub mod worker;
 
-pub use client::{Answers, BodyCompression, Client, ClientConfig, Transport};
+pub use client::{Answers, BodyCompression, Client, ClientConfig, TlsFailures, Transport};
 pub use error::{AttemptError, BuildError, PushError};
 pub use queue::{Batch, MemoryQueue, Payload, Persist, Queue, Ticket};
 pub use retry::RetryPolicy;

@@ -92,6 +92,7 @@ struct Counters {
     sent_exemplars: AtomicU64,
     dropped: [AtomicU64; MAX_REASONS],
     retries: AtomicU64,
+    tls_failures: Arc<AtomicU64>,
     queue_bytes: AtomicU64,
     queue_capacity: AtomicU64,
     attempts: DurationHistogram,
@@ -150,6 +151,17 @@ impl<R: Reason> ExporterStats<R> {
     /// Counts one failed attempt that will be retried.
     pub fn retried(&self) {
         self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter of attempts that failed in the TLS handshake, for the client
+    /// ([`super::client::TlsFailures`]).
+    pub fn tls_failure_counter(&self) -> Arc<AtomicU64> {
+        self.inner.tls_failures.clone()
+    }
+
+    /// Attempts that failed in the TLS handshake so far.
+    pub fn tls_failures_total(&self) -> u64 {
+        self.inner.tls_failures.load(Ordering::Relaxed)
     }
 
     /// Sets the queue's fill and bound, in bytes.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{ByteSize, DurationStr, Problem};
-use crate::export::config::{backoff_problem, endpoint_problem, header_problems, tls_problems};
+use crate::export::config::{backoff_problem, endpoint_problem, header_file_problems, header_problems, tls_problems};
 use crate::export::sender::{Batching, BodyCompression, RetryPolicy};
 
 /// `exporters.traces`.
@@ -72,6 +72,11 @@ pub struct OtlpExporterConfig {
     pub compression_level: Option<u32>,
     /// Headers sent with every export (e.g. an API key). Default: none.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Headers whose values are read from files, so that secrets stay out of the config: header
+    /// name → path of a file holding the value alone (e.g. `{authorization: /run/secrets/token}`
+    /// with `Bearer <token>` in it); a trailing newline is dropped. Read at start; `print-config`
+    /// shows the paths. A name may not also be in `headers`. Default: none.
+    pub headers_from_files: std::collections::BTreeMap<String, String>,
     /// Timeout of one export attempt. Default `10s`.
     pub timeout: DurationStr,
     /// Extra PEM CA certificate for `https` endpoints. Default: none.
@@ -111,6 +116,7 @@ impl Default for OtlpExporterConfig {
             compression: Compression::Gzip,
             compression_level: None,
             headers: Default::default(),
+            headers_from_files: Default::default(),
             timeout: DurationStr(Duration::from_secs(10)),
             ca_file: None,
             cert_file: None,
@@ -232,6 +238,11 @@ impl OtlpExporterConfig {
             ex.retry_max_backoff,
         ));
         out.extend(header_problems("exporters.traces.otlp", &ex.headers));
+        out.extend(header_file_problems(
+            "exporters.traces.otlp",
+            &ex.headers,
+            &ex.headers_from_files,
+        ));
         out
     }
 }

@@ -33,7 +33,7 @@ pub use config::*;
 
 use super::sender::{
     Answers, BuildError, Client, ClientConfig, DiskPlace, Hooks, Payload, Persist, PushError, Queue, Shutdown,
-    Transport, Worker, open_queue,
+    TlsFailures, Transport, Worker, open_queue,
 };
 use super::stats::{DropReason, ExporterStats, Reason};
 use crate::model::Durable;
@@ -141,13 +141,14 @@ pub fn spawn(
         OtlpProtocol::Grpc => endpoint.to_string(),
         OtlpProtocol::HttpProtobuf => http_url(endpoint)?,
     };
+    let headers = crate::export::config::resolved_headers(&config.headers, &config.headers_from_files)?;
     let client = Client::new(&ClientConfig {
         endpoint: &url,
         transport: match config.protocol {
             OtlpProtocol::Grpc => Transport::Grpc { path: GRPC_PATH },
             OtlpProtocol::HttpProtobuf => Transport::Http,
         },
-        headers: &config.headers,
+        headers: &headers,
         protocol_headers: &[("content-type", "application/x-protobuf")],
         user_agent: None,
         timeout: config.timeout.0,
@@ -162,7 +163,11 @@ pub fn spawn(
     stats.queue(0, queue.capacity());
     let worker = Worker {
         queue: queue.clone(),
-        client,
+        client: client.with_tls_failures(TlsFailures::new(
+            "trace exporter",
+            "exporters.traces.otlp",
+            stats.tls_failure_counter(),
+        )),
         batching: config.batching(),
         retry: config.retry_policy(),
         stats: stats.clone(),
