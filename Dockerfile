@@ -21,6 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p spindle -p demo-service \
  && install -D -m 0755 target/release/spindle /out/spindle \
  && install -D -m 0755 target/release/demo-service /out/demo-service \
+ && install -d -m 0700 /out/state \
  && /out/spindle validate --config collector-config/spindle.yaml
 
 # ---- demo: examples/demo-service (docker-compose.yml builds this target) --------------------
@@ -38,6 +39,9 @@ LABEL org.opencontainers.image.title="spindle" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/spindle /usr/local/bin/spindle
 COPY collector-config/spindle.yaml /etc/spindle/spindle.yaml
+# storage.path when set (docker-compose.yml mounts a named volume here): owned by the runtime user,
+# so a fresh volume inherits a directory Spindle can write.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/spindle
 # Read by `spindle`, `spindle validate`, `spindle print-config` and `spindle healthcheck` alike.
 ENV SPINDLE_CONFIG=/etc/spindle/spindle.yaml \
     RUST_LOG=info

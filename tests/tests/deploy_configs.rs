@@ -968,6 +968,17 @@ fn compose_services_ports_mounts_and_hostnames_agree_with_the_configs() {
         .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     let dockerfile = Dockerfile::load();
+    // Durability: Spindle's storage.path is a named volume, so queues and state outlive the
+    // container.
+    let spindle = compose.service("spindle");
+    let storage = s(spindle, &["environment", "SPINDLE__STORAGE__PATH"]);
+    let mounts = strings(at(spindle, &["volumes"]));
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.split(':').nth(1) == Some(storage) && named_volumes.contains(m.split(':').next().unwrap_or(""))),
+        "spindle's storage.path {storage} is not on a named volume: {mounts:?}"
+    );
 
     for (name, svc) in &services {
         // Every bind-mounted file or directory exists; named volumes are declared.
@@ -1405,6 +1416,12 @@ async fn systemd_unit_is_hardened_and_verifies() {
     assert!(
         get("DynamicUser") == ["yes"] || !get("User").is_empty(),
         "{rel}: DynamicUser=yes or a dedicated User="
+    );
+    // Durability: storage.path is the StateDirectory, kept across restarts and reboots.
+    assert_eq!(get("StateDirectory"), ["spindle"], "{rel}: StateDirectory=spindle");
+    assert!(
+        get("Environment").contains(&"SPINDLE__STORAGE__PATH=/var/lib/spindle"),
+        "{rel}: storage.path must be the StateDirectory, /var/lib/spindle"
     );
     let families = get("RestrictAddressFamilies").join(" ");
     for f in ["AF_INET", "AF_INET6"] {
