@@ -123,12 +123,12 @@ const TRACE_EXPORTER: ExporterFamilies = ExporterFamilies {
     queue_bytes: family(
         "spindle_exporter_queue_bytes",
         MetricKind::Gauge,
-        "Bytes of memory held by spans queued for the trace backend (decoded requests and their exemplars) or in flight (encoded).",
+        "Bytes held by spans queued for the trace backend or in flight: encoded requests and their exemplars in memory, or with storage.path the records on disk not yet delivered.",
     ),
     queue_capacity: family(
         "spindle_exporter_queue_capacity_bytes",
         MetricKind::Gauge,
-        "Bound of the trace export queue (exporters.traces.otlp.queue_max_bytes).",
+        "Bound of the trace export queue (exporters.traces.otlp.queue_max_bytes, or storage.queue_max_bytes with storage.path).",
     ),
     duration: family(
         "spindle_exporter_export_duration_seconds",
@@ -176,7 +176,7 @@ const REMOTE_WRITE: ExporterFamilies = ExporterFamilies {
     queue_capacity: family(
         "spindle_remote_write_queue_capacity_bytes",
         MetricKind::Gauge,
-        "Bound of the remote-write queue (exporters.remote_write.queue_max_bytes).",
+        "Bound of the remote-write queue (exporters.remote_write.queue_max_bytes, or storage.queue_max_bytes with storage.path).",
     ),
     duration: family(
         "spindle_remote_write_request_duration_seconds",
