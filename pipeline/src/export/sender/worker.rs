@@ -185,10 +185,18 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
         for b in batches {
             self.queue.nack(b);
         }
+        let queued = self.queue.queued_items();
         let left = self.queue.close();
         if left > 0 {
             self.hooks.undelivered(left, &why, self.shutdown.timeout());
             self.stats.dropped(R::SHUTDOWN, left);
+        } else if queued > 0 {
+            // A durable queue keeps them: nothing is lost, they go out after the next start.
+            tracing::info!(
+                items = queued,
+                last_error = %why,
+                "shutdown_timeout reached with the peer unreachable; {queued} queued items stay on disk for the next start"
+            );
         }
         self.report_queue();
     }
