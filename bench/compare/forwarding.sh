@@ -12,6 +12,8 @@
 # levels). --disk adds a third forwarder, Spindle with its disk queue (`storage.path`, fsync before
 # each acknowledgement), and prints its throughput per CPU-second against the in-memory Spindle and
 # the acknowledgement latencies (p50/p99, send to OK as the load generator sees them) of both.
+# SPINDLE_ALT: the path of another spindle binary (e.g. built with `--features jemalloc`) to run as
+# a further forwarder, `spindle-alt`, with the same config as `spindle`.
 # Rotel comes from its PyPI wheel (`rotel`, which ships the agent binary) into target/peers.
 set -euo pipefail
 RUNS=3 REQS=300 SPANS=1000 ATTRS=8 COMP=gzip STREAMS=4 DISK=0
@@ -67,6 +69,11 @@ for ((r=1; r<=RUNS; r++)); do
   IN=$(port)
   spindle_config "$W/spindle.yaml" ""
   one spindle "$SPINDLE" --config "$W/spindle.yaml" | tee -a "$W/all.jsonl"
+  if [[ -n ${SPINDLE_ALT:-} ]]; then
+    IN=$(port)
+    spindle_config "$W/spindle-alt.yaml" ""
+    one spindle-alt "$SPINDLE_ALT" --config "$W/spindle-alt.yaml" | tee -a "$W/all.jsonl"
+  fi
   if ((DISK)); then
     IN=$(port); rm -rf "$W/storage"
     spindle_config "$W/spindle-disk.yaml" "storage: {path: $W/storage}"
@@ -81,6 +88,11 @@ s, r = med('spindle', 'spans_per_cpu_s'), med('rotel', 'spans_per_cpu_s')
 ms, mr = med('spindle', 'peak_rss_mib'), med('rotel', 'peak_rss_mib')
 print(json.dumps({'spindle_spans_per_cpu_s': s, 'rotel_spans_per_cpu_s': r, 'cpu_ratio': round(s / r, 2),
                   'spindle_peak_rss_mib': ms, 'rotel_peak_rss_mib': mr, 'rss_ratio': round(ms / mr, 2)}))
+if any(r['forwarder'] == 'spindle-alt' for r in rows):
+    a = lambda k: med('spindle-alt', k)
+    print(json.dumps({'alt_spans_per_cpu_s': a('spans_per_cpu_s'), 'alt_vs_spindle_per_cpu_s': round(a('spans_per_cpu_s') / s, 2),
+                      'alt_cpu_ratio_vs_rotel': round(a('spans_per_cpu_s') / r, 2),
+                      'alt_peak_rss_mib': a('peak_rss_mib'), 'alt_vs_spindle_rss': round(a('peak_rss_mib') / ms, 2)}))
 if any(r['forwarder'] == 'spindle-disk' for r in rows):
     d = lambda k: med('spindle-disk', k)
     m = lambda k: med('spindle', k)

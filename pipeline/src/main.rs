@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc, when built with `--features jemalloc` (measured, not the default).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use spindle::config::{Config, ConfigError, ENV_CONFIG};
 
 /// OpenTelemetry pipeline: OTLP in, Prometheus/OpenMetrics with exemplars out.
