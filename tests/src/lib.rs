@@ -12,6 +12,7 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod browser;
 pub mod otlp_sink;
 pub mod pki;
 
