@@ -100,6 +100,14 @@ fn page(metrics: usize, per_metric: usize) -> Arc<PageState> {
     Arc::new(PageState::new(expose, info))
 }
 
+/// The store's size as the page states it ("N metrics with M series").
+fn stated_size(html: &str) -> &str {
+    let at = html.find(" metrics with ").unwrap_or(0);
+    let start = html[..at].rfind('>').map_or(0, |i| i + 1);
+    let end = html[at..].find(" series").map_or(html.len(), |i| at + i + 7);
+    &html[start..end]
+}
+
 fn bench(c: &mut Criterion) {
     // `cargo bench` passes `--bench`; under `cargo test --benches` (unoptimized, one run each as a
     // smoke test) a small store keeps the run short.
@@ -111,15 +119,25 @@ fn bench(c: &mut Criterion) {
     let start = Instant::now();
     let page = page(metrics, per_metric);
     let series = metrics * per_metric;
-    eprintln!("page bench: {metrics} metrics x {per_metric} series filled in {:?}", start.elapsed());
+    eprintln!(
+        "page bench: {metrics} metrics x {per_metric} series filled in {:?}",
+        start.elapsed()
+    );
     for top in [25, 1000] {
         let mut out = String::new();
         page.render_status(top, &mut out);
-        eprintln!("page bench: status page with top={top} at {metrics} metrics: {} bytes", out.len());
+        eprintln!(
+            "page bench: status page with top={top} at {metrics} metrics: {} bytes ({})",
+            out.len(),
+            stated_size(&out)
+        );
     }
     let mut out = String::new();
     assert!(page.render_metric("service_00_operation_0000_requests", &mut out));
-    eprintln!("page bench: metric view of a {per_metric}-series metric: {} bytes", out.len());
+    eprintln!(
+        "page bench: metric view of a {per_metric}-series metric: {} bytes",
+        out.len()
+    );
 
     let mut g = c.benchmark_group("page");
     g.sample_size(20);
@@ -145,7 +163,10 @@ fn bench(c: &mut Criterion) {
                     .expect("request");
                 let resp = app.clone().oneshot(req).await.expect("infallible");
                 assert_eq!(resp.status(), 200);
-                axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body").len()
+                axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .expect("body")
+                    .len()
             })
         });
     });

@@ -301,6 +301,21 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// The page's document as HTML now (through the DOM domain, so it works with scripts
+    /// disabled too).
+    pub async fn html(&mut self) -> String {
+        let doc = self.call("DOM.getDocument", json!({"depth": 0})).await;
+        let node = doc["root"]["nodeId"].clone();
+        let html = self.call("DOM.getOuterHTML", json!({"nodeId": node})).await;
+        html["outerHTML"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Turns the page's JavaScript off (`true`) or on for the next loads.
+    pub async fn scripts_disabled(&mut self, disabled: bool) {
+        self.call("Emulation.setScriptExecutionDisabled", json!({"value": disabled}))
+            .await;
+    }
+
     /// Evaluates `expression` until it is `true`, or `timeout` passes; whether it became true.
     /// Console events are recorded meanwhile.
     pub async fn wait_for(&mut self, expression: &str, timeout: Duration) -> bool {

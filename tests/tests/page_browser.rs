@@ -49,14 +49,14 @@ fn override_max_series(pattern: &str, max_series: usize) -> MetricOverride {
 /// What the page's DOM says about the exporter, the top metric and the receivers.
 const DOM_FIGURES: &str = r#"(() => {
   const q = document.querySelector('#exporter-spans td.queue');
-  const cells = document.querySelectorAll('#exporter-spans td');
   const top = document.querySelector('#top-metrics tbody tr');
   const receivers = [...document.querySelectorAll('#receivers tbody tr')].map(tr => ({
     signal: tr.cells[0].textContent, protocol: tr.cells[1].textContent,
     requests: Number(tr.cells[2].dataset.value), items: Number(tr.cells[3].dataset.value)}));
   return {
     queue_bytes: Number(q.dataset.bytes), queue_capacity: Number(q.dataset.capacity), queue_text: q.textContent,
-    sent: Number(cells[3].dataset.value), last_error: cells[cells.length - 1].textContent,
+    sent: Number(document.querySelector('#exporter-spans td.sent').dataset.value),
+    last_error: document.querySelector('#exporter-spans td.err').textContent,
     top_name: top.querySelector('th a').textContent, top_href: top.querySelector('th a').getAttribute('href'),
     top_series: Number(top.querySelector('td.series').dataset.value),
     rates: document.querySelector('#summary').textContent,
@@ -268,6 +268,27 @@ async fn status_page_in_chromium_shows_what_metrics_and_the_cardinality_report_s
     assert!(hostile.starts_with("<script>"));
     b.screenshot(&artifacts_dir().join("page-explore.png")).await;
     assert_eq!(b.console_problems(), &[] as &[String], "console of /explore");
+
+    // Without JavaScript: the same figures, as served; nothing refreshes.
+    b.scripts_disabled(true).await;
+    b.open(&format!("{base}/")).await;
+    b.idle(Duration::from_secs(3)).await;
+    let html = b.html().await;
+    assert!(
+        html.contains(
+            "<a href=\"/explore?metric=hc_requests\">hc_requests</a></th><td class=\"n series\" data-value=\"2000\">"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("Without JavaScript this page does not refresh itself"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("data-refreshes=\""),
+        "refreshed with scripts off: {html}"
+    );
+    assert_eq!(b.console_problems(), &[] as &[String], "console without JavaScript");
     b.close().await;
     r.shutdown().await.expect("shutdown");
 }

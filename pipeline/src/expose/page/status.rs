@@ -51,7 +51,7 @@ fn summary(state: &PageState, rates: &Rates<'_>, out: &mut String) {
          {window} Totals are since start.</p></section>\n\
          <p id=\"live\" class=\"muted\" aria-live=\"polite\"></p>\
          <noscript><p class=\"muted\">Without JavaScript this page does not refresh itself: reload it for new figures \
-         (rates are then over the time since the previous view, at least {} s apart).</p></noscript>\n",
+         (its rates then cover the time since an earlier view, as it says above; {} s or more once views are that far apart).</p></noscript>\n",
         Age(state.started.elapsed()),
         WINDOW.as_secs(),
         now = humantime::format_rfc3339_seconds(SystemTime::now()),
@@ -60,14 +60,14 @@ fn summary(state: &PageState, rates: &Rates<'_>, out: &mut String) {
 
 /// `other` with the labels of `key` (a `name{labels}` key of another sample name).
 fn sibling(key: &str, name: &str, other: &str) -> String {
-    format!("{other}{}", &key[name.len().min(key.len())..])
+    format!("{other}{}", key.get(name.len()..).unwrap_or(""))
 }
 
-/// A rate over a total: `12.5/s` above `1,234` (muted).
-fn rate_and_total(out: &mut String, rates: &Rates<'_>, key: &str) {
+/// A rate over a total: `12.5/s` above `1,234` (muted), in a cell of class `n` and `class`.
+fn rate_and_total(out: &mut String, rates: &Rates<'_>, key: &str, class: &str) {
     let _ = write!(
         out,
-        "<td class=\"n\" data-value=\"{}\">{}<br><span class=\"muted\">{}</span></td>",
+        "<td class=\"n{class}\" data-value=\"{}\">{}<br><span class=\"muted\">{}</span></td>",
         rates.value(key),
         PerSecond(rates.per_second(key)),
         Count(rates.value(key))
@@ -94,9 +94,9 @@ fn receivers(rates: &Rates<'_>, out: &mut String) {
             Esc(label(&labels, "signal")),
             Esc(label(&labels, "protocol"))
         );
-        rate_and_total(out, rates, key);
-        rate_and_total(out, rates, &sibling(key, REQUESTS, "spindle_received_items_total"));
-        rate_and_total(out, rates, &sibling(key, REQUESTS, "spindle_rejected_items_total"));
+        rate_and_total(out, rates, key, "");
+        rate_and_total(out, rates, &sibling(key, REQUESTS, "spindle_received_items_total"), "");
+        rate_and_total(out, rates, &sibling(key, REQUESTS, "spindle_rejected_items_total"), "");
         out.push_str("</tr>\n");
     }
     out.push_str("</tbody></table>\n<h3>Refusals</h3>\n");
@@ -121,7 +121,7 @@ fn receivers(rates: &Rates<'_>, out: &mut String) {
                 Esc(label(labels, "protocol")),
                 Esc(label(labels, "reason"))
             );
-            rate_and_total(out, rates, key);
+            rate_and_total(out, rates, key, "");
             out.push_str("</tr>\n");
         }
         out.push_str("</tbody></table>\n");
@@ -143,7 +143,7 @@ fn receivers(rates: &Rates<'_>, out: &mut String) {
                 Esc(label(labels, "signal")),
                 Esc(label(labels, "reason"))
             );
-            rate_and_total(out, rates, key);
+            rate_and_total(out, rates, key, "");
             out.push_str("</tr>\n");
         }
         out.push_str("</tbody></table>\n");
@@ -155,28 +155,30 @@ fn exporters(exporters: &[ExporterInfo], rates: &Rates<'_>, out: &mut String) {
     out.push_str(
         "<section id=\"exporters\" data-live aria-labelledby=\"exporters-h\"><h2 id=\"exporters-h\">Exporters</h2>\n\
          <table><caption>Queue fill against its bound (<code>queue_max_bytes</code>); items sent, attempts retried \
-         and items dropped per second (since start below); attempt latency over the window</caption>\
-         <thead><tr><th scope=\"col\">Exporter</th><th scope=\"col\">Endpoint</th><th scope=\"col\" class=\"n\">Queue</th>\
+         and items dropped per second (since start below); attempt latency over the window: mean, and the bound 99% \
+         fall under</caption>\
+         <thead><tr><th scope=\"col\">Exporter</th><th scope=\"col\" class=\"n\">Queue</th>\
          <th scope=\"col\">Fill</th><th scope=\"col\" class=\"n\">Sent</th><th scope=\"col\" class=\"n\">Retried</th>\
-         <th scope=\"col\" class=\"n\">Dropped</th><th scope=\"col\" class=\"n\">Latency (mean)</th>\
-         <th scope=\"col\" class=\"n\">99% under</th><th scope=\"col\">Last error</th></tr></thead><tbody>\n",
+         <th scope=\"col\" class=\"n\">Dropped</th><th scope=\"col\" class=\"n\">Latency</th>\
+         <th scope=\"col\">Last error</th></tr></thead><tbody>\n",
     );
     for x in exporters {
         let [sent, dropped, retries, queue, capacity, duration] = x.kind.families();
         let _ = write!(
             out,
-            "<tr id=\"exporter-{}\"><th scope=\"row\">{}</th>",
+            "<tr id=\"exporter-{}\"><th scope=\"row\">{}",
             x.kind.items(),
             Esc(x.kind.title())
         );
         let Some(endpoint) = &x.endpoint else {
-            out.push_str("<td colspan=\"9\" class=\"muted\">not configured</td></tr>\n");
+            out.push_str("</th><td colspan=\"7\" class=\"muted\">not configured</td></tr>\n");
             continue;
         };
         let (bytes, bound) = (rates.value(queue), rates.value(capacity));
         let _ = write!(
             out,
-            "<td><code>{}</code></td><td class=\"n queue\" data-bytes=\"{bytes}\" data-capacity=\"{bound}\">{} of {}</td><td>{}</td>",
+            "<br><code class=\"endpoint\">{}</code></th><td class=\"n queue\" data-bytes=\"{bytes}\" data-capacity=\"{bound}\">{}<br>\
+             <span class=\"muted\">of {}</span></td><td>{}</td>",
             Esc(endpoint),
             Bytes(bytes),
             Bytes(bound),
@@ -186,14 +188,14 @@ fn exporters(exporters: &[ExporterInfo], rates: &Rates<'_>, out: &mut String) {
                 of: "of the queue bound"
             }
         );
-        rate_and_total(out, rates, sent);
-        rate_and_total(out, rates, retries);
+        rate_and_total(out, rates, sent, " sent");
+        rate_and_total(out, rates, retries, " retried");
         let drops: Vec<_> = rates.now.series(dropped).collect();
         let total: f64 = drops.iter().map(|d| d.2).sum();
         let per_second = rates.sum_per_second(drops.iter().map(|d| d.0));
         let _ = write!(
             out,
-            "<td class=\"n\" data-value=\"{total}\">{}<br><span class=\"muted\">{}</span>",
+            "<td class=\"n dropped\" data-value=\"{total}\">{}<br><span class=\"muted\">{}</span>",
             PerSecond(per_second),
             Count(total)
         );
@@ -208,7 +210,7 @@ fn exporters(exporters: &[ExporterInfo], rates: &Rates<'_>, out: &mut String) {
         let (recent, _) = rates.mean(duration);
         let _ = write!(
             out,
-            "</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
+            "</td><td class=\"n latency\">{}<br><span class=\"muted\">99% under {}</span></td>",
             Seconds(recent),
             Seconds(rates.quantile_bound(duration, 0.99))
         );

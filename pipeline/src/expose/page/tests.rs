@@ -268,7 +268,11 @@ fn status_shows_what_metrics_renders() {
     t.traces.failed("gRPC Unavailable: <backend> down", false);
     let html = status(&page);
     assert!(
-        html.contains("data-bytes=\"4096\" data-capacity=\"1048576\">4.0 KiB of 1.0 MiB"),
+        html.contains("data-bytes=\"4096\" data-capacity=\"1048576\">4.0 KiB<br><span class=\"muted\">of 1.0 MiB"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<code class=\"endpoint\">http://tempo:4317</code>"),
         "{html}"
     );
     assert!(html.contains("data-value=\"77\""), "{html}");
@@ -277,7 +281,7 @@ fn status_shows_what_metrics_renders() {
     assert!(html.contains("data-value=\"1234\""), "{html}");
     assert!(html.contains("<th scope=\"row\">overloaded</th>"), "{html}");
     assert!(
-        html.contains("remote write</th><td colspan=\"9\" class=\"muted\">not configured"),
+        html.contains("remote write</th><td colspan=\"7\" class=\"muted\">not configured"),
         "{html}"
     );
     assert!(html.contains("authorization: &lt;redacted&gt;"), "{html}");
