@@ -19,6 +19,7 @@ use crate::export::remote_write;
 use crate::export::sender::DiskPlace;
 use crate::export::traces::{self, TraceExporter};
 use crate::expose::auth::{self, ScrapeAuth};
+use crate::expose::page::{self, ExporterInfo, ExporterKind, PageInfo, PageState};
 use crate::expose::routes::{self, ExposeState};
 use crate::process::cardinality::Limiter;
 use crate::process::enrich::{CatalogHandle, Enricher};
@@ -371,10 +372,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiter: limiter.clone(),
         reports: Default::default(),
     };
+    let page = Arc::new(PageState::new(state.clone(), page_info(&config, &telemetry)));
     let p = &config.prometheus;
     rest.serve_http(
         (prom_l, prom_tls),
-        auth::protect(routes::router(state), scrape_auth),
+        auth::protect(routes::router(state).merge(page::router(page)), scrape_auth),
         ListenerKind::Prometheus,
         http_limits(
             p.max_connections,
@@ -543,6 +545,30 @@ impl Running {
         }
         let rest = self.rest.stop(Duration::from_secs(5), "Prometheus endpoint").await;
         receivers.and(exporter).and(remote_write).and(rest)
+    }
+}
+
+/// What the status page (`GET /`) shows that only the wiring knows: the redacted configuration,
+/// the store's bound, and each exporter's endpoint (credentials redacted) and last error.
+fn page_info(config: &Config, telemetry: &Arc<Telemetry>) -> PageInfo {
+    let endpoint = |e: &Option<String>| e.as_deref().map(|u| redact::url(u).into_owned());
+    let (t, r) = (telemetry.traces.clone(), telemetry.remote_write.clone());
+    PageInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_yaml: config.redacted().to_yaml(),
+        store_max_series: config.prometheus.max_series,
+        exporters: vec![
+            ExporterInfo {
+                kind: ExporterKind::Traces,
+                endpoint: endpoint(&config.exporters.traces.otlp.endpoint),
+                last_error: Arc::new(move || t.last_error()),
+            },
+            ExporterInfo {
+                kind: ExporterKind::RemoteWrite,
+                endpoint: endpoint(&config.exporters.remote_write.endpoint),
+                last_error: Arc::new(move || r.last_error()),
+            },
+        ],
     }
 }
 

@@ -3,7 +3,8 @@
 //! What comes in: a [`spindle::config::Config`] tweak per test, and the real peers that
 //! `scripts/test` installs — the OpenTelemetry Python SDK and `prometheus_client` in a venv
 //! (`SPINDLE_PYTHON`, default `<workspace>/target/pyvenv/bin/python`), and the Debian `prometheus`
-//! package (`prometheus`, `promtool`). What goes out: a running in-process Spindle on port 0, the
+//! package (`prometheus`, `promtool`), and headless Chromium (Debian `chromium`), driven by
+//! [`browser::Browser`]. What goes out: a running in-process Spindle on port 0, the
 //! JSON summaries the Python peers print, `/metrics` bodies in both exposition formats and a
 //! small lenient parser for them, a [`Prometheus`] server guard, and an [`otlp_sink::OtlpSink`]
 //! OTLP receiver that records what Spindle (or an instrumented service) exports.
@@ -12,6 +13,7 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod browser;
 pub mod otlp_sink;
 pub mod pki;
 

@@ -3,7 +3,7 @@
 //! each exporter's closed set of drop reasons.
 
 use super::sender::stats::MAX_REASONS;
-pub use super::sender::stats::{DURATION_BUCKETS, DurationHistogram, ExporterStats, Reason};
+pub use super::sender::stats::{DURATION_BUCKETS, DurationHistogram, ExporterStats, LastError, Reason};
 
 /// Why spans were dropped by the trace exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -107,6 +107,21 @@ impl DistinctLabels {
         self.labels.clear();
     }
 
+    /// The label names of family `h` with their distinct values, most first (then by name), and
+    /// whether it has its overflow series; its label sets read with [`Store::walk_labels`].
+    fn of(&mut self, store: &Store, h: &FamilyHandle) -> (Vec<(String, usize)>, bool) {
+        self.clear();
+        store.walk_labels(h, |labels| self.add(labels));
+        let overflow = self.labels.iter().any(|l| l.name == OVERFLOW_LABEL.as_bytes());
+        let mut counts: Vec<(String, usize)> = self
+            .labels
+            .iter()
+            .map(|l| (String::from_utf8_lossy(&l.name).into_owned(), l.values.len()))
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        (counts, overflow)
+    }
+
     /// Counts the values of one rendered label set (`name="value",…`).
     fn add(&mut self, rendered: &[u8]) {
         let Self { hasher, labels } = self;
@@ -205,9 +220,7 @@ impl CardinalityReports {
     fn compute(&self, limiter: &Limiter, store: &Store, top: usize) -> Value {
         self.computations.fetch_add(1, Ordering::Relaxed);
         let snapshot = limiter.snapshot();
-        let mut by_series: Vec<(usize, FamilyHandle)> =
-            store.families().into_iter().map(|h| (series_len(&h), h)).collect();
-        by_series.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        let by_series = families_by_series(store);
         let states: HashMap<&str, &FamilySnapshot> = snapshot.families.iter().map(|f| (&*f.name, f)).collect();
         let mut distinct = DistinctLabels::default();
         let metrics: Vec<Value> = by_series
@@ -215,15 +228,7 @@ impl CardinalityReports {
             .take(top)
             .map(|(n, h)| {
                 let name = h.lock().meta.name.clone();
-                distinct.clear();
-                store.walk_labels(h, |labels| distinct.add(labels));
-                let overflow = distinct.labels.iter().any(|l| l.name == OVERFLOW_LABEL.as_bytes());
-                let mut counts: Vec<(String, usize)> = distinct
-                    .labels
-                    .iter()
-                    .map(|l| (String::from_utf8_lossy(&l.name).into_owned(), l.values.len()))
-                    .collect();
-                counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let (counts, overflow) = distinct.of(store, h);
                 let labels: Vec<Value> = counts
                     .iter()
                     .take(top)
@@ -332,4 +337,20 @@ fn render(limiter: &Limiter, store: &Store, snapshot: &LimiterSnapshot, metrics:
 
 fn series_len(h: &FamilyHandle) -> usize {
     h.lock().series().len()
+}
+
+/// Every family of `store` with its series count, most series first (ties in name order): the
+/// order of the report's `top_metrics`, and of the status page's (`super::page`).
+pub fn families_by_series(store: &Store) -> Vec<(usize, FamilyHandle)> {
+    let mut by_series: Vec<(usize, FamilyHandle)> = store.families().into_iter().map(|h| (series_len(&h), h)).collect();
+    by_series.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    by_series
+}
+
+/// The label names of family `h` with their distinct values, most first (then by name), and
+/// whether it has its overflow series: what the report lists for each of its `top_metrics`, for
+/// any one family (the status page's metric view). Reads the family's label sets a chunk at a
+/// time ([`Store::walk_labels`]); blocks for that walk.
+pub fn label_values(store: &Store, h: &FamilyHandle) -> (Vec<(String, usize)>, bool) {
+    DistinctLabels::default().of(store, h)
 }

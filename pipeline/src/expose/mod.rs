@@ -7,8 +7,10 @@
 //! lines, which [`Lines`] writes for both. [`routes`] serves them over HTTP with content
 //! negotiation and gzip, beside `/healthz`, `/readyz` and `/api/v1/cardinality`, which [`api`]
 //! renders from the cardinality limiter's typed counts and the store; [`auth`] puts every route but
-//! `/healthz` and `/readyz` behind `prometheus.auth`. Families that are not in the store
-//! (Spindle's own metrics) come in through [`SelfMetrics`] and are walked by the same code.
+//! `/healthz` and `/readyz` behind `prometheus.auth`; [`page`] is the status page at `/`, for
+//! people (live figures and the cardinality explorer, from the same sources). Families that are
+//! not in the store (Spindle's own metrics) come in through [`SelfMetrics`] and are walked by the
+//! same code.
 //!
 //! Rendering appends each series' pre-rendered label bytes; the only per-series work is number
 //! formatting.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod float;
 pub mod openmetrics;
+pub mod page;
 pub mod protobuf;
 pub mod routes;
 pub mod text;

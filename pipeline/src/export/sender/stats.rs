@@ -1,12 +1,13 @@
 //! The one stats type every exporter reports ([`ExporterStats`]): items sent and dropped (by a
 //! closed set of reasons, [`Reason`]), retries, queue fill and bound, and attempt durations.
 //! `crate::telemetry` holds one per exporter and renders them; the sender and the exporters only
-//! count.
+//! count. The newest failed attempt ([`LastError`]) is kept beside the counters for the status
+//! page (`expose::page`); it is not a metric (its text is not from a closed set).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A closed set of `reason` label values for an exporter's drops.
 pub trait Reason: Copy + Into<usize> + Send + Sync + 'static {
@@ -96,6 +97,24 @@ struct Counters {
     queue_bytes: AtomicU64,
     queue_capacity: AtomicU64,
     attempts: DurationHistogram,
+    last_error: parking_lot::Mutex<Option<LastError>>,
+}
+
+/// An exporter's newest failed attempt: when, what went wrong (the text its log line carries,
+/// without secrets) and whether it was retried or the batch dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// When the attempt failed.
+    pub at: SystemTime,
+    /// What went wrong, at most [`LastError::MAX_LEN`] bytes.
+    pub message: String,
+    /// `true`: not retried, the batch was dropped; `false`: retried.
+    pub permanent: bool,
+}
+
+impl LastError {
+    /// Longest message kept, in bytes (cut at a character boundary).
+    pub const MAX_LEN: usize = 512;
 }
 
 impl<R> Clone for ExporterStats<R> {
@@ -175,6 +194,25 @@ impl<R: Reason> ExporterStats<R> {
         self.inner.attempts.observe(d);
     }
 
+    /// Records a failed attempt (once per attempt, never per item): `permanent` when the batch
+    /// is dropped rather than retried. Replaces the previous one.
+    pub fn failed(&self, message: &str, permanent: bool) {
+        let mut end = message.len().min(LastError::MAX_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        *self.inner.last_error.lock() = Some(LastError {
+            at: SystemTime::now(),
+            message: message[..end].to_string(),
+            permanent,
+        });
+    }
+
+    /// The newest failed attempt, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.inner.last_error.lock().clone()
+    }
+
     /// Items sent so far.
     pub fn sent_total(&self) -> u64 {
         self.inner.sent.load(Ordering::Relaxed)
@@ -252,5 +290,12 @@ mod tests {
         assert_eq!(a.dropped_total(Why::Permanent), 0);
         assert_eq!(a.attempts().cumulative()[1], 0);
         assert_eq!(a.attempts().cumulative()[2], 1);
+        assert_eq!(a.last_error(), None);
+        b.failed("HTTP 503: busy", false);
+        b.failed(&"é".repeat(400), true);
+        let e = a.last_error().expect("recorded");
+        assert!(e.permanent);
+        assert!(e.message.len() <= LastError::MAX_LEN && e.message.len() >= LastError::MAX_LEN - 1);
+        assert!(e.message.chars().all(|c| c == 'é'));
     }
 }

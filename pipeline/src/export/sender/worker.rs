@@ -254,8 +254,14 @@ impl<S: Send + 'static, R: Reason, H: Hooks<S>> Worker<S, R, H> {
             self.stats.took(start.elapsed());
             let (after, why) = match attempt {
                 Ok(sent) => return Ok(sent.rejected),
-                Err(AttemptError::Permanent(why)) => return Err(Stop::Permanent(why)),
-                Err(AttemptError::Retryable { after, why }) => (after, why),
+                Err(AttemptError::Permanent(why)) => {
+                    self.stats.failed(&why, true);
+                    return Err(Stop::Permanent(why));
+                }
+                Err(AttemptError::Retryable { after, why }) => {
+                    self.stats.failed(&why, false);
+                    (after, why)
+                }
             };
             let wait = backoff.next_delay(after);
             let retry_at = Instant::now() + wait;

@@ -41,7 +41,7 @@ pub mod stats;
 
 pub use config::*;
 use rules::{Normalizer, Policy, builtin_pattern};
-pub use snapshot::{FamilySnapshot, LabelAtLimit, LimiterSnapshot};
+pub use snapshot::{FamilySnapshot, LabelAtLimit, LimiterSnapshot, MetricRules};
 use state::{Admitted, FamilyHandle, FamilyState, FamilyStats};
 pub use stats::LimiterStats;
 

@@ -132,3 +132,48 @@ impl Limiter {
         }
     }
 }
+
+/// The label rules and limits in effect for one metric ([`Limiter::rules_for`]): what the status
+/// page names when it says why a metric's values were folded, normalized or dropped.
+#[derive(Debug, Clone)]
+pub struct MetricRules {
+    /// The `match` glob of the `metrics` override that applies, if one does (the first that
+    /// matches).
+    pub matched_override: Option<String>,
+    /// Its series limit (`0`: none).
+    pub max_series: usize,
+    /// Its distinct-values limit per label (`0`: none).
+    pub max_label_values: usize,
+    /// `allow_labels` in effect (empty: every label kept).
+    pub allow_labels: Vec<String>,
+    /// `deny_labels` in effect.
+    pub deny_labels: Vec<String>,
+    /// The `normalize` rules that apply to it, in order.
+    pub normalize: Vec<super::NormalizeRule>,
+}
+
+impl Limiter {
+    /// The rules and limits that apply to metric `name` of type `kind`, as the limiter resolves
+    /// them when it first sees the metric.
+    pub fn rules_for(&self, name: &str, kind: crate::model::MetricKind) -> MetricRules {
+        let policy = self.policy(name, kind);
+        let counter = kind == crate::model::MetricKind::Counter;
+        let matched_override = self
+            .override_globs
+            .iter()
+            .position(|g| g.matches(name) || (counter && g.matches(&format!("{name}_total"))))
+            .map(|i| self.config.metrics[i].pattern.clone());
+        MetricRules {
+            matched_override,
+            max_series: policy.max_series,
+            max_label_values: policy.max_label_values,
+            allow_labels: policy.allow,
+            deny_labels: policy.deny,
+            normalize: policy
+                .normalizers
+                .iter()
+                .filter_map(|&i| self.config.normalize.get(i).cloned())
+                .collect(),
+        }
+    }
+}
