@@ -17,7 +17,7 @@ use spindle_e2e::otlp_sink::{OtlpSink, SinkReply};
 fn request(first: u32) -> Vec<u8> {
     let spans = (first..first + 200)
         .map(|i| {
-            let mut s = span("GET /checkout", 1, vec![kv("payload", &"x".repeat(150))]);
+            let mut s = span("GET /checkout", 1, vec![kv("payload", "x".repeat(150))]);
             s.trace_id[12..].copy_from_slice(&i.to_be_bytes());
             s.span_id[4..].copy_from_slice(&i.to_be_bytes());
             s
