@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// jemalloc, when built with `--features jemalloc` (measured, not the default).
@@ -33,7 +34,10 @@ enum Command {
     /// For container health checks (the runtime image has no curl).
     Healthcheck {
         /// URL to probe. Default: `/healthz` on the configured `prometheus.listen` address
-        /// (`0.0.0.0`/`::` become loopback), so it follows `--config` and `SPINDLE__*` overrides.
+        /// (`0.0.0.0`/`::` become loopback), so it follows `--config` and `SPINDLE__*` overrides;
+        /// over https when `prometheus.tls` is set, without verifying the certificate (a liveness
+        /// probe of the local process that sends no credential, as Kubernetes' HTTPS probes), and
+        /// presenting `prometheus.tls`'s own certificate when `client_ca_file` requires one.
         #[arg(long)]
         url: Option<String>,
         /// Longest the whole probe may take, e.g. `2s`, `500ms`.
@@ -69,14 +73,15 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Healthcheck { url, timeout }) => {
-            let url = match url {
-                Some(u) => u,
+            let probe = match url {
+                Some(url) => Probe { url, local_tls: None },
                 None => match load(cli.config.as_deref()) {
-                    Ok(c) => healthz_url(c.prometheus.listen),
+                    Ok(c) => Probe::local(&c),
                     Err(_) => return ExitCode::FAILURE,
                 },
             };
-            match healthcheck(&url, timeout) {
+            let url = probe.url.clone();
+            match healthcheck(probe, timeout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("unhealthy: {url}: {e:#}");
@@ -113,22 +118,54 @@ fn main() -> ExitCode {
     }
 }
 
-/// `http://ADDR/healthz` for a listen address; an unspecified IP is probed on loopback.
-fn healthz_url(listen: std::net::SocketAddr) -> String {
-    let ip = match listen.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/healthz", std::net::SocketAddr::new(ip, listen.port()))
+/// What `spindle healthcheck` GETs, and how.
+struct Probe {
+    url: String,
+    /// `Some` when probing this config's own https listener: the certificate is not verified, and
+    /// the listener's certificate file and key (when it requires client certificates) are
+    /// presented as the client's.
+    local_tls: Option<Option<(String, String)>>,
 }
 
-/// One `GET url` bounded by `timeout`; `Ok` only for HTTP 200.
-fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+impl Probe {
+    /// `/healthz` on `prometheus.listen` (an unspecified IP is probed on loopback), https when
+    /// `prometheus.tls` is set.
+    fn local(config: &Config) -> Self {
+        let listen = config.prometheus.listen;
+        let ip = match listen.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let tls = &config.prometheus.tls;
+        let scheme = if tls.enabled() { "https" } else { "http" };
+        let identity = match (&tls.client_ca_file, &tls.cert_file, &tls.key_file) {
+            (Some(_), Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => None,
+        };
+        Self {
+            url: format!("{scheme}://{}/healthz", std::net::SocketAddr::new(ip, listen.port())),
+            local_tls: tls.enabled().then_some(identity),
+        }
+    }
+}
+
+/// One `GET` of the probe's URL bounded by `timeout`; `Ok` only for HTTP 200.
+fn healthcheck(probe: Probe, timeout: std::time::Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
-        let resp = tokio::time::timeout(timeout, client.get(url).send())
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(identity) = probe.local_tls {
+            builder = builder.danger_accept_invalid_certs(true);
+            if let Some((cert, key)) = identity {
+                let mut pem = std::fs::read(&cert).with_context(|| format!("read prometheus.tls.cert_file {cert}"))?;
+                pem.push(b'\n');
+                pem.extend(std::fs::read(&key).with_context(|| format!("read prometheus.tls.key_file {key}"))?);
+                builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+            }
+        }
+        let client = builder.build()?;
+        let resp = tokio::time::timeout(timeout, client.get(&probe.url).send())
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
         let status = resp.status();

@@ -1,7 +1,8 @@
 //! `spindle healthcheck`: the probe the container image's `HEALTHCHECK` runs (the runtime image has
 //! no curl). Exit 0 when `GET /healthz` answers 200 within the timeout, else 1 with a message —
-//! against a real in-process Spindle, a closed port, a server answering 503 and one that never
-//! answers.
+//! against a real in-process Spindle (over http, over https when `prometheus.tls` is set, and with
+//! the listener's own certificate when it requires client certificates), a closed port, a server
+//! answering 503 and one that never answers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -55,6 +56,65 @@ async fn healthy_spindle_exits_0_by_url_and_by_config() {
 
     running.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `spindle healthcheck --config` on a file with `yaml` in a fresh directory.
+async fn healthcheck_with_config(name: &str, yaml: String) -> Output {
+    let dir = std::env::temp_dir().join(format!("spindle-healthcheck-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("spindle.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || healthcheck(&["--config", &cfg_arg, "--timeout", "5s"]))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// With `prometheus.tls` in the config the probe speaks https to the loopback listener (its
+/// certificate, issued for other names, is not verified), and presents the listener's own
+/// certificate when `client_ca_file` requires one; a plain-http probe of that listener fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_from_a_config_with_prometheus_tls_uses_https_and_mtls() {
+    let pki = spindle_e2e::pki::Pki::new("healthcheck ca");
+    let srv = pki.server_and_client("srv", 7);
+    for mtls in [false, true] {
+        let (cert, key, ca) = (srv.cert_str(), srv.key_str(), pki.ca_str());
+        let running = spindle::testing::start_on_port_0(|c| {
+            c.prometheus.tls.cert_file = Some(cert.clone());
+            c.prometheus.tls.key_file = Some(key.clone());
+            c.prometheus.tls.client_ca_file = mtls.then(|| ca.clone());
+        })
+        .await;
+        let port = running.prometheus_addr.port();
+        let client_ca = if mtls {
+            format!("    client_ca_file: {ca}\n")
+        } else {
+            String::new()
+        };
+        let yaml = format!(
+            "prometheus:\n  listen: 0.0.0.0:{port}\n  tls:\n    cert_file: {cert}\n    key_file: {key}\n{client_ca}"
+        );
+        let out = healthcheck_with_config(&format!("tls-{mtls}"), yaml).await;
+        assert!(
+            out.status.success(),
+            "healthcheck --config with prometheus.tls (mtls {mtls}) failed: {}",
+            stderr(&out)
+        );
+
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let out = tokio::task::spawn_blocking(move || healthcheck(&["--url", &url, "--timeout", "2s"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "plain http to the https listener: {}",
+            stderr(&out)
+        );
+        running.shutdown().await.unwrap();
+    }
 }
 
 #[test]

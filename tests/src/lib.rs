@@ -109,6 +109,55 @@ pub async fn start_spindle(configure: impl FnOnce(&mut Config)) -> Running {
     spindle::testing::start_on_port_0(configure).await
 }
 
+/// Runs `collector-config/gen-secrets.sh DIR` (the secured setup's CA, Spindle's certificate, the
+/// receiver tokens, the scrape password and its hash, Grafana's password) and returns what it
+/// printed on stdout.
+///
+/// # Panics
+/// When the script fails; it needs `openssl` and `htpasswd`, which `scripts/test` installs.
+pub fn gen_secrets(dir: &Path) -> String {
+    let script = workspace_root().join("collector-config/gen-secrets.sh");
+    let out = Command::new(&script)
+        .arg(dir)
+        .env_remove("SPINDLE_SECRET_SERVICES")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "collector-config/gen-secrets.sh failed (it needs openssl and htpasswd; scripts/test installs \
+         them):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The variables of a docker compose env file: `KEY=VALUE` lines, `#` comments and blank lines
+/// skipped; a value in single quotes is taken literally (as compose does), one in double quotes
+/// without them.
+///
+/// # Panics
+/// When the file cannot be read or a line is not `KEY=VALUE`.
+pub fn read_env_file(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{}: a line is not KEY=VALUE", path.display()));
+        let v = v
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+            .unwrap_or(v);
+        out.insert(k.trim().to_owned(), v.to_owned());
+    }
+    out
+}
+
 /// Output of a successful peer process.
 #[derive(Debug)]
 pub struct PeerOutput {

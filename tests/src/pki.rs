@@ -154,6 +154,17 @@ impl Pki {
         )
     }
 
+    /// A server certificate for `localhost` and `127.0.0.1` that is also valid as a client
+    /// certificate (`extendedKeyUsage=serverAuth,clientAuth`), in `{file}.pem` and `{file}.key`.
+    pub fn server_and_client(&self, file: &str, serial: u32) -> CertFiles {
+        self.leaf(
+            file,
+            &format!("spindle test server {serial}"),
+            serial,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+        )
+    }
+
     /// A client certificate (for mTLS) in `{file}.pem` and `{file}.key`.
     pub fn client(&self, file: &str) -> CertFiles {
         self.leaf(

@@ -15,8 +15,14 @@
 //!   Spindle's OTLP/gRPC port. `spindle.service`: parsed for the hardening keys and checked
 //!   with `systemd-analyze verify` when the machine has it.
 //! - `docker-compose.yml` (no Docker engine here): services, ports, mounted files, build targets
-//!   and every hostname/port the configs use agree. `Dockerfile`: stages, `EXPOSE`, non-root
-//!   `USER`, `HEALTHCHECK`, the config it copies.
+//!   and every hostname/port the configs use agree. The secured setup, with the files
+//!   `collector-config/gen-secrets.sh` makes in a temporary directory: every secret a service reads
+//!   is followed through `secrets-init` to a generated file, owned by the service's user and
+//!   mounted read-only; Spindle's config as compose sets it validates with TLS on, tokens on OTLP
+//!   and basic auth on `/metrics`; each demo service sends over TLS with its own limited token;
+//!   Prometheus scrapes over https with the password whose hash Spindle holds; Grafana is not
+//!   anonymous; every port is published on 127.0.0.1 only; the script prints no secret.
+//!   `Dockerfile`: stages, `EXPOSE`, non-root `USER`, `HEALTHCHECK`, the config it copies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,7 +41,9 @@ use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use serde_yaml_ng::Value;
 use spindle::config::Config;
 use spindle::testing::{self, int_kv, kv};
-use spindle_e2e::{peer_binary, run_process, start_spindle, wait_for_openmetrics, workspace_root};
+use spindle_e2e::{
+    gen_secrets, peer_binary, read_env_file, run_process, start_spindle, wait_for_openmetrics, workspace_root,
+};
 
 // ---------------------------------------------------------------------------------------------
 // files
@@ -916,20 +924,99 @@ impl Compose {
             .collect()
     }
 
-    /// `(source, target)` of the service's volumes.
+    /// `(source, target)` of the service's volumes, short (`src:dst[:ro]`) or long syntax.
     fn volumes(&self, service: &str) -> Vec<(String, String)> {
-        strings(&self.service(service)["volumes"])
-            .iter()
-            .map(|v| {
-                let mut parts = v.split(':');
-                let src = parts.next().unwrap_or_default().to_owned();
-                let dst = parts
-                    .next()
-                    .unwrap_or_else(|| panic!("volume `{v}` of {service}"))
-                    .to_owned();
-                (src, dst)
+        self.mounts(service)
+            .into_iter()
+            .map(|(src, dst, _)| (src, dst))
+            .collect()
+    }
+
+    /// `(source, target, read_only)` of the service's volumes, short or long syntax.
+    fn mounts(&self, service: &str) -> Vec<(String, String, bool)> {
+        let Some(seq) = self.service(service)["volumes"].as_sequence() else {
+            return Vec::new();
+        };
+        seq.iter()
+            .map(|v| match v.as_str() {
+                Some(v) => {
+                    let mut parts = v.split(':');
+                    let src = parts.next().unwrap_or_default().to_owned();
+                    let dst = parts
+                        .next()
+                        .unwrap_or_else(|| panic!("volume `{v}` of {service}"))
+                        .to_owned();
+                    (src, dst, parts.next() == Some("ro"))
+                }
+                None => (
+                    s(v, &["source"]).to_owned(),
+                    s(v, &["target"]).to_owned(),
+                    v["read_only"].as_bool() == Some(true),
+                ),
             })
             .collect()
+    }
+
+    /// The workspace-relative paths of the service's `env_file`s.
+    fn env_files(&self, service: &str) -> Vec<String> {
+        let e = &self.service(service)["env_file"];
+        let files = match e.as_str() {
+            Some(one) => vec![one.to_owned()],
+            None => strings(e),
+        };
+        files.iter().map(|f| f.trim_start_matches("./").to_owned()).collect()
+    }
+
+    /// The `put FILE VOLUME UID:GID MODE` lines of `secrets-init`'s script.
+    fn secret_puts(&self) -> Vec<SecretPut> {
+        let script = strings(&self.service("secrets-init")["command"]).join("\n");
+        script
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["put", file, volume, owner, mode] => Some(SecretPut {
+                    file: (*file).to_owned(),
+                    volume: (*volume).to_owned(),
+                    owner: (*owner).to_owned(),
+                    mode: (*mode).to_owned(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What `service` finds at `container_path` when that is on a volume `secrets-init` fills: the
+    /// file of collector-config/secrets/ copied there, its owner and mode. Also checks that the
+    /// service mounts the volume read-only and waits for `secrets-init` to complete.
+    fn secret(&self, service: &str, container_path: &str) -> SecretPut {
+        let (volume, rest, ro) = self
+            .mounts(service)
+            .into_iter()
+            .find_map(|(src, dst, ro)| {
+                let rest = container_path.strip_prefix(&dst)?.strip_prefix('/')?;
+                Some((src, rest.to_owned(), ro))
+            })
+            .unwrap_or_else(|| panic!("{service}: nothing is mounted at {container_path}"));
+        assert!(
+            ro,
+            "{service}: the secrets at {container_path} must be mounted read-only"
+        );
+        let (_, out_dir) = self
+            .volumes("secrets-init")
+            .into_iter()
+            .find(|(src, _)| *src == volume)
+            .unwrap_or_else(|| {
+                panic!("{service}: {container_path} is on volume {volume}, which secrets-init does not fill")
+            });
+        let sub = out_dir.strip_prefix("/out/").expect("secrets-init fills /out/<volume>");
+        assert_eq!(
+            at(self.service(service), &["depends_on", "secrets-init", "condition"]).as_str(),
+            Some("service_completed_successfully"),
+            "{service} reads secrets, so it must wait for secrets-init to complete"
+        );
+        self.secret_puts()
+            .into_iter()
+            .find(|p| p.volume == sub && p.file == rest)
+            .unwrap_or_else(|| panic!("{service}: secrets-init puts no {rest} into {volume} (for {container_path})"))
     }
 
     /// The workspace-relative source of the bind mount at `target` in `service`.
@@ -949,8 +1036,80 @@ impl Compose {
     }
 }
 
+/// A file `secrets-init` copies from collector-config/secrets/ into a service's volume.
+#[derive(Debug, Clone, PartialEq)]
+struct SecretPut {
+    /// Its name in collector-config/secrets/ and in the volume.
+    file: String,
+    /// The volume, as mounted under `/out/` in `secrets-init`.
+    volume: String,
+    /// `uid:gid`.
+    owner: String,
+    /// Octal mode.
+    mode: String,
+}
+
+/// collector-config/gen-secrets.sh run into a fresh directory: what collector-config/secrets/
+/// holds once a user has run it.
+struct Secrets {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    /// What the script printed.
+    printed: String,
+}
+
+impl Secrets {
+    fn generate() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("secrets");
+        let printed = gen_secrets(&dir);
+        Self {
+            _tmp: tmp,
+            dir,
+            printed,
+        }
+    }
+
+    /// A workspace-relative path, with collector-config/secrets/ mapped to the generated directory.
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_else(|e| panic!("gen-secrets.sh made no {file}: {e}"))
+    }
+
+    fn host(&self, rel: &str) -> PathBuf {
+        match rel.strip_prefix(SECRETS_DIR) {
+            Some(rest) => self.dir.join(rest.trim_start_matches('/')),
+            None => path(rel),
+        }
+    }
+}
+
+/// Where gen-secrets.sh writes by default, and compose reads.
+const SECRETS_DIR: &str = "collector-config/secrets";
+
+/// Spindle's config as compose runs it: spindle.yaml, the service's environment and env files,
+/// with every path under /etc/spindle/secrets/ followed through secrets-init to the generated
+/// file. Checks that each such file reaches the container owned by Spindle's user.
+fn compose_spindle_config(compose: &Compose, secrets: &Secrets) -> Config {
+    let user = Dockerfile::load().stage_user("spindle");
+    let mut env = compose.env("spindle");
+    for f in compose.env_files("spindle") {
+        env.extend(read_env_file(&secrets.host(&f)));
+    }
+    for (k, v) in env.iter_mut() {
+        if v.starts_with("/etc/spindle/secrets/") {
+            let put = compose.secret("spindle", v);
+            assert_eq!(put.owner, user, "spindle: {k}={v} must belong to the image's user");
+            *v = secrets.dir.join(&put.file).display().to_string();
+        }
+    }
+    Config::from_yaml_with_env(&read("collector-config/spindle.yaml"), env).unwrap_or_else(|e| {
+        panic!("spindle.yaml with compose's environment and the generated secrets does not validate:\n{e}")
+    })
+}
+
 #[test]
 fn compose_services_ports_mounts_and_hostnames_agree_with_the_configs() {
+    let secrets = Secrets::generate();
     let compose = Compose::load();
     let services = compose.services();
     for wanted in [
@@ -985,8 +1144,8 @@ fn compose_services_ports_mounts_and_hostnames_agree_with_the_configs() {
         for (src, dst) in compose.volumes(name) {
             if src.starts_with("./") || src.starts_with('/') {
                 assert!(
-                    Path::new(&src).is_relative() && path(src.trim_start_matches("./")).exists(),
-                    "{name}: mounted {src} (→ {dst}) does not exist in the workspace"
+                    Path::new(&src).is_relative() && secrets.host(src.trim_start_matches("./")).exists(),
+                    "{name}: mounted {src} (→ {dst}) does not exist in the workspace (or is not made by gen-secrets.sh)"
                 );
             } else {
                 assert!(named_volumes.contains(&src), "{name}: volume {src} is not declared");
@@ -1028,11 +1187,7 @@ fn compose_services_ports_mounts_and_hostnames_agree_with_the_configs() {
     let endpoint = spindle_env
         .get("SPINDLE__EXPORTERS__TRACES__OTLP__ENDPOINT")
         .expect("compose sets Spindle's trace exporter endpoint");
-    let mut with_env = Config::from_yaml_with_env(
-        &read("collector-config/spindle.yaml"),
-        spindle_env.iter().map(|(k, v)| (k.clone(), v.clone())),
-    )
-    .unwrap_or_else(|e| panic!("spindle.yaml with compose's environment does not validate:\n{e}"));
+    let mut with_env = compose_spindle_config(&compose, &secrets);
     assert_eq!(
         with_env.exporters.traces.otlp.endpoint.take().as_deref(),
         Some(endpoint.as_str())
@@ -1154,6 +1309,191 @@ fn compose_services_ports_mounts_and_hostnames_agree_with_the_configs() {
     }
 }
 
+/// The users of the third-party images that read secrets: prom/prometheus runs as `nobody`,
+/// grafana/grafana as 472 in group root.
+const PROMETHEUS_USER: &str = "65534:65534";
+const GRAFANA_USER: &str = "472:0";
+
+#[tokio::test]
+async fn compose_runs_the_secured_setup_with_the_generated_secrets_and_publishes_on_loopback_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secrets = Secrets::generate();
+    let compose = Compose::load();
+    let dockerfile = Dockerfile::load();
+
+    // The secrets come from collector-config/secrets/, which stays out of git and images.
+    assert_eq!(
+        compose.mount_source("secrets-init", "/secrets").as_deref(),
+        Some(SECRETS_DIR),
+        "secrets-init copies from collector-config/secrets/"
+    );
+    assert!(
+        compose
+            .mounts("secrets-init")
+            .iter()
+            .any(|(_, dst, ro)| dst == "/secrets" && *ro),
+        "secrets-init mounts the secrets read-only"
+    );
+    for ignore in [".gitignore", ".dockerignore"] {
+        assert!(
+            read(ignore)
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == SECRETS_DIR),
+            "{ignore} must list {SECRETS_DIR}/"
+        );
+    }
+    // What reaches a container: keys, tokens and passwords readable by its user alone.
+    for put in compose.secret_puts() {
+        let want = if put.file.ends_with(".crt") { "0444" } else { "0400" };
+        assert_eq!(put.mode, want, "secrets-init: mode of {} in {}", put.file, put.volume);
+        assert!(
+            secrets.dir.join(&put.file).is_file(),
+            "gen-secrets.sh makes no {}",
+            put.file
+        );
+    }
+    // What the script leaves on the host: only certificates are readable by others.
+    for entry in std::fs::read_dir(&secrets.dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        let want = if name.ends_with(".crt") { 0o644 } else { 0o600 };
+        assert_eq!(mode, want, "gen-secrets.sh: mode of {name} is {mode:o}");
+    }
+
+    // Spindle: TLS on every listener, a token on OTLP, basic auth on /metrics.
+    let config = compose_spindle_config(&compose, &secrets);
+    assert!(config.receivers.otlp.tls.enabled(), "compose: receivers.otlp.tls");
+    assert!(config.prometheus.tls.enabled(), "compose: prometheus.tls");
+    let tokens_file = config
+        .receivers
+        .otlp
+        .auth
+        .bearer_tokens_file
+        .as_ref()
+        .expect("compose: receivers.otlp.auth.bearer_tokens_file");
+    let tokens: BTreeMap<String, String> = std::fs::read_to_string(tokens_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (tok, globs) = l.split_once(' ').expect("every token is limited to services");
+            (tok.to_owned(), globs.trim().to_owned())
+        })
+        .collect();
+    let users = &config.prometheus.auth.basic_auth_users;
+    assert!(!users.is_empty(), "compose: prometheus.auth.basic_auth_users");
+
+    // Demo services: OTLP over TLS to Spindle with their own token, limited to their service.
+    let demo_user = dockerfile.stage_user("demo");
+    for demo in ["demo-frontend", "demo-backend"] {
+        let env = compose.env(demo);
+        assert!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].starts_with("https://"),
+            "{demo} sends OTLP over TLS"
+        );
+        let ca = compose.secret(demo, &env["OTEL_EXPORTER_OTLP_CERTIFICATE"]);
+        assert_eq!(
+            (ca.file.as_str(), ca.owner.as_str()),
+            ("ca.crt", demo_user.as_str()),
+            "{demo}"
+        );
+        assert_eq!(
+            compose.env_files(demo),
+            [format!("{SECRETS_DIR}/{demo}.env")],
+            "{demo} env_file"
+        );
+        let from_file = read_env_file(&secrets.host(&format!("{SECRETS_DIR}/{demo}.env")));
+        let header = from_file
+            .get("OTEL_EXPORTER_OTLP_HEADERS")
+            .unwrap_or_else(|| panic!("{demo}.env sets no OTEL_EXPORTER_OTLP_HEADERS"));
+        let token = header
+            .strip_prefix("authorization=Bearer%20")
+            .unwrap_or_else(|| panic!("{demo}.env: OTEL_EXPORTER_OTLP_HEADERS is not authorization=Bearer%20<token>"));
+        assert_eq!(
+            tokens.get(token).map(String::as_str),
+            Some(demo),
+            "{demo}'s token must be in the tokens file, limited to {demo}"
+        );
+    }
+
+    // Prometheus scrapes Spindle over https, checking its certificate, with basic auth.
+    let prom = yaml("collector-config/prometheus.yml");
+    let job = at(&prom, &["scrape_configs"])
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("spindle"))
+        .expect("spindle job")
+        .clone();
+    assert_eq!(s(&job, &["scheme"]), "https", "Prometheus scrapes Spindle over https");
+    assert_ne!(at(&job, &["tls_config", "insecure_skip_verify"]).as_bool(), Some(true));
+    let ca = compose.secret("prometheus", s(&job, &["tls_config", "ca_file"]));
+    assert_eq!((ca.file.as_str(), ca.owner.as_str()), ("ca.crt", PROMETHEUS_USER));
+    let user = s(&job, &["basic_auth", "username"]);
+    let hash = users
+        .get(user)
+        .unwrap_or_else(|| panic!("Prometheus scrapes as {user}, not in prometheus.auth.basic_auth_users"));
+    let pw = compose.secret("prometheus", s(&job, &["basic_auth", "password_file"]));
+    assert_eq!(pw.owner, PROMETHEUS_USER);
+    let password = secrets.read(&pw.file);
+    assert!(
+        bcrypt::verify(&password, hash).unwrap_or(false),
+        "the hash Spindle gets is not of the password Prometheus sends"
+    );
+    // Spindle's certificate is valid for the name Prometheus scrapes (and for localhost).
+    let (target, _) = host_port(&strings(&job["static_configs"][0]["targets"])[0]);
+    for host in [target.as_str(), "localhost"] {
+        let (ok, out) = run_process(
+            Path::new("openssl"),
+            &[
+                "verify",
+                "-CAfile",
+                secrets.dir.join("ca.crt").to_str().unwrap(),
+                "-verify_hostname",
+                host,
+                secrets.dir.join("spindle.crt").to_str().unwrap(),
+            ],
+            None,
+        )
+        .await;
+        assert!(ok, "spindle.crt is not valid for {host}: {}{}", out.stdout, out.stderr);
+    }
+
+    // Grafana: a login with the generated admin password; nobody gets in anonymously.
+    let gf = compose.env("grafana");
+    assert_eq!(gf.get("GF_AUTH_ANONYMOUS_ENABLED").map(String::as_str), Some("false"));
+    assert_ne!(gf.get("GF_AUTH_DISABLE_LOGIN_FORM").map(String::as_str), Some("true"));
+    let admin = compose.secret("grafana", &gf["GF_SECURITY_ADMIN_PASSWORD__FILE"]);
+    assert_eq!(
+        (admin.file.as_str(), admin.owner.as_str()),
+        ("grafana-admin-password", GRAFANA_USER)
+    );
+
+    // Nothing is published beyond this machine.
+    for name in compose.services().keys() {
+        for p in strings(&compose.service(name)["ports"]) {
+            assert!(
+                p.starts_with("127.0.0.1:") && p.split(':').count() == 3,
+                "{name} publishes `{p}`: bind it to 127.0.0.1 (\"127.0.0.1:HOST:CONTAINER\")"
+            );
+        }
+    }
+
+    // The script printed what it made, never a secret.
+    let mut secret_values: Vec<String> = tokens.keys().cloned().collect();
+    secret_values.extend([password, secrets.read("grafana-admin-password"), hash.clone()]);
+    secret_values.push(secrets.read("spindle.key"));
+    for v in secret_values {
+        let v = v.trim();
+        assert!(
+            !v.is_empty() && !secrets.printed.contains(v),
+            "gen-secrets.sh printed a secret"
+        );
+    }
+    assert!(secrets.printed.contains("otlp-tokens"), "{}", secrets.printed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dockerfile
 
@@ -1210,6 +1550,21 @@ impl Dockerfile {
             .filter(|(i, _)| i == instr)
             .map(|(_, a)| a.as_str())
             .collect()
+    }
+
+    /// The `USER` of stage `name`.
+    fn stage_user(&self, name: &str) -> String {
+        let mut in_stage = false;
+        let mut user = None;
+        for (instr, args) in &self.all {
+            if instr == "FROM" {
+                let words: Vec<&str> = args.split_whitespace().collect();
+                in_stage = matches!(words.as_slice(), [.., as_kw, n] if as_kw.eq_ignore_ascii_case("as") && *n == name);
+            } else if in_stage && instr == "USER" {
+                user = Some(args.clone());
+            }
+        }
+        user.unwrap_or_else(|| panic!("Dockerfile stage {name} sets no USER"))
     }
 
     /// An `ENV` value of the last stage (`ENV K=V [K2=V2 …]` form).

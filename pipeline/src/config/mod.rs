@@ -407,6 +407,10 @@ mod tests {
         assert_eq!(c.receivers.otlp.http.listen.to_string(), "127.0.0.1:4318");
         assert_eq!(c.prometheus.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.prometheus.series_ttl.0, Duration::from_secs(300));
+        // No TLS and no authentication unless configured.
+        assert!(!c.receivers.otlp.tls.enabled() && !c.prometheus.tls.enabled());
+        assert!(c.receivers.otlp.auth.bearer_tokens_file.is_none());
+        assert!(c.prometheus.auth.basic_auth_users.is_empty() && c.prometheus.auth.bearer_tokens_file.is_none());
     }
 
     #[test]
