@@ -187,6 +187,7 @@ fn native_of(h: &ExpHistogram) -> Option<cm::Histogram> {
         "h",
         MetricKind::Histogram,
         b"",
+        0,
         &crate::store::SeriesValue::Exponential(Box::new(h.clone())),
     );
     pb.finish();
@@ -266,6 +267,7 @@ fn a_scale_coarser_than_prometheus_holds_stays_classic() {
         "h",
         MetricKind::Histogram,
         b"",
+        0,
         &crate::store::SeriesValue::Exponential(Box::new(h)),
     );
     pb.finish();

@@ -289,6 +289,7 @@ pub fn decode(b: &[u8]) -> Option<Samples> {
             temporality,
             value,
             exemplars,
+            start_time_unix_nano: 0,
         });
     }
     r.0.is_empty().then_some(s)
@@ -341,6 +342,7 @@ mod tests {
             temporality: Temporality::Delta,
             value: PointValue::Number(3.0),
             exemplars: Span::new(0, 1),
+            start_time_unix_nano: 0,
         });
         s.points.push(Point {
             family: 1,
@@ -353,6 +355,7 @@ mod tests {
                 counts: Span::new(0, 3),
             },
             exemplars: Span::new(0, 0),
+            start_time_unix_nano: 0,
         });
         s.points.push(Point {
             family: 1,
@@ -370,6 +373,7 @@ mod tests {
                 negative: Span::new(0, 1),
             }),
             exemplars: Span::new(0, 1),
+            start_time_unix_nano: 0,
         });
         s.points.push(Point {
             family: 0,
@@ -381,6 +385,7 @@ mod tests {
                 quantiles: Span::new(0, 2),
             },
             exemplars: Span::new(1, 1),
+            start_time_unix_nano: 0,
         });
         s
     }
