@@ -197,4 +197,4 @@ fn escape_help(help: &str, quote: bool, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

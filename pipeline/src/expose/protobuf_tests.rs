@@ -455,3 +455,45 @@ pub(super) fn decode(buf: &[u8]) -> Vec<(String, Vec<String>)> {
         })
         .collect()
 }
+
+/// A native histogram as a protobuf exposition carries it, for tests elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NativeSeries {
+    /// Family name.
+    pub(crate) family: String,
+    /// Label pairs.
+    pub(crate) labels: Vec<(String, String)>,
+    /// `sample_count`.
+    pub(crate) count: u64,
+    /// `sample_sum`.
+    pub(crate) sum: f64,
+    /// `schema`.
+    pub(crate) schema: i32,
+    /// `zero_count`.
+    pub(crate) zero_count: u64,
+    /// Positive buckets, Prometheus indexing → count.
+    pub(crate) positive: BTreeMap<i32, u64>,
+}
+
+/// Every native histogram of a protobuf exposition.
+pub(crate) fn natives(buf: &[u8]) -> Vec<NativeSeries> {
+    let mut out = Vec::new();
+    for f in decode_all(buf) {
+        for m in &f.metric {
+            let Some(h) = &m.histogram else { continue };
+            if h.positive_span.is_empty() && h.negative_span.is_empty() && h.zero_count == 0 {
+                continue;
+            }
+            out.push(NativeSeries {
+                family: f.name.clone(),
+                labels: labels(m),
+                count: h.sample_count,
+                sum: h.sample_sum,
+                schema: h.schema,
+                zero_count: h.zero_count,
+                positive: expand(&h.positive_span, &h.positive_delta),
+            });
+        }
+    }
+    out
+}

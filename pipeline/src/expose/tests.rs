@@ -1462,7 +1462,7 @@ fn scrape_lines_are_the_walked_samples_in_order() {
 }
 
 #[path = "protobuf_tests.rs"]
-mod protobuf_format;
+pub(crate) mod protobuf_format;
 
 // ---- translation strategies and escaping ---------------------------------------------------
 
