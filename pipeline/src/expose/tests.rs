@@ -1561,9 +1561,6 @@ fn utf8_names_are_served_only_to_scrapers_that_ask_for_them() {
 
     let names = |escaping| -> Vec<(String, Vec<String>)> {
         protobuf_format::decode(&render_as(&s, Format::Protobuf, escaping))
-            .into_iter()
-            .map(|(name, labels)| (name, labels))
-            .collect()
     };
     let utf8 = names(AllowUtf8);
     assert!(

@@ -1247,7 +1247,8 @@ fn folded_native_histograms_keep_exact_totals_in_protobuf() {
     use crate::model::exp::bucket_index;
     let rig = Rig::new(limits(2));
     // (user, delta, scale, offset, counts, zero, sum)
-    let sends: [(&str, bool, i32, i32, &[u64], u64, f64); 7] = [
+    type Send<'a> = (&'a str, bool, i32, i32, &'a [u64], u64, f64);
+    let sends: [Send<'_>; 7] = [
         ("a", true, 3, 0, &[1, 2, 3], 1, 4.5),
         ("b", true, 2, -4, &[5, 0, 1], 0, 2.0),
         ("c", true, 1, 2, &[2, 2], 2, 9.0),

@@ -192,7 +192,8 @@ mod tests {
     /// carries it, its samples always do).
     #[test]
     fn each_strategy_names_metrics_as_prometheus_does() {
-        let cases: [(&str, &str, MetricKind, [(&str, &str); 4]); 6] = [
+        type Case<'a> = (&'a str, &'a str, MetricKind, [(&'a str, &'a str); 4]);
+        let cases: [Case<'_>; 6] = [
             (
                 "http.server.request.duration",
                 "s",
