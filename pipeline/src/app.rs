@@ -256,6 +256,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Pipeline::new(
             Translator::new(config.prometheus.promote_resource_attributes.clone())
                 .with_limits(config.receivers.otlp.limits.clone())
+                .with_strategy(config.prometheus.translation_strategy)
                 .with_stats(telemetry.limited.clone()),
             store.clone(),
             Some(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{DurationStr, Problem};
+use crate::model::TranslationStrategy;
 use crate::server::TlsConfig;
 
 /// `prometheus`: the scrape endpoint and the series store.
@@ -43,6 +44,13 @@ pub struct PrometheusConfig {
     pub tls: TlsConfig,
     /// `prometheus.auth`: credentials every route but `/healthz` and `/readyz` requires.
     pub auth: PrometheusAuthConfig,
+    /// How OTLP metric and label names become Prometheus names, with the values of Prometheus's
+    /// own OTLP receiver: `UnderscoreEscapingWithSuffixes` (invalid characters → `_`, unit suffix),
+    /// `UnderscoreEscapingWithoutSuffixes`, `NoUTF8EscapingWithSuffixes` (names kept as sent, UTF-8,
+    /// unit suffix) or `NoTranslation` (kept as sent, no suffix). UTF-8 names are served only to
+    /// scrapers that ask for `escaping=allow-utf-8` (Prometheus 3); others get them escaped.
+    /// Counters always end in `_total`. Default `UnderscoreEscapingWithSuffixes`.
+    pub translation_strategy: TranslationStrategy,
 }
 
 /// `prometheus.auth`: when either key is set, `/metrics`, `/api/*` and every other route but
@@ -117,6 +125,7 @@ impl Default for PrometheusConfig {
             max_series: default_max_series(),
             tls: TlsConfig::default(),
             auth: PrometheusAuthConfig::default(),
+            translation_strategy: TranslationStrategy::default(),
         }
     }
 }

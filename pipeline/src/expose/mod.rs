@@ -29,10 +29,11 @@ pub mod walk;
 use std::time::Duration;
 
 pub use float::{write_f64, write_u64};
-use walk::{Family, Sample, Sink, Value};
+use walk::{Family, Names, Sample, Sink, Value};
 
-use crate::model::{Exemplar, Format};
+use crate::model::{Escaping, Exemplar, Format};
 use crate::store::Store;
+use crate::util::labels::{escape_label_value, is_legacy_name};
 
 /// What differs between the exposition formats.
 pub trait Encoder {
@@ -55,23 +56,35 @@ pub trait SelfMetrics: std::fmt::Debug + Send + Sync {
     fn scrape_took(&self, took: Duration);
 }
 
-/// Renders every stored family and then `own`'s families in `format` into `out`.
+/// Renders every stored family and then `own`'s families in `format` into `out`, names outside
+/// the legacy character set escaped with underscores (a scraper that names no escaping).
 pub fn render(store: &Store, own: &dyn SelfMetrics, format: Format, out: &mut Vec<u8>) {
+    render_escaped(store, own, format, Escaping::Underscores, out);
+}
+
+/// [`render`] for a scraper that asked for `escaping`: with [`Escaping::AllowUtf8`] names are
+/// served as stored (quoted in the text formats where outside the legacy set), else escaped by
+/// the scheme.
+pub fn render_escaped(store: &Store, own: &dyn SelfMetrics, format: Format, escaping: Escaping, out: &mut Vec<u8>) {
+    let names = |utf8: Names| match escaping {
+        Escaping::AllowUtf8 => utf8,
+        e => Names::Escape(e),
+    };
     match format {
-        Format::OpenMetrics => render_with(openmetrics::OpenMetrics, store, own, out),
-        Format::Text => render_with(text::Text, store, own, out),
+        Format::OpenMetrics => render_with(openmetrics::OpenMetrics, store, own, names(Names::Quote), out),
+        Format::Text => render_with(text::Text, store, own, names(Names::Quote), out),
         Format::Protobuf => {
             let mut pb = protobuf::Protobuf::new(out);
-            walk::store(store, &mut pb);
+            walk::store_as(store, &mut pb, names(Names::AsIs));
             own.walk(store.series_count(), &mut pb);
             pb.finish();
         }
     }
 }
 
-fn render_with<E: Encoder>(enc: E, store: &Store, own: &dyn SelfMetrics, out: &mut Vec<u8>) {
-    let mut lines = Lines { enc, out };
-    walk::store(store, &mut lines);
+fn render_with<E: Encoder>(enc: E, store: &Store, own: &dyn SelfMetrics, names: Names, out: &mut Vec<u8>) {
+    let mut lines = Lines::new(enc, out);
+    walk::store_as(store, &mut lines, names);
     own.walk(store.series_count(), &mut lines);
     lines.enc.finish(lines.out);
 }
@@ -96,17 +109,36 @@ pub fn render_own(own: &dyn SelfMetrics, format: Format, active_series: usize, o
 pub struct Lines<'o, E> {
     enc: E,
     out: &'o mut Vec<u8>,
+    /// The current family's name lies outside the legacy set: samples are written
+    /// `{"name",labels}` (only when the scrape asked for `escaping=allow-utf-8`).
+    quote: bool,
 }
 
 impl<'o, E: Encoder> Lines<'o, E> {
     /// Appends to `out`.
     pub fn new(enc: E, out: &'o mut Vec<u8>) -> Self {
-        Lines { enc, out }
+        Lines { enc, out, quote: false }
+    }
+}
+
+/// Appends a metric name (with `suffix`) as the line formats write it: as is when `name` is in
+/// the legacy character set, else quoted and escaped (`"http.server.duration_total"`), which only
+/// a scraper that asked for `escaping=allow-utf-8` is served.
+fn write_name(out: &mut Vec<u8>, name: &str, suffix: &str) {
+    if is_legacy_name(name, true) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(suffix.as_bytes());
+    } else {
+        out.push(b'"');
+        escape_label_value(name, out);
+        out.extend_from_slice(suffix.as_bytes());
+        out.push(b'"');
     }
 }
 
 impl<E: Encoder> Sink for Lines<'_, E> {
     fn family(&mut self, family: &Family<'_>) {
+        self.quote = !is_legacy_name(family.name, true);
         self.enc.header(self.out, family);
     }
 
@@ -115,11 +147,22 @@ impl<E: Encoder> Sink for Lines<'_, E> {
     #[inline(always)]
     fn sample(&mut self, s: &Sample<'_>) {
         let out = &mut *self.out;
-        out.extend_from_slice(s.name.as_bytes());
-        out.extend_from_slice(s.kind.suffix().as_bytes());
         let extra = s.kind.label();
-        if !s.labels.is_empty() || extra.is_some() {
+        if self.quote {
+            // `{"name",labels}`: the name moves inside the braces.
             out.push(b'{');
+            write_name(out, s.name, s.kind.suffix());
+            if !s.labels.is_empty() || extra.is_some() {
+                out.push(b',');
+            }
+        } else {
+            out.extend_from_slice(s.name.as_bytes());
+            out.extend_from_slice(s.kind.suffix().as_bytes());
+        }
+        if self.quote || !s.labels.is_empty() || extra.is_some() {
+            if !self.quote {
+                out.push(b'{');
+            }
             out.extend_from_slice(s.labels);
             if let Some((k, v)) = extra {
                 if !s.labels.is_empty() {
@@ -157,4 +200,4 @@ fn escape_help(help: &str, quote: bool, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

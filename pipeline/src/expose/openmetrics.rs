@@ -1,7 +1,7 @@
 //! OpenMetrics 1.0.0 encoder: `# TYPE`/`# UNIT`/`# HELP`, exemplars, `# EOF`.
 
 use super::walk::Family;
-use super::{Encoder, escape_help, write_f64, write_u64};
+use super::{Encoder, escape_help, write_f64, write_name, write_u64};
 use crate::model::{Exemplar, Format};
 use crate::util::hex;
 
@@ -14,11 +14,10 @@ pub struct OpenMetrics;
 
 impl Encoder for OpenMetrics {
     fn header(&self, out: &mut Vec<u8>, f: &Family<'_>) {
-        let name = f.name.as_bytes();
         let help = |out: &mut Vec<u8>| {
             if !f.help.is_empty() {
                 out.extend_from_slice(b"# HELP ");
-                out.extend_from_slice(name);
+                write_name(out, f.name, "");
                 out.push(b' ');
                 escape_help(f.help, true, out);
                 out.push(b'\n');
@@ -28,13 +27,13 @@ impl Encoder for OpenMetrics {
             help(out);
         }
         out.extend_from_slice(b"# TYPE ");
-        out.extend_from_slice(name);
+        write_name(out, f.name, "");
         out.push(b' ');
         out.extend_from_slice(f.kind.openmetrics_type().as_bytes());
         out.push(b'\n');
         if !f.unit.is_empty() {
             out.extend_from_slice(b"# UNIT ");
-            out.extend_from_slice(name);
+            write_name(out, f.name, "");
             out.push(b' ');
             out.extend_from_slice(f.unit.as_bytes());
             out.push(b'\n');

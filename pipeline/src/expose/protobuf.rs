@@ -76,6 +76,9 @@ struct Series {
     sum: Option<f64>,
     quantiles: Vec<(f64, f64)>,
     native: Option<ExpHistogram>,
+    /// When the series' stream started (Unix epoch nanoseconds; 0: unknown), written as the
+    /// `created_timestamp` of counters, histograms and summaries.
+    start: u64,
 }
 
 impl<'o> Protobuf<'o> {
@@ -145,6 +148,7 @@ impl<'o> Protobuf<'o> {
                 if let Some(e) = &s.exemplar {
                     exemplar(2, e, inner);
                 }
+                timestamp(3, s.start, inner);
                 message(3, inner, m);
             }
             MetricKind::Summary => {
@@ -156,6 +160,7 @@ impl<'o> Protobuf<'o> {
                     double(2, *v, &mut self.leaf);
                     message(3, &self.leaf, inner);
                 }
+                timestamp(4, s.start, inner);
                 message(4, inner, m);
             }
             MetricKind::Histogram => {
@@ -163,6 +168,7 @@ impl<'o> Protobuf<'o> {
                     Some(h) => native_histogram(h, &s.buckets, inner, &mut self.leaf),
                     None => classic_histogram(s, inner, &mut self.leaf),
                 }
+                timestamp(15, s.start, inner);
                 message(7, inner, m);
             }
         }
@@ -207,7 +213,12 @@ impl Sink for Protobuf<'_> {
         s.sum = None;
         s.quantiles.clear();
         s.native = None;
+        s.start = 0;
         true
+    }
+
+    fn start(&mut self, unix_nano: u64) {
+        self.series.start = unix_nano;
     }
 
     fn sample(&mut self, s: &Sample<'_>) {
@@ -387,6 +398,28 @@ fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>) {
     double(2, e.value, out);
     encode_key(3, WireType::LengthDelimited, out);
     encode_varint(ts_len as u64, out);
+    if secs != 0 {
+        encode_key(1, WireType::Varint, out);
+        encode_varint(secs, out);
+    }
+    if nanos != 0 {
+        encode_key(2, WireType::Varint, out);
+        encode_varint(nanos, out);
+    }
+}
+
+/// A `google.protobuf.Timestamp` of `unix_nano` as field `tag` (the `created_timestamp` of
+/// `Counter`, `Summary` and `Histogram`); nothing when 0 (unknown).
+fn timestamp(tag: u32, unix_nano: u64, out: &mut Vec<u8>) {
+    if unix_nano == 0 {
+        return;
+    }
+    let secs = unix_nano / 1_000_000_000;
+    let nanos = unix_nano % 1_000_000_000;
+    let len = if secs != 0 { 1 + encoded_len_varint(secs) } else { 0 }
+        + if nanos != 0 { 1 + encoded_len_varint(nanos) } else { 0 };
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
     if secs != 0 {
         encode_key(1, WireType::Varint, out);
         encode_varint(secs, out);

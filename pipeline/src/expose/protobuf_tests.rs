@@ -31,6 +31,8 @@ mod client_model {
         pub(super) value: f64,
         #[prost(message, optional, tag = "2")]
         pub(super) exemplar: Option<Exemplar>,
+        #[prost(message, optional, tag = "3")]
+        pub(super) created_timestamp: Option<Timestamp>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Quantile {
@@ -47,6 +49,8 @@ mod client_model {
         pub(super) sample_sum: f64,
         #[prost(message, repeated, tag = "3")]
         pub(super) quantile: Vec<Quantile>,
+        #[prost(message, optional, tag = "4")]
+        pub(super) created_timestamp: Option<Timestamp>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Bucket {
@@ -86,6 +90,8 @@ mod client_model {
         pub(super) positive_span: Vec<BucketSpan>,
         #[prost(sint64, repeated, tag = "13")]
         pub(super) positive_delta: Vec<i64>,
+        #[prost(message, optional, tag = "15")]
+        pub(super) created_timestamp: Option<Timestamp>,
         #[prost(message, repeated, tag = "16")]
         pub(super) exemplars: Vec<Exemplar>,
     }
@@ -187,6 +193,7 @@ fn native_of(h: &ExpHistogram) -> Option<cm::Histogram> {
         "h",
         MetricKind::Histogram,
         b"",
+        0,
         &crate::store::SeriesValue::Exponential(Box::new(h.clone())),
     );
     pb.finish();
@@ -266,6 +273,7 @@ fn a_scale_coarser_than_prometheus_holds_stays_classic() {
         "h",
         MetricKind::Histogram,
         b"",
+        0,
         &crate::store::SeriesValue::Exponential(Box::new(h)),
     );
     pb.finish();
@@ -383,4 +391,109 @@ fn golden_protobuf() {
         }
     }
     check_golden("exposition.protobuf.txt", &dump);
+}
+
+/// Start times reach `created_timestamp` of counters, histograms (classic and native) and
+/// summaries, and only theirs; a series accumulated from deltas carries when it was created.
+#[test]
+fn start_times_are_created_timestamps() {
+    use crate::testing::{kvs, metrics_request_in, point, sum};
+    let store = Store::new(std::time::Duration::from_secs(60), 1000, &[]);
+    let start = 1_700_000_000_250_000_000u64;
+    let mut c = point(3.0, kvs(&[]));
+    c.start_time_unix_nano = start;
+    let mut g = point(1.0, kvs(&[]));
+    g.start_time_unix_nano = start;
+    let d = point(2.0, kvs(&[]));
+    let req = metrics_request_in(
+        None,
+        None,
+        vec![
+            crate::testing::metric("c", "", sum(true, false, vec![c])),
+            crate::testing::metric("g", "", crate::testing::gauge(vec![g])),
+            crate::testing::metric("d", "", sum(true, true, vec![d])),
+        ],
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs() as i64;
+    store.write(
+        crate::process::translate::Translator::default().translate(req),
+        std::time::Instant::now(),
+    );
+    let mut out = Vec::new();
+    render(&store, &Telemetry::default(), Format::Protobuf, &mut out);
+    let families = decode_all(&out);
+    let family = |name: &str| families.iter().find(|f| f.name == name).expect(name);
+    let ct = family("c_total").metric[0]
+        .counter
+        .as_ref()
+        .and_then(|c| c.created_timestamp.clone())
+        .expect("a created timestamp");
+    assert_eq!((ct.seconds, ct.nanos), (1_700_000_000, 250_000_000));
+    assert!(family("g").metric[0].gauge.is_some(), "gauges have no start");
+    let created = family("d_total").metric[0]
+        .counter
+        .as_ref()
+        .and_then(|c| c.created_timestamp.clone())
+        .expect("a delta series' creation time");
+    assert!(created.seconds >= before, "{created:?}");
+}
+
+/// Each family's name and the label names of its metrics, from a protobuf exposition.
+pub(super) fn decode(buf: &[u8]) -> Vec<(String, Vec<String>)> {
+    decode_all(buf)
+        .into_iter()
+        .map(|f| {
+            let labels = f
+                .metric
+                .iter()
+                .flat_map(|m| m.label.iter().map(|l| l.name.clone()))
+                .collect();
+            (f.name, labels)
+        })
+        .collect()
+}
+
+/// A native histogram as a protobuf exposition carries it, for tests elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NativeSeries {
+    /// Family name.
+    pub(crate) family: String,
+    /// Label pairs.
+    pub(crate) labels: Vec<(String, String)>,
+    /// `sample_count`.
+    pub(crate) count: u64,
+    /// `sample_sum`.
+    pub(crate) sum: f64,
+    /// `schema`.
+    pub(crate) schema: i32,
+    /// `zero_count`.
+    pub(crate) zero_count: u64,
+    /// Positive buckets, Prometheus indexing → count.
+    pub(crate) positive: BTreeMap<i32, u64>,
+}
+
+/// Every native histogram of a protobuf exposition.
+pub(crate) fn natives(buf: &[u8]) -> Vec<NativeSeries> {
+    let mut out = Vec::new();
+    for f in decode_all(buf) {
+        for m in &f.metric {
+            let Some(h) = &m.histogram else { continue };
+            if h.positive_span.is_empty() && h.negative_span.is_empty() && h.zero_count == 0 {
+                continue;
+            }
+            out.push(NativeSeries {
+                family: f.name.clone(),
+                labels: labels(m),
+                count: h.sample_count,
+                sum: h.sample_sum,
+                schema: h.schema,
+                zero_count: h.zero_count,
+                positive: expand(&h.positive_span, &h.positive_delta),
+            });
+        }
+    }
+    out
 }

@@ -13,7 +13,7 @@ use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::api::CardinalityReports;
-use crate::model::Format;
+use crate::model::{Escaping, Format};
 use crate::process::cardinality::Limiter;
 use crate::store::Store;
 
@@ -137,20 +137,62 @@ async fn readyz(State(s): State<ExposeState>) -> Response {
     }
 }
 
+/// What a scrape is answered with: the format, how names outside the legacy character set are
+/// written, and so the response's exact `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The exposition format.
+    pub format: Format,
+    /// How names outside the legacy character set are written (`escaping=` of the chosen type).
+    pub escaping: Escaping,
+    /// The text format was asked for as `version=1.0.0` (the version that may carry UTF-8 names);
+    /// else 0.0.4. The output is the same but for quoted UTF-8 names.
+    pub text_v1: bool,
+}
+
+impl Negotiated {
+    /// What a scraper that sends no `Accept` gets: text 0.0.4, names escaped with underscores.
+    pub const TEXT: Negotiated = Negotiated {
+        format: Format::Text,
+        escaping: Escaping::Underscores,
+        text_v1: false,
+    };
+
+    /// The response's `Content-Type`, exact and complete: the served format's media type, version
+    /// and charset (none for protobuf), and `escaping=` saying how names were written (as
+    /// client_golang writes it and Prometheus 3 reads it; older scrapers ignore the parameter).
+    pub fn content_type(&self) -> String {
+        let base = match self.format {
+            Format::OpenMetrics => super::openmetrics::CONTENT_TYPE,
+            Format::Text if self.text_v1 => super::text::CONTENT_TYPE_V1,
+            Format::Text => super::text::CONTENT_TYPE,
+            Format::Protobuf => super::protobuf::CONTENT_TYPE,
+        };
+        format!("{base}; escaping={}", self.escaping.as_str())
+    }
+}
+
 /// Picks the exposition format from an `Accept` header by its q-values, as Prometheus 2.x and 3.x
 /// send them from their `scrape_protocols`: the protobuf format
 /// (`application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited`),
 /// OpenMetrics (`application/openmetrics-text`, any version; 1.0.0 is served) or the text format
 /// (`text/plain`, `*/*`). The highest q wins, the first listed among equals; `q=0` refuses a type.
 /// With no header, or nothing Spindle serves in it, the text format.
-pub fn negotiate(accept: Option<&str>) -> Format {
-    let mut best: Option<(f32, Format)> = None;
+///
+/// The chosen type's `escaping=` says how names outside the legacy character set are written:
+/// `allow-utf-8` is honoured for the types that can carry UTF-8 names (protobuf, OpenMetrics
+/// 1.0.0, text 1.0.0; Prometheus 3 sends it with those), `underscores`, `dots` and `values` for
+/// any; none, or an unknown value, means `underscores`.
+pub fn negotiate(accept: Option<&str>) -> Negotiated {
+    let mut best: Option<(f32, Negotiated)> = None;
     for part in accept.unwrap_or("").split(',') {
         let mut params = part.split(';').map(str::trim);
         let essence = params.next().unwrap_or("").to_ascii_lowercase();
         let mut q = 1.0f32;
         let mut proto = None;
         let mut encoding = None;
+        let mut version = None;
+        let mut escaping = None;
         for p in params {
             let Some((k, v)) = p.split_once('=') else { continue };
             let v = v.trim().trim_matches('"');
@@ -158,24 +200,39 @@ pub fn negotiate(accept: Option<&str>) -> Format {
                 "q" => q = v.parse().unwrap_or(0.0),
                 "proto" => proto = Some(v),
                 "encoding" => encoding = Some(v),
+                "version" => version = Some(v),
+                "escaping" => escaping = Escaping::parse(v),
                 _ => {}
             }
         }
-        let format = match essence.as_str() {
+        let (format, utf8_capable, text_v1) = match essence.as_str() {
             "application/vnd.google.protobuf"
                 if proto == Some("io.prometheus.client.MetricFamily") && encoding == Some("delimited") =>
             {
-                Format::Protobuf
+                (Format::Protobuf, true, false)
             }
-            "application/openmetrics-text" => Format::OpenMetrics,
-            "text/plain" | "*/*" | "text/*" => Format::Text,
+            "application/openmetrics-text" => (Format::OpenMetrics, version.is_none_or(|v| v == "1.0.0"), false),
+            "text/plain" if version == Some("1.0.0") => (Format::Text, true, true),
+            "text/plain" | "*/*" | "text/*" => (Format::Text, false, false),
             _ => continue,
         };
+        let escaping = match escaping {
+            Some(Escaping::AllowUtf8) if !utf8_capable => Escaping::Underscores,
+            Some(e) => e,
+            None => Escaping::Underscores,
+        };
         if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
-            best = Some((q, format));
+            best = Some((
+                q,
+                Negotiated {
+                    format,
+                    escaping,
+                    text_v1,
+                },
+            ));
         }
     }
-    best.map_or(Format::Text, |(_, f)| f)
+    best.map_or(Negotiated::TEXT, |(_, n)| n)
 }
 
 fn wants_gzip(headers: &HeaderMap) -> bool {
@@ -193,14 +250,20 @@ fn wants_gzip(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
-    let format = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let negotiated = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let gzip = wants_gzip(&headers);
     // Rendering a large store is CPU work: keep it off the async workers.
     let pool = s.buffers.clone();
     let rendered = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let mut body = s.buffers.take();
-        super::render(&s.store, &*s.telemetry, format, &mut body);
+        super::render_escaped(
+            &s.store,
+            &*s.telemetry,
+            negotiated.format,
+            negotiated.escaping,
+            &mut body,
+        );
         s.telemetry.scrape_took(start.elapsed());
         if !gzip {
             return Ok(body);
@@ -216,12 +279,7 @@ async fn metrics(State(s): State<ExposeState>, headers: HeaderMap) -> Response {
         Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("compression failed: {e}\n")).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("render failed: {e}\n")).into_response(),
     };
-    let ct = match format {
-        Format::OpenMetrics => super::openmetrics::CONTENT_TYPE,
-        Format::Text => super::text::CONTENT_TYPE,
-        Format::Protobuf => super::protobuf::CONTENT_TYPE,
-    };
-    let mut resp = ([(header::CONTENT_TYPE, ct)], body).into_response();
+    let mut resp = ([(header::CONTENT_TYPE, negotiated.content_type())], body).into_response();
     if gzip {
         resp.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -324,66 +382,113 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate(None), Format::Text);
-        assert_eq!(negotiate(Some("text/plain")), Format::Text);
+        let f = |a: Option<&str>| negotiate(a).format;
+        assert_eq!(negotiate(None), Negotiated::TEXT);
+        assert_eq!(f(Some("text/plain")), Format::Text);
         assert_eq!(
-            negotiate(Some("application/openmetrics-text; version=1.0.0")),
+            f(Some("application/openmetrics-text; version=1.0.0")),
             Format::OpenMetrics
         );
-        // What Prometheus sends.
-        assert_eq!(
-            negotiate(Some(
-                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-            )),
-            Format::OpenMetrics
-        );
-        assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(f(Some("application/openmetrics-text;q=0")), Format::Text);
+        // `allow-utf-8` only where the type can carry UTF-8 names; unknown schemes: underscores.
+        for (accept, escaping) in [
+            (
+                "application/openmetrics-text;version=0.0.1;escaping=allow-utf-8",
+                Escaping::Underscores,
+            ),
+            ("text/plain;version=0.0.4;escaping=allow-utf-8", Escaping::Underscores),
+            (
+                "application/openmetrics-text;version=1.0.0;escaping=dots",
+                Escaping::Dots,
+            ),
+            ("text/plain;version=0.0.4;escaping=values", Escaping::Values),
+            (
+                "application/openmetrics-text;version=1.0.0;escaping=bogus",
+                Escaping::Underscores,
+            ),
+        ] {
+            assert_eq!(negotiate(Some(accept)).escaping, escaping, "{accept}");
+        }
     }
 
-    /// The `Accept` headers Prometheus sends, from its `scrape_protocols`.
+    /// The `Accept` headers Prometheus sends, from its `scrape_protocols` (2.42: `config.go`
+    /// `ScrapeProtocolsHeaders`-equivalents of its fixed header; 3.x: `acceptHeader`), with the
+    /// format, the escaping and the exact `Content-Type` each is answered with.
     #[test]
     fn negotiation_follows_what_prometheus_2_and_3_ask_for() {
+        const OM: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        const PB: &str = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+        const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
         let cases = [
             // 2.42, default.
             (
                 "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
                 Format::OpenMetrics,
+                format!("{OM}; escaping=underscores"),
             ),
             // 2.42 with --enable-feature=native-histograms.
             (
                 "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
                 Format::Protobuf,
+                format!("{PB}; escaping=underscores"),
             ),
             // 3.x, default scrape_protocols.
             (
                 "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
                 Format::OpenMetrics,
+                format!("{OM}; escaping=allow-utf-8"),
             ),
             // 3.x with PrometheusProto first (native histograms).
             (
                 "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
                 Format::Protobuf,
+                format!("{PB}; escaping=allow-utf-8"),
+            ),
+            // 3.x with metric_name_validation_scheme: legacy (escaping=underscores).
+            (
+                "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=underscores;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                Format::OpenMetrics,
+                format!("{OM}; escaping=underscores"),
+            ),
+            // 3.x, scrape_protocols: [PrometheusText1.0.0].
+            (
+                "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,*/*;q=0.2",
+                Format::Text,
+                "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8".to_string(),
             ),
             // 3.x, scrape_protocols: [PrometheusText0.0.4] only.
-            ("text/plain;version=0.0.4;q=1,*/*;q=0.1", Format::Text),
+            (
+                "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+                Format::Text,
+                format!("{TEXT}; escaping=underscores"),
+            ),
             // Protobuf ranked below OpenMetrics.
             (
                 "application/openmetrics-text;version=1.0.0;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
                 Format::OpenMetrics,
+                format!("{OM}; escaping=underscores"),
             ),
             // Protobuf of another message, or not delimited: not served.
             (
                 "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
                 Format::Text,
+                format!("{TEXT}; escaping=underscores"),
             ),
             (
                 "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
                 Format::Text,
+                format!("{TEXT}; escaping=underscores"),
             ),
-            ("application/json", Format::Text),
+            (
+                "application/json",
+                Format::Text,
+                format!("{TEXT}; escaping=underscores"),
+            ),
         ];
-        for (accept, want) in cases {
-            assert_eq!(negotiate(Some(accept)), want, "{accept}");
+        for (accept, want, content_type) in cases {
+            let n = negotiate(Some(accept));
+            assert_eq!(n.format, want, "{accept}");
+            assert_eq!(n.content_type(), content_type, "{accept}");
         }
     }
 }

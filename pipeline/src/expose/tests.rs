@@ -109,6 +109,8 @@ fn golden_store() -> Store {
     ];
     let mut duration = hpoint(&[0.005, 0.1, 1.0], &[2, 3, 1, 1], Some(2.5), &[("http.route", "/cart")]);
     duration.exemplars = vec![ex(1, 0.003, T0), ex(2, 0.5, T0 + 1_000_000), ex(3, 3.0, T0 + 2_000_000)];
+    // Start times become `created_timestamp` in protobuf (nothing in the text formats).
+    duration.start_time_unix_nano = T0 - 60_000_000_000;
     let mut rpc = pm::ExponentialHistogramDataPoint {
         count: 4,
         sum: Some(7.5),
@@ -118,6 +120,7 @@ fn golden_store() -> Store {
             offset: 0,
             bucket_counts: vec![1, 2],
         }),
+        start_time_unix_nano: T0 - 30_000_000_000,
         ..Default::default()
     };
     rpc.exemplars = vec![ex(4, 3.0, T0)];
@@ -128,19 +131,22 @@ fn golden_store() -> Store {
             .iter()
             .map(|&(quantile, value)| pm::summary_data_point::ValueAtQuantile { quantile, value })
             .collect(),
+        start_time_unix_nano: 1_600_000_000_000_000_000,
         ..Default::default()
     };
+    let mut get = num(
+        42.0,
+        &[("http.request.method", "GET"), ("http.route", "/cart")],
+        vec![ex(9, 1.0, T0)],
+    );
+    get.start_time_unix_nano = T0 - 3_600_000_000_000;
     let metrics = vec![
         metric(
             "http.server.requests",
             "{request}",
             "Requests served.",
             counter(vec![
-                num(
-                    42.0,
-                    &[("http.request.method", "GET"), ("http.route", "/cart")],
-                    vec![ex(9, 1.0, T0)],
-                ),
+                get,
                 num(7.0, &[("http.request.method", "POST"), ("http.route", "/pay")], vec![]),
             ]),
         ),
@@ -1456,4 +1462,180 @@ fn scrape_lines_are_the_walked_samples_in_order() {
 }
 
 #[path = "protobuf_tests.rs"]
-mod protobuf_format;
+pub(crate) mod protobuf_format;
+
+// ---- translation strategies and escaping ---------------------------------------------------
+
+/// A store translated under `strategy` from metrics with dots, UTF-8 and units.
+fn strategy_store(strategy: crate::model::TranslationStrategy) -> Store {
+    let s = store();
+    let metrics = vec![
+        metric(
+            "http.server.request.duration",
+            "s",
+            "Duration.",
+            histogram(vec![hpoint(
+                &[0.1, 1.0],
+                &[1, 2, 3],
+                Some(4.0),
+                &[("http.route", "/cart")],
+            )]),
+        ),
+        metric(
+            "température.cœur",
+            "Cel",
+            "",
+            gauge(vec![num(36.6, &[("zone.név", "a"), ("zone_név", "b")], vec![])]),
+        ),
+        metric(
+            "jobs.done",
+            "{job}",
+            "",
+            counter(vec![num(3.0, &[("queue", "q")], vec![])]),
+        ),
+    ];
+    let req = request(&[("service.name", "svc")], ("scope", "1"), metrics);
+    let o = s.write(
+        Translator::default().with_strategy(strategy).translate(req),
+        Instant::now(),
+    );
+    assert_eq!(o.rejected, 0, "{}", o.message);
+    s
+}
+
+fn render_as(store: &Store, format: Format, escaping: crate::model::Escaping) -> Vec<u8> {
+    let mut out = Vec::new();
+    render_escaped(store, &Telemetry::default(), format, escaping, &mut out);
+    out
+}
+
+/// Under a UTF-8 strategy the store keeps UTF-8 names: a scrape that asked for `allow-utf-8` gets
+/// them (quoted in the text formats), any other gets them escaped as it asked — valid for the
+/// strict parser, with label names that escape alike joined into one label.
+#[test]
+fn utf8_names_are_served_only_to_scrapers_that_ask_for_them() {
+    use crate::model::Escaping::*;
+    use crate::model::TranslationStrategy::*;
+    let s = strategy_store(NoUtf8EscapingWithSuffixes);
+
+    let om = String::from_utf8(render_as(&s, Format::OpenMetrics, AllowUtf8)).expect("UTF-8");
+    assert!(
+        om.contains("# TYPE \"http.server.request.duration_seconds\" histogram\n"),
+        "{om}"
+    );
+    assert!(
+        om.contains("# UNIT \"http.server.request.duration_seconds\" seconds\n"),
+        "{om}"
+    );
+    assert!(
+        om.contains("{\"http.server.request.duration_seconds_bucket\",\"http.route\"=\"/cart\",job=\"svc\""),
+        "{om}"
+    );
+    assert!(om.contains("{\"jobs.done_total\",job=\"svc\""), "{om}");
+    assert!(om.contains("{\"température.cœur_celsius\",job=\"svc\""), "{om}");
+    assert!(om.contains("\"zone.név\"=\"a\",\"zone_név\"=\"b\""), "{om}");
+
+    for format in [Format::OpenMetrics, Format::Text] {
+        let text = String::from_utf8(render_as(&s, format, Underscores)).expect("UTF-8");
+        let dialect = if format == Format::OpenMetrics {
+            Dialect::OpenMetrics
+        } else {
+            Dialect::Text
+        };
+        parse(&text, dialect).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(!text.contains('"') || !text.contains("{\""), "nothing quoted: {text}");
+        assert!(
+            text.contains("http_server_request_duration_seconds_bucket{http_route=\"/cart\",job=\"svc\""),
+            "{text}"
+        );
+        assert!(text.contains("jobs_done_total{job=\"svc\""), "{text}");
+        // `zone.név` and `zone_név` both escape to `zone_n_v`: one label, values joined.
+        assert!(text.contains("zone_n_v=\"a;b\""), "{text}");
+        assert!(text.contains("temp_rature_c_ur_celsius{"), "{text}");
+    }
+    let dots = String::from_utf8(render_as(&s, Format::OpenMetrics, Dots)).expect("UTF-8");
+    assert!(
+        dots.contains("http_dot_server_dot_request_dot_duration__seconds_bucket{http_dot_route=\"/cart\""),
+        "{dots}"
+    );
+
+    let names = |escaping| -> Vec<(String, Vec<String>)> {
+        protobuf_format::decode(&render_as(&s, Format::Protobuf, escaping))
+    };
+    let utf8 = names(AllowUtf8);
+    assert!(
+        utf8.iter()
+            .any(|(n, l)| n == "http.server.request.duration_seconds" && l.contains(&"http.route".to_string())),
+        "{utf8:?}"
+    );
+    let escaped = names(Underscores);
+    assert!(
+        escaped
+            .iter()
+            .any(|(n, l)| n == "http_server_request_duration_seconds" && l.contains(&"http_route".to_string())),
+        "{escaped:?}"
+    );
+    assert!(
+        escaped.iter().all(|(n, l)| crate::util::labels::is_legacy_name(n, true)
+            && l.iter().all(|l| crate::util::labels::is_legacy_name(l, false))),
+        "{escaped:?}"
+    );
+}
+
+/// The default strategy stores legacy names only: every escaping gives the same scrape, byte for
+/// byte, so a Prometheus 3 asking for `allow-utf-8` sees what Prometheus 2 sees.
+#[test]
+fn escaping_changes_nothing_under_the_default_strategy() {
+    use crate::model::Escaping::*;
+    let s = strategy_store(crate::model::TranslationStrategy::UnderscoreEscapingWithSuffixes);
+    for format in [Format::OpenMetrics, Format::Text, Format::Protobuf] {
+        let plain = render_as(&s, format, Underscores);
+        for e in [AllowUtf8, Dots, Values] {
+            assert_eq!(render_as(&s, format, e), plain, "{format:?} {e:?}");
+        }
+    }
+    let om = render_str(&s, Format::OpenMetrics);
+    assert!(
+        om.contains("http_server_request_duration_seconds_bucket{http_route=\"/cart\""),
+        "{om}"
+    );
+}
+
+/// Without suffixes: no unit suffix and no `# UNIT` (OpenMetrics wants the unit to end the name);
+/// counters keep `_total`.
+#[test]
+fn strategies_without_suffixes_drop_units() {
+    use crate::model::TranslationStrategy::*;
+    let s = strategy_store(UnderscoreEscapingWithoutSuffixes);
+    let om = render_str(&s, Format::OpenMetrics);
+    parse(&om, Dialect::OpenMetrics).unwrap_or_else(|e| panic!("{e}\n{om}"));
+    assert!(om.contains("# TYPE http_server_request_duration histogram\n"), "{om}");
+    assert!(!om.contains("# UNIT"), "{om}");
+    assert!(om.contains("jobs_done_total{"), "{om}");
+    let s = strategy_store(NoTranslation);
+    let om = String::from_utf8(render_as(&s, Format::OpenMetrics, crate::model::Escaping::AllowUtf8)).expect("UTF-8");
+    assert!(
+        om.contains("# TYPE \"http.server.request.duration\" histogram\n"),
+        "{om}"
+    );
+    assert!(om.contains("{\"température.cœur\",job=\"svc\""), "{om}");
+}
+
+/// Two families whose names escape alike cannot both be stored: a scrape without UTF-8 would
+/// show one name twice.
+#[test]
+fn families_that_escape_alike_do_not_mix() {
+    let s = store();
+    let t = Translator::default().with_strategy(crate::model::TranslationStrategy::NoTranslation);
+    let req = request(
+        &[("service.name", "svc")],
+        ("scope", "1"),
+        vec![
+            metric("queue.depth", "", "", gauge(vec![num(1.0, &[], vec![])])),
+            metric("queue_depth", "", "", gauge(vec![num(2.0, &[], vec![])])),
+        ],
+    );
+    let o = s.write(t.translate(req), Instant::now());
+    assert_eq!(o.rejected, 1, "{}", o.message);
+    assert!(o.message.contains("queue_depth"), "{}", o.message);
+}

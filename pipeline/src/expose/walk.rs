@@ -10,16 +10,25 @@
 //! (`export::remote_write::convert`) and, through [`Own`], Spindle's own metrics
 //! (`crate::telemetry`), which are not in the store.
 //!
+//! Names outside the legacy character set (only the UTF-8 translation strategies store them) are
+//! written as the scrape asked ([`Names`]): escaped, quoted (text formats with
+//! `escaping=allow-utf-8`) or as they are (protobuf with `allow-utf-8`). Only families flagged by
+//! the store ([`crate::store::Family::has_utf8_names`]) take that slower path; the others are
+//! walked as stored.
+//!
+//! A series' start (`crate::store::Series::start_unix_nano`) is offered to [`Sink::start`] for
+//! counters, histograms and summaries.
+//!
 //! A sink that encodes native histograms (a protobuf exposition, remote write's `Histogram`)
 //! takes an exponential histogram whole through [`Sink::native`]; the walk then skips its classic
 //! buckets. A sink that needs a series as one record (protobuf's `Metric`) collects its samples
 //! between [`Sink::series`] and [`Sink::end_series`].
 
 use crate::model::batch::FamilyMeta;
-use crate::model::{Exemplar, MetricKind};
+use crate::model::{Escaping, Exemplar, MetricKind};
 use crate::store::exp::ExpHistogram;
-use crate::store::{SeriesValue, Store};
-use crate::util::labels::escape_label_value;
+use crate::store::{SeriesValue, Store, label_pairs};
+use crate::util::labels::{escape_label_value, is_legacy_name, push_escaped_name};
 
 /// What an encoder writes before a family's samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +173,13 @@ pub trait Sink {
     #[inline]
     fn end_series(&mut self) {}
 
+    /// The current series' stream started at `unix_nano` (nanoseconds since the Unix epoch; only
+    /// offered when known, for counters, histograms and summaries), before its samples.
+    #[inline]
+    fn start(&mut self, unix_nano: u64) {
+        let _ = unix_nano;
+    }
+
     /// Offered an exponential histogram before the walk writes it as classic buckets: a sink that
     /// encodes native histograms writes it and returns `true`, and the walk writes no classic
     /// samples for it. `name` and `labels` are the series' family name and label set.
@@ -174,25 +190,136 @@ pub trait Sink {
     }
 }
 
+/// How the walk writes metric and label names outside the legacy character set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// As stored (protobuf to a scraper that asked for `escaping=allow-utf-8`).
+    AsIs,
+    /// Label names quoted (`"http.route"="…"`), for the text formats to a scraper that asked for
+    /// `escaping=allow-utf-8`; the line sinks quote metric names themselves.
+    Quote,
+    /// Escaped by the scheme; the names then lie in the legacy set. Label names that escape alike
+    /// within a series are joined into one label, values separated by `;` (as translation joins
+    /// attributes that sanitize alike), so the scrape never has a duplicate label.
+    Escape(Escaping),
+}
+
 /// Walks every family of `store` that has series, sorted by name, into `sink`, holding one
-/// family's lock at a time.
+/// family's lock at a time; names outside the legacy character set escaped with underscores (what
+/// remote write and a scraper that names no escaping get).
 pub fn store<S: Sink + ?Sized>(store: &Store, sink: &mut S) {
+    store_as(store, sink, Names::Escape(Escaping::Underscores));
+}
+
+/// [`store`] with names written as `names` says.
+pub fn store_as<S: Sink + ?Sized>(store: &Store, sink: &mut S, names: Names) {
+    let mut name_buf = String::new();
+    let mut label_buf = Vec::new();
     for h in store.families() {
         let fam = h.lock();
         if fam.series().is_empty() {
             continue;
         }
-        sink.family(&Family::of(&fam.meta));
+        let kind = fam.meta.kind;
+        if names == Names::AsIs || !fam.has_utf8_names() {
+            sink.family(&Family::of(&fam.meta));
+            for s in fam.series() {
+                series(sink, &fam.meta.name, kind, s.labels(), s.start_unix_nano(), &s.value);
+            }
+            continue;
+        }
+        let name = match names {
+            Names::Escape(e) => {
+                name_buf.clear();
+                push_escaped_name(&mut name_buf, &fam.meta.name, e, true);
+                name_buf.as_str()
+            }
+            Names::AsIs | Names::Quote => fam.meta.name.as_str(),
+        };
+        sink.family(&Family {
+            name,
+            ..Family::of(&fam.meta)
+        });
         for s in fam.series() {
-            series(sink, &fam.meta.name, fam.meta.kind, s.labels(), &s.value);
+            let labels = if label_pairs(s.labels()).all(|(n, _)| legacy_label(n)) {
+                s.labels()
+            } else {
+                rewrite_labels(s.labels(), names, &mut label_buf);
+                &label_buf[..]
+            };
+            series(sink, name, kind, labels, s.start_unix_nano(), &s.value);
         }
     }
 }
 
-/// Walks one stored series of family `name` (of type `kind`) into `sink`.
-pub fn series<S: Sink + ?Sized>(sink: &mut S, name: &str, kind: MetricKind, labels: &[u8], value: &SeriesValue) {
+fn legacy_label(name: &[u8]) -> bool {
+    std::str::from_utf8(name).is_ok_and(|n| is_legacy_name(n, false))
+}
+
+/// A rendered label set with its names outside the legacy set quoted or escaped (see [`Names`]).
+fn rewrite_labels(labels: &[u8], names: Names, out: &mut Vec<u8>) {
+    out.clear();
+    match names {
+        Names::AsIs => out.extend_from_slice(labels),
+        Names::Quote => {
+            for (i, (name, value)) in label_pairs(labels).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if legacy_label(name) {
+                    out.extend_from_slice(name);
+                } else {
+                    out.push(b'"');
+                    escape_label_value(&String::from_utf8_lossy(name), out);
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(value);
+                out.push(b'"');
+            }
+        }
+        Names::Escape(e) => {
+            // Escaped names in order of appearance, values joined when two escape alike.
+            let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+            for (name, value) in label_pairs(labels) {
+                let mut n = String::with_capacity(name.len());
+                push_escaped_name(&mut n, &String::from_utf8_lossy(name), e, false);
+                match pairs.iter_mut().find(|(m, _)| *m == n) {
+                    Some((_, v)) => {
+                        v.push(b';');
+                        v.extend_from_slice(value);
+                    }
+                    None => pairs.push((n, value.to_vec())),
+                }
+            }
+            for (i, (name, value)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(value);
+                out.push(b'"');
+            }
+        }
+    }
+}
+
+/// Walks one stored series of family `name` (of type `kind`) into `sink`; `start` is when its
+/// stream started (Unix epoch nanoseconds, 0 when unknown).
+pub fn series<S: Sink + ?Sized>(
+    sink: &mut S,
+    name: &str,
+    kind: MetricKind,
+    labels: &[u8],
+    start: u64,
+    value: &SeriesValue,
+) {
     if !sink.series(labels) {
         return;
+    }
+    if start != 0 && matches!(kind, MetricKind::Counter | MetricKind::Histogram | MetricKind::Summary) {
+        sink.start(start);
     }
     let mut w = Walk {
         sink: &mut *sink,

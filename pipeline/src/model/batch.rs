@@ -128,6 +128,9 @@ pub struct Point {
     pub value: PointValue,
     /// Exemplars, as a span of [`Samples::exemplars`].
     pub exemplars: Span,
+    /// OTLP `start_time_unix_nano`: when the stream (cumulative) or the interval (delta) began;
+    /// 0 when unknown. The store keeps it as the series' start, exposed as `created_timestamp`.
+    pub start_time_unix_nano: u64,
 }
 
 /// An owned batch of translated points. Strings and numbers live in shared arenas so a batch costs

@@ -9,8 +9,9 @@
 use super::batch::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples, Span};
 use super::{Exemplar, MetricKind, Temporality};
 
-/// Format version, the first byte.
-const VERSION: u8 = 1;
+/// Format version, the first byte. Version 2 adds each point's start time; version 1 (without)
+/// is still read, so what an older Spindle left on disk is not taken for corruption.
+const VERSION: u8 = 2;
 
 struct W<'a>(&'a mut Vec<u8>);
 
@@ -141,6 +142,7 @@ pub fn encode(s: &Samples, out: &mut Vec<u8>) {
     w.u32(s.points.len() as u32);
     for p in &s.points {
         w.u32(p.family);
+        w.u64(p.start_time_unix_nano);
         w.span(p.labels);
         w.u8(match p.temporality {
             Temporality::Cumulative => 0,
@@ -191,7 +193,8 @@ pub fn encode(s: &Samples, out: &mut Vec<u8>) {
 /// points outside its arena.
 pub fn decode(b: &[u8]) -> Option<Samples> {
     let mut r = R(b);
-    if r.u8()? != VERSION {
+    let version = r.u8()?;
+    if !(1..=VERSION).contains(&version) {
         return None;
     }
     let mut s = Samples::default();
@@ -229,6 +232,7 @@ pub fn decode(b: &[u8]) -> Option<Samples> {
     let within = |sp: Span, len: usize| sp.end as usize <= len;
     for _ in 0..r.len(26)? {
         let family = r.u32()?;
+        let start_time_unix_nano = if version >= 2 { r.u64()? } else { 0 };
         let labels = r.span()?;
         let temporality = match r.u8()? {
             0 => Temporality::Cumulative,
@@ -289,6 +293,7 @@ pub fn decode(b: &[u8]) -> Option<Samples> {
             temporality,
             value,
             exemplars,
+            start_time_unix_nano,
         });
     }
     r.0.is_empty().then_some(s)
@@ -341,6 +346,7 @@ mod tests {
             temporality: Temporality::Delta,
             value: PointValue::Number(3.0),
             exemplars: Span::new(0, 1),
+            start_time_unix_nano: 1_700_000_000_123_456_789,
         });
         s.points.push(Point {
             family: 1,
@@ -353,6 +359,7 @@ mod tests {
                 counts: Span::new(0, 3),
             },
             exemplars: Span::new(0, 0),
+            start_time_unix_nano: 0,
         });
         s.points.push(Point {
             family: 1,
@@ -370,6 +377,7 @@ mod tests {
                 negative: Span::new(0, 1),
             }),
             exemplars: Span::new(0, 1),
+            start_time_unix_nano: 0,
         });
         s.points.push(Point {
             family: 0,
@@ -381,6 +389,7 @@ mod tests {
                 quantiles: Span::new(0, 2),
             },
             exemplars: Span::new(1, 1),
+            start_time_unix_nano: 0,
         });
         s
     }

@@ -150,3 +150,85 @@ pub enum Format {
     /// native histograms.
     Protobuf,
 }
+
+/// `prometheus.translation_strategy`: how OTLP metric and label names become Prometheus names,
+/// with the values (and meaning) of Prometheus's own OTLP receiver.
+///
+/// The names a strategy gives are what the store keeps. Names outside the legacy character set
+/// (`[a-zA-Z_:][a-zA-Z0-9_:]*`, which only the `NoUTF8…` and `NoTranslation` strategies give) are
+/// served as they are only to a scraper that asked for `escaping=allow-utf-8`; every other scrape
+/// gets them escaped as it asked ([`Escaping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum TranslationStrategy {
+    /// Characters outside the legacy set → `_` (runs collapsed), unit and type suffixes added
+    /// (`_seconds`, `_ratio` on gauges of unit `1`). The default, and Spindle's behaviour before
+    /// the key existed.
+    #[default]
+    UnderscoreEscapingWithSuffixes,
+    /// Characters outside the legacy set → `_`, no unit suffix and no `_ratio`.
+    UnderscoreEscapingWithoutSuffixes,
+    /// Names kept as sent (UTF-8), unit and type suffixes added.
+    #[serde(rename = "NoUTF8EscapingWithSuffixes")]
+    NoUtf8EscapingWithSuffixes,
+    /// Names kept as sent, no suffixes.
+    NoTranslation,
+}
+
+impl TranslationStrategy {
+    /// Whether names are escaped to the legacy character set at translation.
+    pub const fn escapes(self) -> bool {
+        matches!(
+            self,
+            TranslationStrategy::UnderscoreEscapingWithSuffixes
+                | TranslationStrategy::UnderscoreEscapingWithoutSuffixes
+        )
+    }
+
+    /// Whether unit suffixes (and `_ratio`) are added to metric names.
+    pub const fn suffixes(self) -> bool {
+        matches!(
+            self,
+            TranslationStrategy::UnderscoreEscapingWithSuffixes | TranslationStrategy::NoUtf8EscapingWithSuffixes
+        )
+    }
+}
+
+/// How a scrape wants names outside the legacy character set written: the `escaping=` parameter
+/// of its `Accept` header (prometheus.io "UTF-8 metric and label name escaping schemes"). A
+/// scraper that names none gets [`Escaping::Underscores`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Escaping {
+    /// `allow-utf-8`: names as they are (quoted in the text formats when outside the legacy set).
+    AllowUtf8,
+    /// `underscores`: every character outside the legacy set → `_`.
+    #[default]
+    Underscores,
+    /// `dots`: `.` → `_dot_`, `_` → `__`, any other character outside the legacy set → `__`.
+    Dots,
+    /// `values`: a `U__` prefix, `_` → `__`, any other character outside the legacy set →
+    /// `_<hex code point>_`.
+    Values,
+}
+
+impl Escaping {
+    /// The scheme named by an `escaping=` parameter value.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "allow-utf-8" => Some(Escaping::AllowUtf8),
+            "underscores" => Some(Escaping::Underscores),
+            "dots" => Some(Escaping::Dots),
+            "values" => Some(Escaping::Values),
+            _ => None,
+        }
+    }
+
+    /// The `escaping=` parameter value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Escaping::AllowUtf8 => "allow-utf-8",
+            Escaping::Underscores => "underscores",
+            Escaping::Dots => "dots",
+            Escaping::Values => "values",
+        }
+    }
+}

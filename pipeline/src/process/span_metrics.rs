@@ -7,6 +7,12 @@
 //! exemplars to store once the spans they name have been forwarded. Spans of one request that
 //! share a label set are aggregated first, so the store sees one update per series per request.
 //!
+//! With `histogram: native` the duration is an exponential histogram instead of classic buckets:
+//! each series' spans of a request are recorded as the OTel SDK's exponential aggregation records
+//! them (from `native_max_scale`, downscaled so the buckets stay within `native_max_buckets`), and
+//! the store merges requests exactly. The protobuf exposition and remote write then carry it as a
+//! native histogram with its exemplars; the text formats as classic buckets at its boundaries.
+//!
 //! Each span counts with its adjusted count when its `tracestate` carries an OTel
 //! probability-sampling threshold (`ot=th:…`): `2^56 / (2^56 − T)`.
 //!
@@ -29,7 +35,8 @@ use wire::{WireAttr, WireRequest};
 
 use super::translate::{LimitStats, truncate_value, truncated, write_any};
 
-use crate::model::batch::{FamilyMeta, LimitCounts, LimitReason, PointValue, Samples};
+use crate::model::batch::{ExpPoint, FamilyMeta, LimitCounts, LimitReason, PointValue, Samples, Span};
+use crate::model::exp::bucket_index;
 use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
 use crate::receive::config::LimitsConfig;
 
@@ -79,6 +86,78 @@ struct Agg {
     sum: f64,
     newest: Option<Exemplar>,
     bucket_exemplars: Vec<Option<Exemplar>>,
+    /// `histogram: native`: the durations as an exponential histogram.
+    native: Option<Native>,
+}
+
+/// One series' durations in one request as a base-2 exponential histogram (positive buckets and
+/// a zero bucket for zero-length spans), recorded at the finest scale (from `native_max_scale`
+/// down) that keeps the buckets within `native_max_buckets`, as the OTel SDK records.
+#[derive(Debug)]
+struct Native {
+    scale: i32,
+    offset: i32,
+    counts: Vec<u64>,
+    zero: u64,
+}
+
+impl Native {
+    fn new(scale: i32) -> Self {
+        Native {
+            scale,
+            offset: 0,
+            counts: Vec::new(),
+            zero: 0,
+        }
+    }
+
+    /// Counts `n` observations of `v` seconds, downscaling first when its bucket would make the
+    /// range wider than `max` buckets.
+    fn record(&mut self, v: f64, n: u64, max: usize) {
+        if !(v > 0.0 && v.is_finite()) {
+            self.zero = self.zero.saturating_add(n);
+            return;
+        }
+        let mut idx = bucket_index(v, self.scale);
+        if self.counts.is_empty() {
+            self.offset = idx;
+            self.counts.push(n);
+            return;
+        }
+        loop {
+            let lo = i64::from(self.offset.min(idx));
+            let hi = (i64::from(self.offset) + self.counts.len() as i64 - 1).max(i64::from(idx));
+            if (hi - lo + 1) as usize <= max.max(1) || self.scale <= -10 {
+                break;
+            }
+            self.downscale();
+            idx >>= 1;
+        }
+        if idx < self.offset {
+            let grow = (self.offset - idx) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = idx;
+        }
+        let i = (idx - self.offset) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] = self.counts[i].saturating_add(n);
+    }
+
+    /// Halves the resolution: buckets merge in pairs (bucket `i` becomes `i >> 1`).
+    fn downscale(&mut self) {
+        let first = self.offset >> 1;
+        let last = (self.offset + self.counts.len() as i32 - 1) >> 1;
+        let mut out = vec![0u64; (last - first + 1) as usize];
+        for (i, c) in self.counts.iter().enumerate() {
+            let k = (((self.offset + i as i32) >> 1) - first) as usize;
+            out[k] = out[k].saturating_add(*c);
+        }
+        self.offset = first;
+        self.counts = out;
+        self.scale -= 1;
+    }
 }
 
 impl SpanMetrics {
@@ -268,6 +347,8 @@ impl SpanMetrics {
                     sum: 0.0,
                     newest: None,
                     bucket_exemplars: vec![None; buckets.len() + 1],
+                    native: (self.config.histogram == HistogramKind::Native)
+                        .then(|| Native::new(self.config.native_max_scale)),
                 });
                 acc.index.insert(key.clone(), acc.aggs.len() - 1);
                 acc.aggs.len() - 1
@@ -280,6 +361,9 @@ impl SpanMetrics {
         agg.calls += weight;
         agg.counts[b] = agg.counts[b].saturating_add(weight.round().max(1.0) as u64);
         agg.sum += secs * weight;
+        if let Some(n) = &mut agg.native {
+            n.record(secs, weight.round().max(1.0) as u64, self.config.native_max_buckets);
+        }
         if let Some(e) = exemplar(span, secs) {
             if agg.newest.is_none_or(|n| n.time_unix_nano <= e.time_unix_nano) {
                 agg.newest = Some(e);
@@ -339,6 +423,13 @@ impl SpanMetrics {
                     (agg.calls, Vec::new())
                 };
                 let labels = batch.add_point(calls, start, Temporality::Delta, PointValue::Number(value), &exemplars);
+                if let Some(native) = &agg.native {
+                    let (hist, exemplars) = self.native_point(batch, agg, native, is_exemplars);
+                    let start = batch.labels.len();
+                    batch.copy_labels(labels);
+                    batch.add_point(duration, start, Temporality::Delta, hist, &exemplars);
+                    continue;
+                }
                 let counts = if is_exemplars { &zero_counts } else { &agg.counts };
                 let (bounds, counts_span) = batch.add_buckets(&self.config.buckets, counts);
                 let exemplars: Vec<Exemplar> = if is_exemplars {
@@ -358,6 +449,51 @@ impl SpanMetrics {
             }
         }
         out
+    }
+
+    /// The duration of `agg` as an exponential histogram point (its counts pushed to `batch`), or,
+    /// for the exemplar batch, an empty one at the starting scale (merging it changes nothing
+    /// else) carrying the exemplars of every bucket.
+    fn native_point(
+        &self,
+        batch: &mut Samples,
+        agg: &Agg,
+        native: &Native,
+        is_exemplars: bool,
+    ) -> (PointValue, Vec<Exemplar>) {
+        if is_exemplars {
+            let mut exemplars: Vec<Exemplar> = agg.bucket_exemplars.iter().flatten().copied().collect();
+            exemplars.extend(agg.newest.filter(|n| !exemplars.contains(n)));
+            let empty = Span::new(batch.counts.len(), batch.counts.len());
+            let point = ExpPoint {
+                count: 0,
+                sum: 0.0,
+                scale: self.config.native_max_scale,
+                zero_count: 0,
+                zero_threshold: 0.0,
+                positive_offset: 0,
+                positive: empty,
+                negative_offset: 0,
+                negative: empty,
+            };
+            return (PointValue::Exponential(point), exemplars);
+        }
+        let p0 = batch.counts.len();
+        batch.counts.extend_from_slice(&native.counts);
+        let end = batch.counts.len();
+        let count = native.counts.iter().fold(native.zero, |a, c| a.saturating_add(*c));
+        let point = ExpPoint {
+            count,
+            sum: agg.sum,
+            scale: native.scale,
+            zero_count: native.zero,
+            zero_threshold: 0.0,
+            positive_offset: native.offset,
+            positive: Span::new(p0, end),
+            negative_offset: 0,
+            negative: Span::new(end, end),
+        };
+        (PointValue::Exponential(point), Vec::new())
     }
 }
 

@@ -237,6 +237,18 @@ mod tests {
             }
         );
         assert_eq!(scrape(&b), before);
+        let proto = |s: &Store| {
+            let mut out = Vec::new();
+            let own = crate::telemetry::Telemetry::default();
+            crate::expose::render(s, &own, crate::model::Format::Protobuf, &mut out);
+            out
+        };
+        let (saved, _) = a.to_samples(Instant::now());
+        assert!(
+            saved.points.iter().any(|p| p.start_time_unix_nano != 0),
+            "a start time to keep"
+        );
+        assert_eq!(proto(&b), proto(&a), "start times (created_timestamp) restored too");
         assert!(!path(dir.path()).exists(), "removed once restored");
         assert_eq!(
             restore(&store(), dir.path(), Duration::from_secs(300)).unwrap(),

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use hashbrown::{HashMap, HashSet, HashTable};
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
+use crate::model::Escaping;
 use crate::model::batch::{FamilyMeta, Label, Point, PointValue, Samples};
 use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
-use crate::util::labels::{render_label_pairs, unescape_label_value};
+use crate::util::labels::{is_legacy_name, push_escaped_name, render_label_pairs, unescape_label_value};
 
 /// Exponential histogram state, shared vocabulary in [`crate::model::exp`]; re-exported where the
 /// store's series hold it.
@@ -81,6 +82,11 @@ pub struct Series {
     labels: Box<[u8]>,
     hash: u64,
     last_seen: u32,
+    /// When the series' stream started, Unix epoch nanoseconds (0: unknown): a cumulative point's
+    /// `start_time_unix_nano` (the newest point's, so a restarted stream moves it), or for a
+    /// series accumulated from deltas, the first point's start or else when the series was
+    /// created. Exposed as `created_timestamp` in the protobuf format.
+    start_unix_nano: u64,
     /// The stored value.
     pub value: SeriesValue,
 }
@@ -89,6 +95,11 @@ impl Series {
     /// The rendered label set, `name="value",…` without braces (empty for no labels).
     pub fn labels(&self) -> &[u8] {
         &self.labels
+    }
+
+    /// When the series' stream started, Unix epoch nanoseconds; 0 when unknown.
+    pub fn start_unix_nano(&self) -> u64 {
+        self.start_unix_nano
     }
 }
 
@@ -101,12 +112,22 @@ pub struct Family {
     index: HashTable<u32>,
     last_bounds: Option<Arc<[f64]>>,
     removed: bool,
+    /// Whether the family name or a label name of one of its series (ever) lies outside the
+    /// legacy character set: only such families are escaped per scrape.
+    utf8: bool,
 }
 
 impl Family {
     /// The family's series, in creation order (until expiry reorders them).
     pub fn series(&self) -> &[Series] {
         &self.series
+    }
+
+    /// Whether the family's name or any of its label names lies outside the legacy character set
+    /// ([`is_legacy_name`]), so a scrape that did not ask for UTF-8 names must escape them. Never
+    /// true under the escaping translation strategies.
+    pub fn has_utf8_names(&self) -> bool {
+        self.utf8
     }
 }
 
@@ -131,11 +152,24 @@ struct Families {
     sample_names: HashSet<Box<str>>,
 }
 
-/// The sample names a family of this kind exposes.
+/// The sample names a family of this kind exposes: as named, and, for a name outside the legacy
+/// character set, as a scrape that did not ask for UTF-8 names reads it (underscores), so that two
+/// families whose names escape alike (`a.b`, `a_b`) cannot both be served.
 fn sample_names(name: &str, kind: MetricKind) -> Vec<String> {
-    let mut v: Vec<String> = kind.suffixes().iter().map(|s| format!("{name}{s}")).collect();
-    if matches!(kind, MetricKind::Gauge | MetricKind::Summary) {
-        v.push(name.to_string());
+    let mut names = vec![name.to_string()];
+    if !is_legacy_name(name, true) {
+        let mut escaped = String::with_capacity(name.len());
+        push_escaped_name(&mut escaped, name, Escaping::Underscores, true);
+        if escaped != name {
+            names.push(escaped);
+        }
+    }
+    let mut v = Vec::new();
+    for name in names {
+        v.extend(kind.suffixes().iter().map(|s| format!("{name}{s}")));
+        if matches!(kind, MetricKind::Gauge | MetricKind::Summary) {
+            v.push(name);
+        }
     }
     v
 }
@@ -203,6 +237,7 @@ impl Store {
             index: HashTable::new(),
             last_bounds: None,
             removed: false,
+            utf8: !is_legacy_name(&meta.name, true),
         }));
         fams.by_name.insert(meta.name.as_str().into(), h.clone());
         Ok(h)
@@ -212,6 +247,7 @@ impl Store {
     /// from accepted to rejected in the returned outcome.
     pub fn write(&self, batch: Samples, now: Instant) -> Outcome {
         let tick = self.tick(now);
+        let now_unix_nano = unix_nano_now();
         let mut outcome = batch.outcome.clone();
         let handles: Vec<Result<FamilyHandle, String>> = batch.families.iter().map(|m| self.family(m)).collect();
         let mut key = Vec::with_capacity(256);
@@ -244,7 +280,7 @@ impl Store {
             }
             let Some((_, fam)) = current.as_mut() else { continue };
             render_labels(&batch, batch.point_labels(p), &mut key);
-            if let Err(e) = self.apply(fam, &key, p, &batch, tick) {
+            if let Err(e) = self.apply(fam, &key, p, &batch, tick, now_unix_nano) {
                 outcome.accepted -= 1;
                 outcome.reject(1, || e);
             }
@@ -252,12 +288,21 @@ impl Store {
         outcome
     }
 
-    fn apply(&self, fam: &mut Family, key: &[u8], p: &Point, batch: &Samples, tick: u32) -> Result<(), String> {
+    fn apply(
+        &self,
+        fam: &mut Family,
+        key: &[u8],
+        p: &Point,
+        batch: &Samples,
+        tick: u32,
+        now_unix_nano: u64,
+    ) -> Result<(), String> {
         let hash = self.hasher.hash_one(key);
         let Family {
             series,
             index,
             last_bounds,
+            utf8,
             ..
         } = fam;
         let found = index.find(hash, |&i| &*series[i as usize].labels == key).copied();
@@ -269,10 +314,18 @@ impl Store {
                     return Err(format!("series limit ({}) reached", self.max_series));
                 }
                 let i = series.len();
+                if !*utf8 {
+                    *utf8 = label_pairs(key).any(|(name, _)| !legacy_label_name(name));
+                }
+                let start = match (p.start_time_unix_nano, p.temporality) {
+                    (0, Temporality::Delta) => now_unix_nano,
+                    (start, _) => start,
+                };
                 series.push(Series {
                     labels: key.into(),
                     hash,
                     last_seen: tick,
+                    start_unix_nano: start,
                     value: new_value(p, batch, last_bounds),
                 });
                 index.insert_unique(hash, i as u32, |&j| series[j as usize].hash);
@@ -281,6 +334,9 @@ impl Store {
         };
         let s = &mut series[idx];
         s.last_seen = tick;
+        if p.temporality == Temporality::Cumulative && p.start_time_unix_nano != 0 {
+            s.start_unix_nano = p.start_time_unix_nano;
+        }
         update_value(&mut s.value, p, batch, last_bounds);
         Ok(())
     }
@@ -386,6 +442,18 @@ impl Store {
         }
         visited
     }
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 before it: a clock that far off knows no start).
+fn unix_nano_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+}
+
+/// Whether a label name, as the store renders it, is in the legacy character set.
+fn legacy_label_name(name: &[u8]) -> bool {
+    std::str::from_utf8(name).is_ok_and(|n| is_legacy_name(n, false))
 }
 
 /// Series [`Store::walk_labels`] copies per lock acquisition (about 0.4 MB of label sets).

@@ -95,6 +95,7 @@ impl Store {
                     temporality: Temporality::Cumulative,
                     value,
                     exemplars: Span::new(e0, s.exemplars.len()),
+                    start_time_unix_nano: series.start_unix_nano(),
                 });
                 ages.push(tick.saturating_sub(series.last_seen));
             }

@@ -931,3 +931,52 @@ proptest! {
         prop_assert_eq!(s.series_count(), expected_series);
     }
 }
+
+// ---- start times ---------------------------------------------------------------------------
+
+/// A counter point with a start time.
+fn started(name: &str, delta: bool, v: f64, start: u64) -> pm::Metric {
+    let mut p = num(v, &[]);
+    p.start_time_unix_nano = start;
+    metric(name, sum(true, delta, vec![p]))
+}
+
+fn start_of(s: &Store, name: &str) -> u64 {
+    let fams = s.families();
+    let h = fams
+        .iter()
+        .find(|h| h.lock().meta.name == name)
+        .unwrap_or_else(|| panic!("no family {name}"));
+    let f = h.lock();
+    f.series()[0].start_unix_nano()
+}
+
+/// A cumulative series starts when its newest point says (a restarted stream moves it); a series
+/// accumulated from deltas starts at its first point's start, or when it was created when that
+/// is unknown, and keeps it; unknown stays unknown for cumulative points.
+#[test]
+fn series_keep_their_start_time() {
+    let s = Store::new(Duration::from_secs(60), 100, &[]);
+    let t = Translator::default();
+    let now = Instant::now();
+    let before = unix_nano_now();
+    s.write(t.translate(req(vec![started("cum", false, 5.0, 1_000)])), now);
+    assert_eq!(start_of(&s, "cum"), 1_000);
+    s.write(t.translate(req(vec![started("cum", false, 7.0, 1_000)])), now);
+    assert_eq!(start_of(&s, "cum"), 1_000);
+    s.write(t.translate(req(vec![started("cum", false, 1.0, 9_000)])), now);
+    assert_eq!(start_of(&s, "cum"), 9_000, "the stream restarted");
+    s.write(t.translate(req(vec![started("cum", false, 2.0, 0)])), now);
+    assert_eq!(start_of(&s, "cum"), 9_000, "an unknown start keeps the known one");
+
+    s.write(t.translate(req(vec![started("unknown", false, 2.0, 0)])), now);
+    assert_eq!(start_of(&s, "unknown"), 0);
+
+    s.write(t.translate(req(vec![started("delta", true, 1.0, 2_000)])), now);
+    s.write(t.translate(req(vec![started("delta", true, 1.0, 3_000)])), now);
+    assert_eq!(start_of(&s, "delta"), 2_000, "the first interval's start");
+
+    s.write(t.translate(req(vec![started("created", true, 1.0, 0)])), now);
+    let created = start_of(&s, "created");
+    assert!(created >= before && created <= unix_nano_now(), "{created}");
+}

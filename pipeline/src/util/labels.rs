@@ -101,6 +101,54 @@ pub fn escape_label_value(v: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether `name` is in the legacy character set of metric names, `[a-zA-Z_:][a-zA-Z0-9_:]*`
+/// (`colon`), or of label names, `[a-zA-Z_][a-zA-Z0-9_]*`: the names every scraper reads
+/// unquoted and unescaped.
+#[inline]
+pub fn is_legacy_name(name: &str, colon: bool) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && !b[0].is_ascii_digit()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || (colon && c == b':'))
+}
+
+/// Appends `name` as a scrape that asked for `escaping` reads it: unchanged when it is a legacy
+/// name ([`is_legacy_name`]) or with `AllowUtf8`, else escaped by the scheme (prometheus.io "UTF-8
+/// metric and label name escaping schemes", as client_golang applies them: only names outside the
+/// legacy set are escaped). `colon`: a metric name (`:` is legal), else a label name.
+pub fn push_escaped_name(out: &mut String, name: &str, escaping: crate::model::Escaping, colon: bool) {
+    use crate::model::Escaping;
+    use std::fmt::Write as _;
+    if escaping == Escaping::AllowUtf8 || is_legacy_name(name, colon) {
+        out.push_str(name);
+        return;
+    }
+    let legacy =
+        |c: char, i: usize| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit());
+    if escaping == Escaping::Values {
+        out.push_str("U__");
+    }
+    for (i, c) in name.char_indices() {
+        match escaping {
+            Escaping::Underscores => out.push(if legacy(c, i) { c } else { '_' }),
+            Escaping::Dots => match c {
+                '_' => out.push_str("__"),
+                '.' => out.push_str("_dot_"),
+                c if legacy(c, i) => out.push(c),
+                _ => out.push_str("__"),
+            },
+            Escaping::Values | Escaping::AllowUtf8 => match c {
+                '_' => out.push_str("__"),
+                c if legacy(c, i) => out.push(c),
+                c => {
+                    let _ = write!(out, "_{:x}_", u32::from(c));
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +175,32 @@ mod tests {
             assert_eq!(&text["value_".len()..], want, "{raw}");
             assert_eq!(sanitized_label_name(raw), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn names_are_escaped_as_the_scraper_asked() {
+        use crate::model::Escaping::*;
+        let esc = |name: &str, e, colon| {
+            let mut s = String::new();
+            push_escaped_name(&mut s, name, e, colon);
+            s
+        };
+        // Legacy names are never changed, whatever the scheme.
+        for e in [AllowUtf8, Underscores, Dots, Values] {
+            assert_eq!(esc("http_requests:rate5m", e, true), "http_requests:rate5m");
+            assert_eq!(esc("http_route", e, false), "http_route");
+        }
+        assert_eq!(esc("http.server.duration", Underscores, true), "http_server_duration");
+        assert_eq!(esc("http.server.duration", AllowUtf8, true), "http.server.duration");
+        assert_eq!(esc("http.route", Dots, false), "http_dot_route");
+        assert_eq!(esc("my_metric.ü", Dots, true), "my__metric_dot___");
+        assert_eq!(esc("my.metric", Values, true), "U__my_2e_metric");
+        assert_eq!(esc("a_ü", Values, true), "U__a___fc_");
+        assert_eq!(esc("1st.x", Underscores, true), "_st_x");
+        // `:` is legal in metric names only.
+        assert_eq!(esc("a:b", Underscores, false), "a_b");
+        assert!(is_legacy_name("_x:y", true) && !is_legacy_name("_x:y", false));
+        assert!(!is_legacy_name("", true) && !is_legacy_name("9x", false));
     }
 
     #[test]

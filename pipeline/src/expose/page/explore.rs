@@ -87,6 +87,7 @@ pub(super) fn render(state: &PageState, name: &str, out: &mut String) -> bool {
                 &f.meta.name,
                 f.meta.kind,
                 s.labels(),
+                s.start_unix_nano(),
                 &s.value,
             );
         }

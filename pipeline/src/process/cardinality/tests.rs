@@ -1236,3 +1236,115 @@ fn a_walk_visits_every_surviving_series_when_expiry_runs_in_the_middle() {
         }
     }
 }
+
+/// Point 5 of native histograms: folded exponential histograms keep exact totals. Series past the
+/// limit, sent at different scales, delta and cumulative, fold into the overflow series; rendered
+/// as native histograms in protobuf, the overflow's count and sum equal what was folded, its
+/// buckets (at the common, coarsest scale) add up to the folded buckets, and all series together
+/// hold every observation sent.
+#[test]
+fn folded_native_histograms_keep_exact_totals_in_protobuf() {
+    use crate::model::exp::bucket_index;
+    let rig = Rig::new(limits(2));
+    // (user, delta, scale, offset, counts, zero, sum)
+    type Send<'a> = (&'a str, bool, i32, i32, &'a [u64], u64, f64);
+    let sends: [Send<'_>; 7] = [
+        ("a", true, 3, 0, &[1, 2, 3], 1, 4.5),
+        ("b", true, 2, -4, &[5, 0, 1], 0, 2.0),
+        ("c", true, 1, 2, &[2, 2], 2, 9.0),
+        ("b", true, 4, 10, &[1], 0, 1.5),
+        ("d", false, 3, 1, &[1, 1], 0, 3.0),
+        ("d", false, 3, 1, &[2, 4], 1, 7.0),
+        ("a", true, 0, 0, &[3], 0, 6.0),
+    ];
+    let mut sent_count = 0u64;
+    let mut sent_sum = 0.0;
+    // What `d` (cumulative) adds is its last report.
+    for (i, (u, delta, scale, offset, counts, zero, sum)) in sends.iter().enumerate() {
+        let mut s = Samples::default();
+        let f = s.add_family(FamilyMeta {
+            name: "e".into(),
+            kind: MetricKind::Histogram,
+            help: String::new(),
+            unit: String::new(),
+        });
+        let start = s.labels.len();
+        s.add_label("user", u);
+        let (_, c) = s.add_buckets(&[], counts);
+        let count = counts.iter().sum::<u64>() + zero;
+        let t = if *delta {
+            Temporality::Delta
+        } else {
+            Temporality::Cumulative
+        };
+        s.add_point(
+            f,
+            start,
+            t,
+            PointValue::Exponential(ExpPoint {
+                count,
+                sum: *sum,
+                scale: *scale,
+                zero_count: *zero,
+                zero_threshold: 0.0,
+                positive_offset: *offset,
+                positive: c,
+                negative_offset: 0,
+                negative: Span::default(),
+            }),
+            &[],
+        );
+        rig.limiter.limit(&mut s, rig.store.tick(rig.now), true);
+        let o = rig.store.write(s, rig.now);
+        assert_eq!(o.rejected, 0, "send {i}: {}", o.message);
+        if *delta || i == 5 {
+            sent_count += count;
+            sent_sum += sum;
+        }
+    }
+    let mut pb = Vec::new();
+    crate::expose::render(
+        &rig.store,
+        &Telemetry::default(),
+        crate::model::Format::Protobuf,
+        &mut pb,
+    );
+    let natives: Vec<_> = crate::expose::tests::protobuf_format::natives(&pb)
+        .into_iter()
+        .filter(|n| n.family == "e")
+        .collect();
+    let overflow = natives
+        .iter()
+        .find(|n| n.labels == [("otel_metric_overflow".to_string(), "true".to_string())])
+        .expect("an overflow series");
+    // Admitted: the first series only (the overflow series holds the other slot).
+    let admitted: Vec<_> = natives.iter().filter(|n| n != &overflow).collect();
+    assert_eq!(admitted.len(), 1, "{natives:?}");
+    assert_eq!(admitted[0].labels, [("user".to_string(), "a".to_string())]);
+    // Folded: b (two deltas), c (one delta), d (its last cumulative report, as an increment).
+    let folded_count = (5 + 1) + 1 + (2 + 2 + 2) + (2 + 4 + 1);
+    let folded_sum = 2.0 + 1.5 + 9.0 + 7.0;
+    assert_eq!(overflow.count, folded_count);
+    assert!((overflow.sum - folded_sum).abs() < 1e-9, "{}", overflow.sum);
+    assert_eq!(
+        overflow.positive.values().sum::<u64>() + overflow.zero_count,
+        folded_count
+    );
+    // Every folded observation's bucket, brought to the overflow's (coarsest) schema.
+    let mut want = BTreeMap::new();
+    let folded: [(i32, i32, &[u64]); 4] = [(2, -4, &[5, 0, 1]), (4, 10, &[1]), (1, 2, &[2, 2]), (3, 1, &[2, 4])];
+    for (scale, offset, counts) in folded {
+        for (k, c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            // OTLP bucket i at `scale` holds (base^i, base^(i+1)]: take a value inside it.
+            let lower = crate::model::exp::lower_boundary(offset + k as i32, scale);
+            let upper = crate::model::exp::lower_boundary(offset + k as i32 + 1, scale);
+            let v = (lower + upper) / 2.0;
+            *want.entry(bucket_index(v, overflow.schema) + 1).or_insert(0) += c;
+        }
+    }
+    assert_eq!(overflow.positive, want, "schema {}", overflow.schema);
+    let total_count: u64 = natives.iter().map(|n| n.count).sum();
+    let total_sum: f64 = natives.iter().map(|n| n.sum).sum();
+    assert_eq!(total_count, sent_count);
+    assert!((total_sum - sent_sum).abs() < 1e-9);
+}

@@ -21,6 +21,30 @@ pub struct SpanMetricsConfig {
     /// Span kinds that produce metrics (`internal`, `server`, `client`, `producer`, `consumer`,
     /// `unspecified`). Default: all.
     pub span_kinds: Vec<SpanKindName>,
+    /// The duration histogram's form (Tempo's option): `classic` (`buckets`) or `native` (an
+    /// exponential histogram: a native histogram in the protobuf exposition and remote write,
+    /// classic buckets at its own boundaries in the text formats). Default `classic`.
+    pub histogram: HistogramKind,
+    /// `native`: most buckets the histogram of one request's spans spans per series; past it the
+    /// scale goes down (resolution halves) until they fit, as the OTel SDK's exponential
+    /// aggregation does. The store merges requests exactly at their common scale, within 320
+    /// buckets. Default `160` (the SDK's).
+    pub native_max_buckets: usize,
+    /// `native`: the scale a series' histogram starts at before it is downscaled to fit
+    /// (`-10` to `20`; Prometheus stores at most 8, finer scales are served downscaled exactly).
+    /// Default `20` (the SDK's).
+    pub native_max_scale: i32,
+}
+
+/// `processors.span_metrics.histogram`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramKind {
+    /// Explicit buckets (`processors.span_metrics.buckets`).
+    #[default]
+    Classic,
+    /// A base-2 exponential histogram (`native_max_buckets`, `native_max_scale`).
+    Native,
 }
 
 impl Default for SpanMetricsConfig {
@@ -30,6 +54,9 @@ impl Default for SpanMetricsConfig {
             dimensions: Vec::new(),
             buckets: default_span_buckets(),
             span_kinds: Vec::new(),
+            histogram: HistogramKind::Classic,
+            native_max_buckets: 160,
+            native_max_scale: 20,
         }
     }
 }
@@ -96,6 +123,24 @@ impl SpanMetricsConfig {
                 path: "processors.span_metrics.buckets".into(),
                 message: "bucket bounds must be positive, finite and strictly increasing".into(),
                 hint: "e.g. `[0.005, 0.01, 0.05, 0.1, 0.5, 1, 5]` (seconds)".into(),
+            });
+        }
+        if !(1..=crate::model::exp::MAX_BUCKETS).contains(&sm.native_max_buckets) {
+            out.push(Problem {
+                path: "processors.span_metrics.native_max_buckets".into(),
+                message: format!(
+                    "{} is outside 1 to {}",
+                    sm.native_max_buckets,
+                    crate::model::exp::MAX_BUCKETS
+                ),
+                hint: "e.g. `160` (the OTel SDK's default)".into(),
+            });
+        }
+        if !(-10..=20).contains(&sm.native_max_scale) {
+            out.push(Problem {
+                path: "processors.span_metrics.native_max_scale".into(),
+                message: format!("{} is outside -10 to 20", sm.native_max_scale),
+                hint: "e.g. `20` (the OTel SDK's default; served at most at 8, Prometheus's finest)".into(),
             });
         }
         for (i, d) in sm.dimensions.iter().enumerate() {

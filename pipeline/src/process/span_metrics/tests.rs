@@ -366,3 +366,116 @@ fn spans_with_too_many_attributes_are_rejected_before_counting() {
     let out = sm.process(&req);
     assert_eq!(out.spans, 1, "the rejected span is not counted");
 }
+
+/// `histogram: native`: the duration is an exponential histogram whose count and sum are the
+/// spans', each span in the bucket of its duration, within `native_max_buckets` (downscaled from
+/// `native_max_scale` as needed); after the spans are forwarded its exemplars are in the store,
+/// and the protobuf exposition serves it as a native histogram with them.
+#[test]
+fn native_duration_histograms_hold_every_span_within_the_bucket_limit() {
+    use crate::model::exp::{ExpHistogram, bucket_index};
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        histogram: HistogramKind::Native,
+        native_max_buckets: 8,
+        native_max_scale: 20,
+        ..Default::default()
+    });
+    let millis = [1u64, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987];
+    let spans: Vec<_> = millis
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| span("GET /a", SpanKind::Server, *ms, i as u8 + 1, vec![]))
+        .collect();
+    let req = traces_request(vec![kv("service.name", "checkout")], spans);
+    let out = sm.process(&req);
+    let hists = points_of(&out.counts, DURATION);
+    assert_eq!(hists.len(), 1);
+    let PointValue::Exponential(e) = hists[0].value else {
+        panic!("not an exponential histogram: {:?}", hists[0].value)
+    };
+    assert_eq!(e.count, millis.len() as u64);
+    let total: f64 = millis.iter().map(|m| *m as f64 / 1000.0).sum();
+    assert!((e.sum - total).abs() < 1e-9, "{} vs {total}", e.sum);
+    let counts = &out.counts.counts[e.positive.range()];
+    assert!(counts.len() <= 8, "{} buckets", counts.len());
+    assert!(e.scale < 20, "downscaled to fit: {}", e.scale);
+    for ms in millis {
+        let idx = bucket_index(ms as f64 / 1000.0, e.scale);
+        let k = (idx - e.positive_offset) as usize;
+        assert!(
+            k < counts.len() && counts[k] > 0,
+            "{ms} ms has no bucket at scale {}",
+            e.scale
+        );
+    }
+    assert_eq!(counts.iter().sum::<u64>(), millis.len() as u64);
+    // One scale up would not fit: the finest that does.
+    let (lo, hi) = (bucket_index(0.001, e.scale + 1), bucket_index(0.987, e.scale + 1));
+    assert!((hi - lo + 1) as usize > 8);
+
+    let store = crate::store::Store::new(Duration::from_secs(60), 1000, &[]);
+    store.write(out.counts, Instant::now());
+    store.write(out.exemplars, Instant::now());
+    let fams = store.families();
+    let h = fams
+        .iter()
+        .find(|h| h.lock().meta.name == DURATION)
+        .expect("duration family");
+    let f = h.lock();
+    let crate::store::SeriesValue::Exponential(stored) = &f.series()[0].value else {
+        panic!("stored as an exponential histogram")
+    };
+    let stored: &ExpHistogram = stored;
+    assert_eq!(stored.count, millis.len() as u64);
+    assert_eq!(stored.scale, e.scale, "the empty exemplar point does not downscale it");
+    assert!(!stored.exemplars.is_empty(), "exemplars on the native histogram");
+    drop(f);
+    let mut pb = Vec::new();
+    crate::expose::render(&store, &Telemetry::default(), crate::model::Format::Protobuf, &mut pb);
+    assert!(!pb.is_empty());
+    // The text formats get classic buckets at the histogram's boundaries, with `_count`.
+    let mut text = Vec::new();
+    crate::expose::render(
+        &store,
+        &Telemetry::default(),
+        crate::model::Format::OpenMetrics,
+        &mut text,
+    );
+    let text = String::from_utf8(text).expect("UTF-8");
+    assert!(
+        text.contains(&format!("{DURATION}_count{{service_name=\"checkout\"")) && text.contains("_bucket{"),
+        "{text}"
+    );
+}
+
+/// Requests recorded at different scales merge exactly in the store: counts add up.
+#[test]
+fn native_durations_of_many_requests_merge_exactly() {
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        histogram: HistogramKind::Native,
+        ..Default::default()
+    });
+    let store = crate::store::Store::new(Duration::from_secs(60), 1000, &[]);
+    let mut n = 0u64;
+    for (i, ms) in [1u64, 1, 7, 250, 3000, 0].iter().enumerate() {
+        let req = traces_request(
+            vec![kv("service.name", "checkout")],
+            vec![span("GET /a", SpanKind::Server, *ms, i as u8 + 1, vec![])],
+        );
+        store.write(sm.process(&req).counts, Instant::now());
+        n += 1;
+    }
+    let fams = store.families();
+    let h = fams
+        .iter()
+        .find(|h| h.lock().meta.name == DURATION)
+        .expect("duration family");
+    let f = h.lock();
+    let crate::store::SeriesValue::Exponential(e) = &f.series()[0].value else {
+        panic!("exponential")
+    };
+    assert_eq!(e.count, n);
+    assert_eq!(e.zero_count, 1, "the zero-length span");
+    assert_eq!(e.positive.counts.iter().sum::<u64>() + e.zero_count, n);
+    assert!((e.sum - 3.259).abs() < 1e-9, "{}", e.sum);
+}

@@ -4,6 +4,7 @@
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 
 use super::limits::truncate_value;
+use crate::model::TranslationStrategy;
 use crate::model::batch::{Label, Samples, Span};
 use crate::util::labels;
 
@@ -79,6 +80,25 @@ pub(super) fn push_label(text: &mut String, name: &str, value: &str) -> Label {
 pub(super) fn push_sanitized_label_name(text: &mut String, raw: &str) -> Span {
     let start = text.len();
     labels::push_sanitized_label_name(text, raw);
+    Span::new(start, text.len())
+}
+
+/// An attribute key as a label name under `strategy`: sanitized ([`push_sanitized_label_name`])
+/// when it escapes, else kept as sent (UTF-8) — but an empty key becomes `key_empty` and a key
+/// starting with `__` (reserved for Prometheus's own labels) gets a `key` prefix, as sanitizing does.
+pub(super) fn push_label_name(text: &mut String, raw: &str, strategy: TranslationStrategy) -> Span {
+    if strategy.escapes() {
+        return push_sanitized_label_name(text, raw);
+    }
+    let start = text.len();
+    if raw.is_empty() {
+        text.push_str("key_empty");
+    } else {
+        if raw.starts_with("__") {
+            text.push_str("key");
+        }
+        text.push_str(raw);
+    }
     Span::new(start, text.len())
 }
 

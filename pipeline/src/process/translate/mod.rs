@@ -28,7 +28,7 @@ use opentelemetry_proto::tonic::metrics::v1::{self as pm, metric::Data};
 
 #[cfg(test)]
 use crate::model::Exemplar;
-use crate::model::{MetricKind, Signal, Temporality};
+use crate::model::{MetricKind, Signal, Temporality, TranslationStrategy};
 use crate::receive::config::LimitsConfig;
 
 pub(crate) mod attrs;
@@ -44,10 +44,10 @@ mod wire;
 use crate::model::batch::{FamilyMeta, Label, LimitReason, Point, PointValue, Samples, Span};
 use attrs::Attr;
 pub(crate) use labels::write_any;
-use labels::{finish_labels, push_label, push_sanitized_label_name, push_str};
+use labels::{finish_labels, push_label, push_label_name, push_str};
 use limits::{Limited, check_labels, label_name_too_long, preview, too_many_attributes};
 pub use limits::{TRUNCATION_MARKER, truncate_value, truncated};
-pub use names::{prometheus_name, prometheus_unit};
+pub use names::{prometheus_name, prometheus_name_with, prometheus_unit};
 #[cfg(test)]
 use points::finite_bucket_range;
 use points::{
@@ -62,6 +62,7 @@ pub struct Translator {
     promote: Vec<String>,
     limits: LimitsConfig,
     stats: Option<Arc<LimitStats>>,
+    strategy: TranslationStrategy,
 }
 
 const SERVICE_NAME: &str = "service.name";
@@ -80,6 +81,14 @@ impl Translator {
     /// The same translator with these limits (the defaults of [`LimitsConfig`] otherwise).
     pub fn with_limits(mut self, limits: LimitsConfig) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The same translator naming metrics and labels by `strategy`
+    /// (`prometheus.translation_strategy`; [`TranslationStrategy::UnderscoreEscapingWithSuffixes`]
+    /// otherwise).
+    pub fn with_strategy(mut self, strategy: TranslationStrategy) -> Self {
+        self.strategy = strategy;
         self
     }
 
@@ -120,10 +129,10 @@ impl Translator {
                     schema_url: &sm.schema_url,
                     attrs: &scope.attributes,
                 };
-                match scope_labels(&resource_labels, view, &self.limits, &mut out) {
+                match scope_labels(&resource_labels, view, &self.limits, self.strategy, &mut out) {
                     Ok(scope_labels) => {
                         for m in sm.metrics {
-                            translate_metric(m, &scope_labels, &self.limits, &mut out, &mut scratch);
+                            translate_metric(m, &scope_labels, self, &mut out, &mut scratch);
                         }
                     }
                     Err(limited) => {
@@ -187,7 +196,7 @@ impl Translator {
                 v.clear();
                 val.push_value(&mut v);
                 self.truncate(&mut v, out);
-                let name = push_sanitized_label_name(&mut out.text, key);
+                let name = push_label_name(&mut out.text, key, self.strategy);
                 let value = push_str(&mut out.text, &v);
                 labels.push(Label { name, value });
             }
@@ -246,7 +255,7 @@ impl Translator {
             v.clear();
             kv.push_value(&mut v);
             let truncated = truncate_value(&mut v, limits.max_label_value_length);
-            let name = push_sanitized_label_name(&mut out.text, kv.attr_key());
+            let name = push_label_name(&mut out.text, kv.attr_key(), self.strategy);
             let value = push_str(&mut out.text, &v);
             out.labels.push(Label { name, value });
             truncations += u64::from(truncated);
@@ -266,6 +275,7 @@ impl Translator {
             temporality: Temporality::Cumulative,
             value: PointValue::Info,
             exemplars: Span::default(),
+            start_time_unix_nano: 0,
         });
         out.outcome.accepted += 1;
     }
@@ -279,6 +289,7 @@ fn scope_labels<A: Attr>(
     resource_labels: &[Label],
     scope: ScopeView<'_, A>,
     limits: &LimitsConfig,
+    strategy: TranslationStrategy,
     out: &mut Samples,
 ) -> Result<Vec<Label>, Limited> {
     if scope.attrs.len() > limits.max_attributes_per_point {
@@ -315,7 +326,7 @@ fn scope_labels<A: Attr>(
         key.clear();
         key.push_str("otel_scope_");
         key.push_str(kv.attr_key());
-        let name = push_sanitized_label_name(&mut out.text, &key);
+        let name = push_label_name(&mut out.text, &key, strategy);
         if name.len() > limits.max_label_name_length {
             return Err((
                 LimitReason::LabelNameTooLong,
@@ -361,10 +372,12 @@ fn family_index(out: &mut Samples, meta: FamilyMeta) -> u32 {
 fn translate_metric(
     m: pm::Metric,
     scope_labels: &[Label],
-    limits: &LimitsConfig,
+    translator: &Translator,
     out: &mut Samples,
     scratch: &mut Scratch,
 ) {
+    let limits = &translator.limits;
+    let strategy = translator.strategy;
     let kind = m.data.as_ref().map(|data| match data {
         Data::Sum(s) if s.is_monotonic => MetricKind::Counter,
         Data::Sum(_) | Data::Gauge(_) => MetricKind::Gauge,
@@ -372,7 +385,7 @@ fn translate_metric(
         Data::Summary(_) => MetricKind::Summary,
     });
     let n = m.data.as_ref().map_or(0, data_point_count);
-    let Some(family) = metric_family(&m.name, &m.unit, m.description, kind, n, limits, out) else {
+    let Some(family) = metric_family(&m.name, &m.unit, m.description, kind, n, translator, out) else {
         return;
     };
     let Some(data) = m.data else { return };
@@ -381,6 +394,7 @@ fn translate_metric(
         kind: kind.unwrap_or(MetricKind::Gauge),
         scope_labels,
         limits,
+        strategy,
     };
     match data {
         Data::Gauge(g) => {
@@ -422,9 +436,10 @@ fn metric_family(
     description: String,
     kind: Option<MetricKind>,
     n: u64,
-    limits: &LimitsConfig,
+    translator: &Translator,
     out: &mut Samples,
 ) -> Option<u32> {
+    let limits = &translator.limits;
     let Some(kind) = kind else {
         out.outcome.reject(0, || format!("metric `{raw_name}` has no data"));
         return None;
@@ -433,7 +448,7 @@ fn metric_family(
         out.outcome.reject(n, || "metric with an empty name".into());
         return None;
     }
-    let (name, unit) = prometheus_name(raw_name, unit, kind);
+    let (name, unit) = prometheus_name_with(raw_name, unit, kind, translator.strategy);
     if name.len() > limits.max_metric_name_length {
         out.limited.add(LimitReason::MetricNameTooLong, n);
         out.outcome.reject(n, || {

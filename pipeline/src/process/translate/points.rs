@@ -4,12 +4,12 @@
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1 as pm;
 
-use crate::model::{Exemplar, MetricKind, Temporality};
+use crate::model::{Exemplar, MetricKind, Temporality, TranslationStrategy};
 use crate::receive::config::LimitsConfig;
 
 use super::Scratch;
 use super::attrs::Attr;
-use super::labels::{merge_labels, push_sanitized_label_name, push_str, sort_labels};
+use super::labels::{merge_labels, push_label_name, push_str, sort_labels};
 use super::limits::{Limited, check_labels, too_many_attributes, truncate_value};
 use crate::model::batch::LimitReason;
 use crate::model::batch::{ExpPoint, Label, Point, PointValue, Samples, Span};
@@ -19,6 +19,8 @@ pub(super) struct PointCtx<'a> {
     pub(super) kind: MetricKind,
     pub(super) scope_labels: &'a [Label],
     pub(super) limits: &'a LimitsConfig,
+    /// How label names are made from attribute keys.
+    pub(super) strategy: TranslationStrategy,
 }
 
 /// Why a point was rejected: invalid, or past a limit (counted by reason).
@@ -68,6 +70,8 @@ impl AsExemplar for ExemplarView<'_> {
 /// A number data point as translation reads it.
 pub(super) struct NumberView<'a, A, E> {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     /// `as_double`, or `as_int` as a float.
     pub(super) value: Option<f64>,
     pub(super) attrs: &'a [A],
@@ -77,6 +81,8 @@ pub(super) struct NumberView<'a, A, E> {
 /// An explicit-bucket histogram data point as translation reads it.
 pub(super) struct HistogramView<'a, A, E> {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: Option<f64>,
     pub(super) bounds: &'a [f64],
@@ -88,6 +94,8 @@ pub(super) struct HistogramView<'a, A, E> {
 /// An exponential histogram data point as translation reads it; buckets as (offset, counts).
 pub(super) struct ExpView<'a, A, E> {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: Option<f64>,
     pub(super) scale: i32,
@@ -102,6 +110,8 @@ pub(super) struct ExpView<'a, A, E> {
 /// A summary data point as translation reads it; quantiles as (quantile, value).
 pub(super) struct SummaryView<'a, A, Q> {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: f64,
     pub(super) quantiles: &'a [Q],
@@ -129,6 +139,7 @@ impl<'a> NumberView<'a, KeyValue, pm::Exemplar> {
     pub(super) fn of(dp: &'a pm::NumberDataPoint) -> Self {
         NumberView {
             flags: dp.flags,
+            start: dp.start_time_unix_nano,
             value: match dp.value {
                 Some(pm::number_data_point::Value::AsDouble(d)) => Some(d),
                 Some(pm::number_data_point::Value::AsInt(i)) => Some(i as f64),
@@ -144,6 +155,7 @@ impl<'a> HistogramView<'a, KeyValue, pm::Exemplar> {
     pub(super) fn of(dp: &'a pm::HistogramDataPoint) -> Self {
         HistogramView {
             flags: dp.flags,
+            start: dp.start_time_unix_nano,
             count: dp.count,
             sum: dp.sum,
             bounds: &dp.explicit_bounds,
@@ -161,6 +173,7 @@ impl<'a> ExpView<'a, KeyValue, pm::Exemplar> {
         };
         ExpView {
             flags: dp.flags,
+            start: dp.start_time_unix_nano,
             count: dp.count,
             sum: dp.sum,
             scale: dp.scale,
@@ -178,6 +191,7 @@ impl<'a> SummaryView<'a, KeyValue, pm::summary_data_point::ValueAtQuantile> {
     pub(super) fn of(dp: &'a pm::SummaryDataPoint) -> Self {
         SummaryView {
             flags: dp.flags,
+            start: dp.start_time_unix_nano,
             count: dp.count,
             sum: dp.sum,
             quantiles: &dp.quantile_values,
@@ -258,7 +272,7 @@ impl PointCtx<'_> {
             let name = if cached {
                 push_str(&mut out.text, scratch.layout.name(i))
             } else {
-                push_sanitized_label_name(&mut out.text, kv.attr_key())
+                push_label_name(&mut out.text, kv.attr_key(), self.strategy)
             };
             let value = push_str(&mut out.text, &scratch.value);
             out.labels.push(Label { name, value });
@@ -266,13 +280,14 @@ impl PointCtx<'_> {
         truncations
     }
 
-    fn push(&self, out: &mut Samples, labels: Span, t: Temporality, value: PointValue, exemplars: Span) {
+    fn push(&self, out: &mut Samples, labels: Span, t: Temporality, value: PointValue, exemplars: Span, start: u64) {
         out.points.push(Point {
             family: self.family,
             labels,
             temporality: t,
             value,
             exemplars,
+            start_time_unix_nano: start,
         });
         out.outcome.accepted += 1;
     }
@@ -322,7 +337,7 @@ pub(super) fn number_point<A: Attr, E: AsExemplar>(
     } else {
         Span::default()
     };
-    ctx.push(out, labels, t, PointValue::Number(v), ex);
+    ctx.push(out, labels, t, PointValue::Number(v), ex, dp.start);
 }
 
 pub(super) fn histogram_point<A: Attr, E: AsExemplar>(
@@ -375,7 +390,7 @@ pub(super) fn histogram_point<A: Attr, E: AsExemplar>(
         bounds,
         counts,
     };
-    ctx.push(out, labels, t, value, ex);
+    ctx.push(out, labels, t, value, ex, dp.start);
 }
 
 pub(super) fn exponential_point<A: Attr, E: AsExemplar>(
@@ -430,7 +445,7 @@ pub(super) fn exponential_point<A: Attr, E: AsExemplar>(
         negative_offset: no,
         negative: Span::new(n0, out.counts.len()),
     });
-    ctx.push(out, labels, t, value, ex);
+    ctx.push(out, labels, t, value, ex, dp.start);
 }
 
 /// Whether buckets `offset .. offset + len` at `scale` all have finite bounds: bucket `i` spans
@@ -474,7 +489,7 @@ pub(super) fn summary_point<A: Attr, Q: AsQuantile>(
         sum: dp.sum,
         quantiles: Span::new(f0, out.floats.len()),
     };
-    ctx.push(out, labels, Temporality::Cumulative, value, Span::default());
+    ctx.push(out, labels, Temporality::Cumulative, value, Span::default(), dp.start);
 }
 
 /// Keeps exemplars that link to a trace (16-byte non-zero trace id, 8-byte span id).

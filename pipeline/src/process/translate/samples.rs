@@ -54,6 +54,7 @@ impl Samples {
             temporality,
             value,
             exemplars,
+            start_time_unix_nano: 0,
         });
         self.outcome.accepted += 1;
         labels

@@ -138,7 +138,7 @@ impl Translator {
             }
         }
         scope.attrs = &attrs;
-        let labels = scope_labels(resource_labels, scope, &self.limits, out);
+        let labels = scope_labels(resource_labels, scope, &self.limits, self.strategy, out);
         let mut points = 0;
         let mut buf = sm;
         while !buf.is_empty() {
@@ -203,12 +203,13 @@ impl Translator {
         });
         let limits = &self.limits;
         let ctx = scope_labels.and_then(|scope_labels| {
-            let family = metric_family(name, unit, description.to_string(), kind, data.points, limits, out)?;
+            let family = metric_family(name, unit, description.to_string(), kind, data.points, self, out)?;
             Some(PointCtx {
                 family,
                 kind: kind.unwrap_or(MetricKind::Gauge),
                 scope_labels,
                 limits,
+                strategy: self.strategy,
             })
         });
         let t = temporality(data.temporality);
@@ -272,6 +273,7 @@ fn data_points<'a>(
                 if let Some(ctx) = ctx {
                     let view = NumberView {
                         flags: p.flags,
+                        start: p.start,
                         value: p.value,
                         attrs: &ws.attrs,
                         exemplars: &ws.exemplars,
@@ -285,6 +287,7 @@ fn data_points<'a>(
                 if let Some(ctx) = ctx {
                     let view = HistogramView {
                         flags: p.flags,
+                        start: p.start,
                         count: p.count,
                         sum: p.sum,
                         bounds: &ws.floats,
@@ -300,6 +303,7 @@ fn data_points<'a>(
                 if let Some(ctx) = ctx {
                     let view = ExpView {
                         flags: p.flags,
+                        start: p.start,
                         count: p.count,
                         sum: p.sum,
                         scale: p.scale,
@@ -318,6 +322,7 @@ fn data_points<'a>(
                 if let Some(ctx) = ctx {
                     let view = SummaryView {
                         flags: p.flags,
+                        start: p.start,
                         count: p.count,
                         sum: p.sum,
                         quantiles: &ws.quantiles,

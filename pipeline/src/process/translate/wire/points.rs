@@ -12,12 +12,16 @@ const POINT: u32 = 5;
 /// The scalar fields of a number data point.
 pub(super) struct Number {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) value: Option<f64>,
 }
 
 /// The scalar fields of a histogram data point (bounds in `floats`, counts in `counts`).
 pub(super) struct Histogram {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: Option<f64>,
 }
@@ -26,6 +30,8 @@ pub(super) struct Histogram {
 /// `negative`, with their offsets when the side is present).
 pub(super) struct Exponential {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: Option<f64>,
     pub(super) scale: i32,
@@ -38,6 +44,8 @@ pub(super) struct Exponential {
 /// The scalar fields of a summary data point (quantiles in `quantiles`).
 pub(super) struct Summary {
     pub(super) flags: u32,
+    /// `start_time_unix_nano` (0: unknown).
+    pub(super) start: u64,
     pub(super) count: u64,
     pub(super) sum: f64,
 }
@@ -60,11 +68,16 @@ impl<'a> WireScratch<'a> {
     /// Reads a `NumberDataPoint`.
     pub(super) fn number(&mut self, mut buf: &'a [u8]) -> Result<Number, WireError> {
         self.clear();
-        let mut p = Number { flags: 0, value: None };
+        let mut p = Number {
+            flags: 0,
+            start: 0,
+            value: None,
+        };
         while !buf.is_empty() {
             match field(&mut buf)? {
                 (7, Wire::Len(kv)) => self.attr(kv)?,
-                (2 | 3, Wire::Fixed64(_)) => {}
+                (2, Wire::Fixed64(t)) => p.start = t,
+                (3, Wire::Fixed64(_)) => {}
                 (4, Wire::Fixed64(d)) => p.value = Some(f64::from_bits(d)),
                 (6, Wire::Fixed64(i)) => p.value = Some(i as i64 as f64),
                 (5, Wire::Len(e)) => self.exemplar(e)?,
@@ -81,13 +94,15 @@ impl<'a> WireScratch<'a> {
         self.clear();
         let mut p = Histogram {
             flags: 0,
+            start: 0,
             count: 0,
             sum: None,
         };
         while !buf.is_empty() {
             match field(&mut buf)? {
                 (9, Wire::Len(kv)) => self.attr(kv)?,
-                (2 | 3 | 11 | 12, Wire::Fixed64(_)) => {}
+                (2, Wire::Fixed64(t)) => p.start = t,
+                (3 | 11 | 12, Wire::Fixed64(_)) => {}
                 (4, Wire::Fixed64(c)) => p.count = c,
                 (5, Wire::Fixed64(s)) => p.sum = Some(f64::from_bits(s)),
                 (6, Wire::Len(packed)) => fixed64s(packed, |v| self.counts.push(v))?,
@@ -108,6 +123,7 @@ impl<'a> WireScratch<'a> {
         self.clear();
         let mut p = Exponential {
             flags: 0,
+            start: 0,
             count: 0,
             sum: None,
             scale: 0,
@@ -119,7 +135,8 @@ impl<'a> WireScratch<'a> {
         while !buf.is_empty() {
             match field(&mut buf)? {
                 (1, Wire::Len(kv)) => self.attr(kv)?,
-                (2 | 3 | 12 | 13, Wire::Fixed64(_)) => {}
+                (2, Wire::Fixed64(t)) => p.start = t,
+                (3 | 12 | 13, Wire::Fixed64(_)) => {}
                 (4, Wire::Fixed64(c)) => p.count = c,
                 (5, Wire::Fixed64(s)) => p.sum = Some(f64::from_bits(s)),
                 (6, Wire::Varint(s)) => p.scale = zigzag32(s),
@@ -142,13 +159,15 @@ impl<'a> WireScratch<'a> {
         self.clear();
         let mut p = Summary {
             flags: 0,
+            start: 0,
             count: 0,
             sum: 0.0,
         };
         while !buf.is_empty() {
             match field(&mut buf)? {
                 (7, Wire::Len(kv)) => self.attr(kv)?,
-                (2 | 3, Wire::Fixed64(_)) => {}
+                (2, Wire::Fixed64(t)) => p.start = t,
+                (3, Wire::Fixed64(_)) => {}
                 (4, Wire::Fixed64(c)) => p.count = c,
                 (5, Wire::Fixed64(s)) => p.sum = f64::from_bits(s),
                 (6, Wire::Len(q)) => self.quantiles.push(quantile(q)?),
