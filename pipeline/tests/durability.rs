@@ -17,23 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use spindle_e2e::otlp_sink::{OtlpSink, SinkOptions, SinkReply};
-use spindle_e2e::{Prometheus, Protocol, SendOptions, free_port, run_python, send_metrics_to};
+use spindle_e2e::{Prometheus, Protocol, SendOptions, free_port, send_metrics_to, send_spans_to};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
-
-/// The spans `send_spans.py` reports it created and exported successfully.
-#[derive(Debug, Deserialize)]
-struct SentSpans {
-    spans: Vec<SentSpan>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SentSpan {
-    trace_id: String,
-    span_id: String,
-}
 
 /// Fixed ports, so that a restarted Spindle listens where the peers expect it.
 #[derive(Debug, Clone, Copy)]
@@ -142,30 +129,21 @@ fn trace_exporter(backend: SocketAddr) -> String {
     )
 }
 
-/// Runs `send_spans.py` (the Python SDK; it fails unless every export succeeded).
+/// Runs `send_spans.py` (the Python SDK; it fails unless every export succeeded): `traces`
+/// traces of 5 spans; returns `(trace_id, span_id)` of each.
 async fn send_spans(ports: Ports, protocol: Protocol, service: &str, traces: u32) -> BTreeSet<(String, String)> {
-    let (protocol, endpoint) = match protocol {
-        Protocol::Grpc => ("grpc", format!("http://127.0.0.1:{}", ports.grpc)),
-        Protocol::Http => ("http", format!("http://127.0.0.1:{}/v1/traces", ports.http)),
-    };
-    let traces = traces.to_string();
-    let args = [
-        "--protocol",
-        protocol,
-        "--endpoint",
-        &endpoint,
-        "--service",
-        service,
-        "--traces",
-        &traces,
-        "--spans-per-trace",
-        "5",
-    ];
-    let out = run_python("send_spans.py", &args, None).await;
-    let line = out.stdout.lines().last().unwrap_or_default();
-    let sent: SentSpans =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("send_spans.py: {e}\n{}\n{}", out.stdout, out.stderr));
-    sent.spans.into_iter().map(|s| (s.trace_id, s.span_id)).collect()
+    let (grpc, http) = (Ports::addr(ports.grpc), Ports::addr(ports.http));
+    send_spans_to(grpc, http, protocol, service, traces, 5).await.keys()
+}
+
+/// A Spindle with its storage, forwarding to a backend that is down (nothing listens on its port).
+async fn spindle_with_the_backend_down() -> (tempfile::TempDir, Ports, SocketAddr, String, Spindle) {
+    let (dir, storage) = storage_dir();
+    let ports = Ports::new();
+    let backend = Ports::addr(free_port());
+    let cfg = config(ports, &storage, &trace_exporter(backend));
+    let spindle = Spindle::start(dir.path(), &cfg, ports).await;
+    (dir, ports, backend, cfg, spindle)
 }
 
 async fn wait_for_spans(sink: &OtlpSink, want: &BTreeSet<(String, String)>, within: Duration) {
@@ -183,12 +161,7 @@ fn storage_dir() -> (tempfile::TempDir, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_acknowledged_while_the_backend_is_down_survive_kill_9_and_arrive_after_restart() {
-    let (dir, storage) = storage_dir();
-    let ports = Ports::new();
-    // The backend is down: nothing listens on its port yet.
-    let backend = Ports::addr(free_port());
-    let cfg = config(ports, &storage, &trace_exporter(backend));
-    let spindle = Spindle::start(dir.path(), &cfg, ports).await;
+    let (dir, ports, backend, cfg, spindle) = spindle_with_the_backend_down().await;
     let mut sent = send_spans(ports, Protocol::Grpc, "checkout", 40).await;
     sent.extend(send_spans(ports, Protocol::Http, "cart", 40).await);
     assert_eq!(sent.len(), 400);
@@ -375,11 +348,7 @@ async fn exemplar_trace_ids(ports: Ports) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exemplars_of_batches_delivered_after_a_restart_are_published_only_once_the_backend_acknowledged_them() {
-    let (dir, storage) = storage_dir();
-    let ports = Ports::new();
-    let backend = Ports::addr(free_port());
-    let cfg = config(ports, &storage, &trace_exporter(backend));
-    let spindle = Spindle::start(dir.path(), &cfg, ports).await;
+    let (dir, ports, backend, cfg, spindle) = spindle_with_the_backend_down().await;
     let sent = send_spans(ports, Protocol::Grpc, "payments", 20).await;
     assert_eq!(spindle.metric("traces_span_metrics_calls_total").await, 100.0);
     assert!(

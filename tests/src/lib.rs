@@ -17,7 +17,7 @@ pub mod browser;
 pub mod otlp_sink;
 pub mod pki;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -417,6 +417,100 @@ pub async fn send_metrics_to(grpc_addr: SocketAddr, http_addr: SocketAddr, opts:
             out.stdout, out.stderr
         )
     })
+}
+
+/// One span `send_spans.py` created and the SDK exported.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentSpan {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits.
+    pub span_id: String,
+    /// Span name.
+    pub name: String,
+    /// `SPAN_KIND_SERVER`, …
+    pub kind: String,
+    /// `STATUS_CODE_UNSET`, …
+    pub status: String,
+}
+
+/// The JSON line `send_spans.py` prints: every span it created, all exported successfully.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentSpans {
+    /// `service.name`.
+    pub service: String,
+    /// The spans.
+    pub spans: Vec<SentSpan>,
+}
+
+impl SentSpans {
+    /// `(trace_id, span_id)` of every span.
+    pub fn keys(&self) -> BTreeSet<(String, String)> {
+        self.spans
+            .iter()
+            .map(|s| (s.trace_id.clone(), s.span_id.clone()))
+            .collect()
+    }
+
+    /// The trace ids.
+    pub fn trace_ids(&self) -> BTreeSet<String> {
+        self.spans.iter().map(|s| s.trace_id.clone()).collect()
+    }
+
+    /// Spans sent per (span name, kind, status).
+    pub fn counts(&self) -> BTreeMap<(String, String, String), u64> {
+        let mut out = BTreeMap::new();
+        for s in &self.spans {
+            *out.entry((s.name.clone(), s.kind.clone(), s.status.clone()))
+                .or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// Runs `send_spans.py` (the Python SDK: `traces` traces of `per_trace` spans, service `service`)
+/// against the Spindle receivers at `grpc_addr` / `http_addr`, and checks that it reports every span
+/// it created, with distinct ids.
+///
+/// # Panics
+/// When the peer is missing or fails (the script fails unless every export succeeded).
+pub async fn send_spans_to(
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    protocol: Protocol,
+    service: &str,
+    traces: u32,
+    per_trace: u32,
+) -> SentSpans {
+    let (protocol, endpoint) = match protocol {
+        Protocol::Grpc => ("grpc", format!("http://{grpc_addr}")),
+        Protocol::Http => ("http", format!("http://{http_addr}/v1/traces")),
+    };
+    let want = (traces * per_trace) as usize;
+    let (traces, per_trace) = (traces.to_string(), per_trace.to_string());
+    let args = [
+        "--protocol",
+        protocol,
+        "--endpoint",
+        &endpoint,
+        "--service",
+        service,
+        "--traces",
+        &traces,
+        "--spans-per-trace",
+        &per_trace,
+    ];
+    let out = run_python("send_spans.py", &args, None).await;
+    let line = out.stdout.lines().last().unwrap_or_default();
+    let sent: SentSpans = serde_json::from_str(line).unwrap_or_else(|err| {
+        panic!(
+            "send_spans.py printed no valid summary ({err}):\n{}\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    assert_eq!(sent.spans.len(), want, "spans the SDK reports sending");
+    assert_eq!(sent.keys().len(), sent.spans.len(), "the SDK's span ids are distinct");
+    sent
 }
 
 /// A `/metrics` response.

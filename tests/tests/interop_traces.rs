@@ -20,14 +20,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::Value;
 use spindle::app::Running;
 use spindle::config::{DurationStr, OtlpProtocol};
 use spindle_e2e::otlp_sink::{OtlpSink, SinkOptions, SinkSpan};
 use spindle_e2e::{
-    Exposition, Prometheus, Protocol, fetch_openmetrics, free_port, parse_exposition, run_python, start_spindle,
-    unix_now, url_encode,
+    Exposition, Prometheus, Protocol, SentSpans, fetch_openmetrics, free_port, parse_exposition, send_spans_to,
+    start_spindle, unix_now, url_encode,
 };
 
 /// Upper bound for spans to reach the downstream (retries included) and Spindle's queue to drain.
@@ -39,79 +38,17 @@ const CALLS: &str = "traces_span_metrics_calls_total";
 const DURATION_COUNT: &str = "traces_span_metrics_duration_seconds_count";
 const DURATION_BUCKET: &str = "traces_span_metrics_duration_seconds_bucket";
 
-/// One span `send_spans.py` created and the SDK exported.
-#[derive(Debug, Clone, Deserialize)]
-struct SentSpan {
-    trace_id: String,
-    span_id: String,
-    name: String,
-    /// `SPAN_KIND_SERVER`, …
-    kind: String,
-    /// `STATUS_CODE_UNSET`, …
-    status: String,
-}
-
-/// The JSON line `send_spans.py` prints.
-#[derive(Debug, Clone, Deserialize)]
-struct SentSpans {
-    service: String,
-    spans: Vec<SentSpan>,
-}
-
-impl SentSpans {
-    fn keys(&self) -> BTreeSet<(String, String)> {
-        self.spans
-            .iter()
-            .map(|s| (s.trace_id.clone(), s.span_id.clone()))
-            .collect()
-    }
-
-    fn trace_ids(&self) -> BTreeSet<String> {
-        self.spans.iter().map(|s| s.trace_id.clone()).collect()
-    }
-
-    /// Spans sent per (span name, kind, status).
-    fn counts(&self) -> BTreeMap<(String, String, String), u64> {
-        let mut out = BTreeMap::new();
-        for s in &self.spans {
-            *out.entry((s.name.clone(), s.kind.clone(), s.status.clone()))
-                .or_insert(0) += 1;
-        }
-        out
-    }
-}
-
 /// Runs `send_spans.py` against Spindle's OTLP receiver for `protocol`.
 async fn send_spans(spindle: &Running, protocol: Protocol, service: &str, traces: u32, per_trace: u32) -> SentSpans {
-    let (protocol, endpoint) = match protocol {
-        Protocol::Grpc => ("grpc", format!("http://{}", spindle.grpc_addr)),
-        Protocol::Http => ("http", format!("http://{}/v1/traces", spindle.http_addr)),
-    };
-    let want = (traces * per_trace) as usize;
-    let (traces, per_trace) = (traces.to_string(), per_trace.to_string());
-    let args = [
-        "--protocol",
+    send_spans_to(
+        spindle.grpc_addr,
+        spindle.http_addr,
         protocol,
-        "--endpoint",
-        &endpoint,
-        "--service",
         service,
-        "--traces",
-        &traces,
-        "--spans-per-trace",
-        &per_trace,
-    ];
-    let out = run_python("send_spans.py", &args, None).await;
-    let line = out.stdout.lines().last().unwrap_or_default();
-    let sent: SentSpans = serde_json::from_str(line).unwrap_or_else(|err| {
-        panic!(
-            "send_spans.py printed no valid summary ({err}):\n{}\n{}",
-            out.stdout, out.stderr
-        )
-    });
-    assert_eq!(sent.spans.len(), want, "spans the SDK reports sending");
-    assert_eq!(sent.keys().len(), sent.spans.len(), "the SDK's span ids are distinct");
-    sent
+        traces,
+        per_trace,
+    )
+    .await
 }
 
 /// Spindle forwarding traces over gRPC to `endpoint`, with short batch and retry delays.
