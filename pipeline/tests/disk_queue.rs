@@ -34,6 +34,8 @@ async fn a_full_disk_queue_answers_overloaded_and_delivers_everything_it_acknowl
     let spindle = common::spindle(|c| {
         c.storage.path = Some(dir.path().join("storage"));
         c.storage.queue_max_bytes = ByteSize(1 << 20);
+        // A disk queue holds at least 4 of the largest requests.
+        c.receivers.otlp.max_request_size = ByteSize(256 << 10);
         let ex = &mut c.exporters.traces.otlp;
         ex.endpoint = Some(sink.grpc_endpoint());
         ex.retry_initial_backoff = DurationStr(Duration::from_millis(50));

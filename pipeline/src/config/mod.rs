@@ -268,6 +268,7 @@ impl Config {
         out.extend(self.processors.span_metrics.validate());
         out.extend(self.exporters.traces.validate());
         out.extend(self.trace_queue_problem());
+        out.extend(self.storage_queue_problem());
         out.extend(self.exporters.remote_write.validate());
         out.extend(self.storage.validate());
         out
@@ -294,6 +295,23 @@ impl Config {
                 "raise it to at least {} (several times that lets spans queue while the backend is slow), or lower max_request_size",
                 ByteSize(largest_held)
             ),
+        })
+    }
+
+    /// With `storage.path`, each disk queue must hold a few of the largest requests too (as a
+    /// memory queue must, by the same rule).
+    fn storage_queue_problem(&self) -> Option<Problem> {
+        self.storage.path.as_ref()?;
+        let max = self.receivers.otlp.max_request_size;
+        let least = max.0.saturating_mul(DECODED_SIZE_FACTOR);
+        (self.storage.queue_max_bytes.0 < least).then(|| Problem {
+            path: "storage.queue_max_bytes".into(),
+            message: format!(
+                "{} is less than {DECODED_SIZE_FACTOR} × receivers.otlp.max_request_size ({max}): a disk queue must have \
+                 room for a few of the largest requests",
+                self.storage.queue_max_bytes
+            ),
+            hint: format!("raise it to at least {} (size it for the longest outage to ride out)", ByteSize(least)),
         })
     }
 
@@ -398,6 +416,21 @@ mod tests {
 
     use super::testing::{parse, problems};
     use super::*;
+
+    #[test]
+    fn a_disk_queue_must_hold_four_of_the_largest_requests_and_is_checked_only_with_a_path() {
+        let dir = std::env::temp_dir();
+        let yaml = |path: &str| {
+            format!("receivers: {{otlp: {{max_request_size: 8MiB}}}}\nstorage: {{{path}queue_max_bytes: 16MiB}}\n")
+        };
+        assert!(parse(&yaml("")).is_ok(), "no path: no disk queue to check");
+        let with_path = yaml(&format!("path: {}, ", dir.display()));
+        let p = problems(&with_path);
+        assert!(
+            p.iter().any(|p| p.path == "storage.queue_max_bytes" && p.message.contains("largest requests")),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn empty_is_defaults() {
