@@ -5,6 +5,9 @@
 //! - the same for remote write: samples queued for a Prometheus that is down survive `kill -9` and
 //!   reach it after the restart (the restarted store is empty: they can only come from the disk);
 //! - a 60-second backend outage with the disk queue loses nothing;
+//! - a full disk (a 2 MiB tmpfs over `storage.path`, mounted in a mount namespace of Spindle's own
+//!   with `unshare -rm`, util-linux) answers "overloaded" (503), never crashes, and once the backend
+//!   is back delivers exactly what it acknowledged and takes requests again;
 //! - a graceful restart (SIGTERM) under load keeps `traces_span_metrics_calls_total` continuous in
 //!   a real Prometheus (`resets()` sees none), while a `kill -9` shows as a counter reset, as the
 //!   README documents.
@@ -53,9 +56,22 @@ struct Spindle {
 impl Spindle {
     /// Starts the binary with `config` (written to `dir`) and waits until it is ready.
     async fn start(dir: &Path, config: &str, ports: Ports) -> Self {
+        Self::start_wrapped(dir, config, ports, &[]).await
+    }
+
+    /// [`Spindle::start`] through `wrapper` (a command that ends by running its arguments).
+    async fn start_wrapped(dir: &Path, config: &str, ports: Ports, wrapper: &[&str]) -> Self {
         let path = dir.join("spindle.yaml");
         std::fs::write(&path, config).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -396,4 +412,100 @@ async fn exemplars_of_batches_delivered_after_a_restart_are_published_only_once_
         published.difference(&delivered).collect::<Vec<_>>()
     );
     assert_eq!(spindle.metric("traces_span_metrics_calls_total").await, 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_overloaded_never_crashes_and_delivers_what_was_acknowledged() {
+    let (dir, storage) = storage_dir();
+    std::fs::create_dir_all(&storage).unwrap();
+    let ports = Ports::new();
+    let backend = Ports::addr(free_port());
+    // The queue's bound (64 MiB) is far above the file system's room (2 MiB): the disk fills first.
+    let cfg = config(ports, &storage, &trace_exporter(backend)).replace(
+        &format!("  path: {}\n", storage.display()),
+        &format!("  path: {}\n  queue_max_bytes: 64MiB\n", storage.display()),
+    );
+    // A 2 MiB tmpfs mounted over storage.path, in a mount namespace of Spindle's own.
+    let wrapper = format!(
+        "mount -t tmpfs -o size=2m spindle-full {} && exec \"$0\" \"$@\"",
+        storage.display()
+    );
+    let spindle = Spindle::start_wrapped(dir.path(), &cfg, ports, &["unshare", "-rm", "sh", "-c", &wrapper]).await;
+    let client = reqwest::Client::new();
+    let mut accepted = BTreeSet::new();
+    let mut full = 0;
+    for r in 0..150u32 {
+        let resp = client
+            .post(format!("http://127.0.0.1:{}/v1/traces", ports.http))
+            .header("content-type", "application/x-protobuf")
+            .body(spans_request(r * 100, 100))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => accepted.extend(r * 100..r * 100 + 100),
+            503 => {
+                full += 1;
+                let body = resp.text().await.unwrap();
+                assert!(body.contains("cannot write to disk"), "{body}");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(full > 0, "150 requests of about 20 KB overflow 2 MiB");
+    assert!(!accepted.is_empty());
+    assert!(spindle.metric("spindle_exporter_queue_disk_errors_total").await >= 1.0);
+    // Still serving.
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", ports.prometheus))
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+    // The backend comes up: exactly what was acknowledged arrives, and the freed disk takes more.
+    let sink = OtlpSink::start_with(SinkOptions {
+        grpc_addr: Some(backend),
+        ..SinkOptions::default()
+    })
+    .await;
+    let want = accepted.len();
+    assert!(
+        sink.wait_for(Duration::from_secs(30), |s| s.spans().len() >= want)
+            .await,
+        "{} of {want} acknowledged spans arrived",
+        sink.spans().len()
+    );
+    let got: BTreeSet<u32> = sink
+        .spans()
+        .iter()
+        .map(|s| u32::from_str_radix(&s.trace_id[24..], 16).unwrap())
+        .collect();
+    assert_eq!(got, accepted);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client
+            .post(format!("http://127.0.0.1:{}/v1/traces", ports.http))
+            .header("content-type", "application/x-protobuf")
+            .body(spans_request(1_000_000, 100))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the disk never took requests again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An OTLP/protobuf request of `n` spans with trace ids counting from `first` (about 200 bytes each).
+fn spans_request(first: u32, n: u32) -> Vec<u8> {
+    use prost::Message;
+    let spans = (first..first + n)
+        .map(|i| {
+            let mut s = common::span("GET /cart", 1, vec![common::kv("payload", "y".repeat(120))]);
+            s.trace_id[12..].copy_from_slice(&i.to_be_bytes());
+            s.span_id[4..].copy_from_slice(&i.to_be_bytes());
+            s
+        })
+        .collect();
+    common::traces_request(vec![common::kv("service.name", "cart")], spans).encode_to_vec()
 }

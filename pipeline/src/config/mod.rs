@@ -427,7 +427,8 @@ mod tests {
         let with_path = yaml(&format!("path: {}, ", dir.display()));
         let p = problems(&with_path);
         assert!(
-            p.iter().any(|p| p.path == "storage.queue_max_bytes" && p.message.contains("largest requests")),
+            p.iter()
+                .any(|p| p.path == "storage.queue_max_bytes" && p.message.contains("largest requests")),
             "{p:?}"
         );
     }

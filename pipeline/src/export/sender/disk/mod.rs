@@ -428,10 +428,17 @@ impl<S: Persist + Send + 'static> Queue<S> for DiskQueue<S> {
                 seg.file.write_all_at(&payload.body, at + head.len() as u64)
             });
             if let Err(e) = res {
-                // Cut the partial record; nothing more goes to this segment either way.
-                let _ = seg.file.set_len(at);
-                if let Some(seg) = log.segments.get_mut(&id) {
-                    seg.sealed = true;
+                if created {
+                    // A segment made for this record only: gone again, so that failing writes on
+                    // a full disk do not pile up empty files (and descriptors).
+                    log.segments.remove(&id);
+                    let _ = std::fs::remove_file(segment_path(&log.dir, id));
+                } else {
+                    // Cut the partial record; nothing more goes to this segment either way.
+                    let _ = seg.file.set_len(at);
+                    if let Some(seg) = log.segments.get_mut(&id) {
+                        seg.sealed = true;
+                    }
                 }
                 return Err(e);
             }
