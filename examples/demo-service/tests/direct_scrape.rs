@@ -11,54 +11,27 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Demo, command, start};
 use spindle_e2e::{Prometheus, fetch_text, free_port, parse_exposition, start_spindle, url_encode};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_demo-service");
-
-/// A running demo-service child, killed on drop.
-struct Demo {
-    _child: Child,
-    url: String,
-}
-
-fn command(name: &str, envs: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("DEMO_LISTEN", "127.0.0.1:0")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("OTEL_TRACES_EXPORTER", "none")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
+/// A demo-service for `name` with traces off (`envs` on top), its stderr shown.
 async fn spawn_demo(name: &str, envs: &[(&str, String)]) -> Demo {
-    let mut child = command(name, envs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not report its address within 20 s"))
-        .expect("read stdout")
-        .unwrap_or_else(|| panic!("{name} exited before listening"));
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Demo { _child: child, url }
+    start(traceless(name, envs), name).await
+}
+
+/// [`command`] with `OTEL_TRACES_EXPORTER=none`, `RUST_LOG=error` and stderr shown.
+fn traceless(name: &str, envs: &[(&str, String)]) -> Command {
+    let mut all = vec![
+        ("OTEL_TRACES_EXPORTER", "none".to_string()),
+        ("RUST_LOG", "error".to_string()),
+    ];
+    all.extend(envs.iter().map(|(k, v)| (*k, v.clone())));
+    let mut cmd = command(name, &all);
+    cmd.stderr(Stdio::inherit());
+    cmd
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> u16 {
@@ -298,7 +271,7 @@ async fn bad_exporter_variables_stop_the_service_naming_the_variable() {
         ("OTEL_TRACES_EXPORTER", "zipkin"),
         ("OTEL_EXPORTER_PROMETHEUS_PORT", "port"),
     ] {
-        let out = command(
+        let out = traceless(
             "demo-bad",
             &[("OTEL_METRICS_EXPORTER", "prometheus".into()), (var, value.into())],
         )

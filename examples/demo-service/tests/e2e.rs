@@ -14,50 +14,17 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
+use common::{Demo, command, start};
 use spindle_e2e::otlp_sink::{OtlpSink, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SinkSpan};
 use spindle_e2e::{Prometheus, start_spindle, wait_for_openmetrics};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_demo-service");
-
-/// A running demo-service child, killed on drop.
-struct Demo {
-    _child: Child,
-    url: String,
-}
-
+/// A demo-service for `name` with `envs`, its stderr shown.
 async fn spawn_demo(name: &str, envs: &[(&str, String)]) -> Demo {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("DEMO_LISTEN", "127.0.0.1:0")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not report its address within 20 s"))
-        .expect("read stdout")
-        .unwrap_or_else(|| panic!("{name} exited before listening"));
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
-        .to_owned();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Demo { _child: child, url }
+    let mut cmd = command(name, envs);
+    cmd.stderr(Stdio::inherit());
+    start(cmd, name).await
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> u16 {

@@ -7,62 +7,32 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Demo, command, start};
 use spindle_e2e::pki::Pki;
 use spindle_e2e::{fetch_text, start_spindle};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_demo-service");
 const TOKEN: &str = "demo-tok-9c1e";
 
-/// A running demo-service, killed on drop, and its stderr so far.
-struct Demo {
-    child: Child,
-    url: String,
-}
-
+/// A demo-service for `name` with `envs`, logging at debug into a pipe (read by [`stop`]).
 async fn spawn_demo(name: &str, envs: &[(&str, String)]) -> Demo {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("DEMO_LISTEN", "127.0.0.1:0")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not report its address within 20 s"))
-        .expect("read stdout")
-        .unwrap_or_else(|| panic!("{name} exited before listening"));
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Demo { child, url }
+    let mut all = vec![("RUST_LOG", "debug".to_string())];
+    all.extend(envs.iter().map(|(k, v)| (*k, v.clone())));
+    let mut cmd = command(name, &all);
+    cmd.stderr(Stdio::piped());
+    start(cmd, name).await
 }
 
-impl Demo {
-    /// Stops the service (SIGKILL) and returns everything it wrote to stderr.
-    async fn stop(mut self) -> String {
-        let _ = self.child.start_kill();
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), stderr.read_to_string(&mut err)).await;
-        }
-        err
+/// Stops the service (SIGKILL) and returns everything it wrote to stderr.
+async fn stop(mut demo: Demo) -> String {
+    let _ = demo.child.start_kill();
+    let mut err = String::new();
+    if let Some(mut stderr) = demo.child.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stderr.read_to_string(&mut err)).await;
     }
+    err
 }
 
 fn value(text: &str, prefix: &str, contains: &str) -> f64 {
@@ -142,7 +112,7 @@ async fn the_demo_sends_over_tls_with_a_token_and_a_wrong_token_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let logs = good.stop().await + &bad.stop().await;
+    let logs = stop(good).await + &stop(bad).await;
     assert!(!logs.contains(TOKEN), "a demo printed the token:\n{logs}");
     r.shutdown().await.expect("shutdown");
 }
