@@ -5,26 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{kv, span, traces_request};
-use prost::Message;
 use spindle::config::{ByteSize, DurationStr};
 use spindle_e2e::otlp_sink::{OtlpSink, SinkReply};
-
-/// A request of 200 spans with ids from `first`, about 40 KB.
-fn request(first: u32) -> Vec<u8> {
-    let spans = (first..first + 200)
-        .map(|i| {
-            let mut s = span("GET /checkout", 1, vec![kv("payload", "x".repeat(150))]);
-            s.trace_id[12..].copy_from_slice(&i.to_be_bytes());
-            s.span_id[4..].copy_from_slice(&i.to_be_bytes());
-            s
-        })
-        .collect();
-    traces_request(vec![kv("service.name", "checkout")], spans).encode_to_vec()
-}
 
 #[tokio::test]
 async fn a_full_disk_queue_answers_overloaded_and_delivers_everything_it_acknowledged() {
@@ -42,46 +26,17 @@ async fn a_full_disk_queue_answers_overloaded_and_delivers_everything_it_acknowl
         ex.retry_max_backoff = DurationStr(Duration::from_millis(200));
     })
     .await;
-    let client = reqwest::Client::new();
-    let mut accepted = BTreeSet::new();
-    let mut refused = 0;
-    for r in 0..60u32 {
-        let resp = client
-            .post(format!("http://{}/v1/traces", spindle.http_addr))
-            .header("content-type", "application/x-protobuf")
-            .body(request(r * 200))
-            .send()
-            .await
-            .unwrap();
-        match resp.status().as_u16() {
-            200 => accepted.extend(r * 200..r * 200 + 200),
-            503 => {
-                refused += 1;
-                assert!(resp.headers().contains_key("retry-after"));
-                let body = resp.text().await.unwrap();
-                assert!(body.contains("queue is full"), "{body}");
-            }
-            other => panic!("unexpected status {other}"),
-        }
+    let (accepted, refused) = common::send_numbered(spindle.http_addr, 60, 200, 150).await;
+    for body in &refused {
+        assert!(body.contains("queue is full"), "{body}");
     }
+    let refused = refused.len();
     assert!(refused > 0, "a 1 MiB queue holds fewer than 60 requests of 40 KB");
     assert!(accepted.len() >= 4000, "it held about 1 MiB: {}", accepted.len());
     let queued = spindle.telemetry.traces.queue_bytes();
     assert!(queued <= 1 << 20, "bounded: {queued}");
     sink.set_reply(SinkReply::Accept);
-    let want = accepted.len();
-    assert!(
-        sink.wait_for(Duration::from_secs(30), |s| s.spans().len() >= want)
-            .await,
-        "only {} of {want} acknowledged spans arrived",
-        sink.spans().len()
-    );
-    let got: BTreeSet<u32> = sink
-        .spans()
-        .iter()
-        .map(|s| u32::from_str_radix(&s.trace_id[24..], 16).unwrap())
-        .collect();
-    assert_eq!(got, accepted, "exactly the acknowledged spans");
+    common::assert_delivered_exactly(&sink, &accepted).await;
     assert_eq!(
         spindle
             .telemetry

@@ -431,27 +431,11 @@ async fn a_full_disk_answers_overloaded_never_crashes_and_delivers_what_was_ackn
         storage.display()
     );
     let spindle = Spindle::start_wrapped(dir.path(), &cfg, ports, &["unshare", "-rm", "sh", "-c", &wrapper]).await;
-    let client = reqwest::Client::new();
-    let mut accepted = BTreeSet::new();
-    let mut full = 0;
-    for r in 0..150u32 {
-        let resp = client
-            .post(format!("http://127.0.0.1:{}/v1/traces", ports.http))
-            .header("content-type", "application/x-protobuf")
-            .body(spans_request(r * 100, 100))
-            .send()
-            .await
-            .unwrap();
-        match resp.status().as_u16() {
-            200 => accepted.extend(r * 100..r * 100 + 100),
-            503 => {
-                full += 1;
-                let body = resp.text().await.unwrap();
-                assert!(body.contains("cannot write to disk"), "{body}");
-            }
-            other => panic!("unexpected status {other}"),
-        }
+    let (accepted, refused) = common::send_numbered(Ports::addr(ports.http), 150, 100, 120).await;
+    for body in &refused {
+        assert!(body.contains("cannot write to disk"), "{body}");
     }
+    let full = refused.len();
     assert!(full > 0, "150 requests of about 20 KB overflow 2 MiB");
     assert!(!accepted.is_empty());
     assert!(spindle.metric("spindle_exporter_queue_disk_errors_total").await >= 1.0);
@@ -466,25 +450,14 @@ async fn a_full_disk_answers_overloaded_never_crashes_and_delivers_what_was_ackn
         ..SinkOptions::default()
     })
     .await;
-    let want = accepted.len();
-    assert!(
-        sink.wait_for(Duration::from_secs(30), |s| s.spans().len() >= want)
-            .await,
-        "{} of {want} acknowledged spans arrived",
-        sink.spans().len()
-    );
-    let got: BTreeSet<u32> = sink
-        .spans()
-        .iter()
-        .map(|s| u32::from_str_radix(&s.trace_id[24..], 16).unwrap())
-        .collect();
-    assert_eq!(got, accepted);
+    common::assert_delivered_exactly(&sink, &accepted).await;
     let deadline = Instant::now() + Duration::from_secs(10);
+    let client = reqwest::Client::new();
     loop {
         let resp = client
             .post(format!("http://127.0.0.1:{}/v1/traces", ports.http))
             .header("content-type", "application/x-protobuf")
-            .body(spans_request(1_000_000, 100))
+            .body(common::numbered_spans(1_000_000, 100, 120))
             .send()
             .await
             .unwrap();
@@ -494,18 +467,4 @@ async fn a_full_disk_answers_overloaded_never_crashes_and_delivers_what_was_ackn
         assert!(Instant::now() < deadline, "the disk never took requests again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// An OTLP/protobuf request of `n` spans with trace ids counting from `first` (about 200 bytes each).
-fn spans_request(first: u32, n: u32) -> Vec<u8> {
-    use prost::Message;
-    let spans = (first..first + n)
-        .map(|i| {
-            let mut s = common::span("GET /cart", 1, vec![common::kv("payload", "y".repeat(120))]);
-            s.trace_id[12..].copy_from_slice(&i.to_be_bytes());
-            s.span_id[4..].copy_from_slice(&i.to_be_bytes());
-            s
-        })
-        .collect();
-    common::traces_request(vec![common::kv("service.name", "cart")], spans).encode_to_vec()
 }

@@ -88,3 +88,71 @@ pub fn sigterm_and_wait(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// An OTLP/protobuf request of `n` spans numbered from `first` (the number is in the last four
+/// bytes of the trace id, see [`span_numbers`]), each with a `payload` attribute of `payload` bytes.
+pub fn numbered_spans(first: u32, n: u32, payload: usize) -> Vec<u8> {
+    use prost::Message;
+    let spans = (first..first + n)
+        .map(|i| {
+            let mut s = span("GET /cart", 1, vec![kv("payload", "x".repeat(payload))]);
+            s.trace_id[12..].copy_from_slice(&i.to_be_bytes());
+            s.span_id[4..].copy_from_slice(&i.to_be_bytes());
+            s
+        })
+        .collect();
+    traces_request(vec![kv("service.name", "cart")], spans).encode_to_vec()
+}
+
+/// The numbers of [`numbered_spans`] a sink received.
+pub fn span_numbers(sink: &spindle_e2e::otlp_sink::OtlpSink) -> std::collections::BTreeSet<u32> {
+    sink.spans()
+        .iter()
+        .filter_map(|s| u32::from_str_radix(s.trace_id.get(24..)?, 16).ok())
+        .collect()
+}
+
+/// Sends `requests` requests of [`numbered_spans`] (`per_request` spans each) to the OTLP/HTTP
+/// receiver at `http`; returns the numbers of the spans acknowledged (200) and the bodies of the
+/// 503 answers. Any other status fails.
+pub async fn send_numbered(
+    http: SocketAddr,
+    requests: u32,
+    per_request: u32,
+    payload: usize,
+) -> (std::collections::BTreeSet<u32>, Vec<String>) {
+    let client = reqwest::Client::new();
+    let mut accepted = std::collections::BTreeSet::new();
+    let mut refused = Vec::new();
+    for r in 0..requests {
+        let first = r * per_request;
+        let resp = client
+            .post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(numbered_spans(first, per_request, payload))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => accepted.extend(first..first + per_request),
+            503 => {
+                assert!(resp.headers().contains_key("retry-after"), "503 without Retry-After");
+                refused.push(resp.text().await.unwrap());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (accepted, refused)
+}
+
+/// Waits until `sink` holds exactly the spans numbered `want` (at most 30 s).
+pub async fn assert_delivered_exactly(sink: &spindle_e2e::otlp_sink::OtlpSink, want: &std::collections::BTreeSet<u32>) {
+    let n = want.len();
+    assert!(
+        sink.wait_for(std::time::Duration::from_secs(30), |s| s.spans().len() >= n)
+            .await,
+        "only {} of {n} acknowledged spans arrived",
+        sink.spans().len()
+    );
+    assert_eq!(&span_numbers(sink), want, "exactly the acknowledged spans");
+}
