@@ -16,7 +16,7 @@ exported (a wrapping exporter records every batch): every export must have succe
 created must have been exported exactly once. It then prints ONE JSON line on stdout:
 
     {"service": ..., "spans": [{"trace_id": 32 hex, "span_id": 16 hex, "name": ...,
-      "kind": "SPAN_KIND_SERVER", "status": "STATUS_CODE_UNSET"}, ...]}
+      "kind": "SPAN_KIND_SERVER", "status": "STATUS_CODE_UNSET", "duration_ms": 2001}, ...]}
 
 and exits 0; on any failure it prints the reason on stderr and exits non-zero.
 """
@@ -166,6 +166,7 @@ def main() -> int:
                     "name": name,
                     "kind": kind_name(kind),
                     "status": STATUS_NAMES[status],
+                    "duration_ms": ms,
                 }
             )
         root.end(end_time=now)
@@ -176,6 +177,7 @@ def main() -> int:
                 "name": ROOT[0],
                 "kind": kind_name(ROOT[1]),
                 "status": STATUS_NAMES[StatusCode.UNSET],
+                "duration_ms": root_ms,
             }
         )
 

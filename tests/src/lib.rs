@@ -432,6 +432,8 @@ pub struct SentSpan {
     pub kind: String,
     /// `STATUS_CODE_UNSET`, …
     pub status: String,
+    /// The span's duration (end − start) in milliseconds, exact.
+    pub duration_ms: u64,
 }
 
 /// The JSON line `send_spans.py` prints: every span it created, all exported successfully.
@@ -854,9 +856,9 @@ pub struct Prometheus {
     dir: tempfile::TempDir,
 }
 
-/// Prometheus versions before 2.49 do not know `scrape_protocols`; those negotiate OpenMetrics by
-/// default when exemplar storage is enabled.
-fn supports_scrape_protocols(binary: &Path) -> bool {
+/// The `(major, minor)` version of the Prometheus binary at `binary` (`(0, 0)` when it cannot
+/// tell).
+fn prometheus_version(binary: &Path) -> (u32, u32) {
     let out = Command::new(binary)
         .arg("--version")
         .output()
@@ -869,8 +871,25 @@ fn supports_scrape_protocols(binary: &Path) -> bool {
         .and_then(|v| v.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
         .unwrap_or("");
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 49)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Prometheus versions before 2.49 do not know `scrape_protocols`; those negotiate OpenMetrics by
+/// default when exemplar storage is enabled.
+fn supports_scrape_protocols(binary: &Path) -> bool {
+    prometheus_version(binary) >= (2, 49)
+}
+
+/// The scrape-config option with which the installed Prometheus keeps a histogram's classic
+/// buckets as classic series beside its native buckets: `scrape_classic_histograms` (2.45 to 2.x),
+/// `always_scrape_classic_histograms` (3.x). `None` before 2.45, which has no such option: with
+/// native histograms on it ingests only the native buckets of a histogram that has both.
+pub fn classic_histograms_option() -> Option<&'static str> {
+    match prometheus_version(&peer_binary("prometheus")) {
+        (major, _) if major >= 3 => Some("always_scrape_classic_histograms"),
+        v if v >= (2, 45) => Some("scrape_classic_histograms"),
+        _ => None,
+    }
 }
 
 /// A Prometheus config scraping `target` every second as job `spindle` with `honor_labels: true`
@@ -906,13 +925,22 @@ impl Prometheus {
     /// # Panics
     /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
     pub async fn start_native_histograms(target: SocketAddr) -> Self {
+        Self::start_native_histograms_with(target, "").await
+    }
+
+    /// [`Prometheus::start_native_histograms`] with `job_extra` (YAML lines indented under the
+    /// job, e.g. `    scrape_classic_histograms: true\n`).
+    ///
+    /// # Panics
+    /// When `prometheus` is not on `PATH`, or it does not become ready within 30 s.
+    pub async fn start_native_histograms_with(target: SocketAddr, job_extra: &str) -> Self {
         let binary = peer_binary("prometheus");
         let protocols = if supports_scrape_protocols(&binary) {
             "    scrape_protocols: [PrometheusProto, OpenMetricsText1.0.0, PrometheusText0.0.4]\n"
         } else {
             ""
         };
-        let config = spindle_scrape_config(target, protocols);
+        let config = spindle_scrape_config(target, &format!("{protocols}{job_extra}"));
         Self::launch(&binary, &config, &["--enable-feature=native-histograms"]).await
     }
 

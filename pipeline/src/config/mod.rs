@@ -31,7 +31,7 @@ pub use crate::process::cardinality::config::{CardinalityConfig, MetricOverride,
 pub use crate::process::enrich::config::{
     CatalogConfig, CatalogFormat, EnrichConfig, EnrichRule, RuleAction, RuleTarget, StaticAction, StaticAttribute,
 };
-pub use crate::process::span_metrics::config::{Dimension, SpanKindName, SpanMetricsConfig};
+pub use crate::process::span_metrics::config::{Dimension, HistogramKind, SpanKindName, SpanMetricsConfig};
 pub use crate::receive::config::{
     GrpcListenerConfig, HttpListenerConfig, LimitsConfig, OtlpReceiverConfig, ReceiversConfig,
 };

@@ -8,7 +8,8 @@
 //! carry (exemplars on counters and on every bucket, the `+Inf` bucket's included); an OTLP
 //! exponential histogram becomes a **native histogram** — schema, zero threshold and count,
 //! positive and negative spans and deltas, count, sum and its exemplars — beside its classic
-//! buckets (as client_golang writes a histogram that has both), exactly, at its own
+//! buckets (as client_golang writes a histogram that has both; for a histogram kept both ways,
+//! span metrics' `histogram: both`, its own configured buckets), exactly, at its own
 //! scale when Prometheus can hold it (schema −4 to 8; a finer scale is downscaled to 8 exactly, a
 //! coarser one than −4 stays classic buckets). The messages are written with prost's field
 //! encoders straight into the response buffer: no message structs, one scratch buffer per nesting
@@ -16,7 +17,7 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::walk::{Family, Sample, SampleKind, Sink, Value};
+use super::walk::{Family, Native, Sample, SampleKind, Sink, Value};
 use crate::model::exp::{Buckets, ExpHistogram};
 use crate::model::{Exemplar, MetricKind};
 use crate::store;
@@ -251,20 +252,16 @@ impl Sink for Protobuf<'_> {
         self.write_metric();
     }
 
-    fn native(&mut self, _name: &str, _labels: &[u8], histogram: &ExpHistogram) -> bool {
+    fn native(&mut self, _name: &str, _labels: &[u8], histogram: &ExpHistogram) -> Native {
         if histogram.scale < MIN_SCHEMA {
-            return false;
+            return Native::Declined;
         }
         // The classic buckets go along, with their exemplars, as client_golang writes a histogram
         // that has both: a scraper without native histograms reads those, and Prometheus before
-        // 2.47 takes a native histogram's exemplars from them (later ones from field 16).
-        self.series.buckets.clear();
-        let buckets = histogram.classic_buckets();
-        self.series
-            .buckets
-            .extend(buckets.iter().map(|(le, c, e)| (*le, *c, e.copied())));
+        // 2.47 takes a native histogram's exemplars from them (later ones from field 16). The
+        // walk writes them: derived from this histogram, or a histogram's own (`both`).
         self.series.native = Some(histogram.with_max_scale(MAX_SCHEMA));
-        true
+        Native::Beside
     }
 }
 

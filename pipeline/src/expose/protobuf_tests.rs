@@ -497,3 +497,107 @@ pub(crate) fn natives(buf: &[u8]) -> Vec<NativeSeries> {
     }
     out
 }
+
+/// Span metrics with `histogram: both`: one stored series per label set whose protobuf `Histogram`
+/// carries the configured classic buckets (cumulative, each with the exemplar of a span that fell
+/// into it) and the native buckets of the same spans (count, sum, each span in the bucket of its
+/// duration, exemplars in field 16), while OpenMetrics shows only the configured buckets.
+#[test]
+fn span_metrics_both_carry_configured_classic_and_native_buckets_in_one_histogram() {
+    use std::time::{Duration, Instant};
+
+    use crate::model::exp::bucket_index;
+    use crate::process::span_metrics::{DURATION, HistogramKind, SpanMetrics, SpanMetricsConfig};
+    use crate::testing::{self, kv, traces_request};
+
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        buckets: vec![0.01, 0.1, 1.0],
+        histogram: HistogramKind::Both,
+        ..SpanMetricsConfig::default()
+    });
+    let millis = [2u64, 5, 40, 40, 300, 2500];
+    let spans = millis
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| opentelemetry_proto::tonic::trace::v1::Span {
+            end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
+            ..testing::span("GET /a", i as u8 + 1, vec![])
+        })
+        .collect();
+    let out = sm.process(&traces_request(vec![kv("service.name", "checkout")], spans));
+    let store = Store::new(Duration::from_secs(60), 1000, &[]);
+    let w = store.write(out.counts, Instant::now());
+    assert_eq!(w.rejected, 0, "{w:?}");
+    store.write(out.exemplars, Instant::now());
+
+    let mut pb = Vec::new();
+    render(&store, &Telemetry::default(), Format::Protobuf, &mut pb);
+    let families = decode_all(&pb);
+    let f = families
+        .iter()
+        .find(|f| f.name == DURATION)
+        .expect("the duration family");
+    assert_eq!(f.metric.len(), 1, "one series, not a classic and a native one");
+    let h = f.metric[0].histogram.clone().expect("a histogram");
+    assert_eq!(h.sample_count, 6);
+    assert!((h.sample_sum - 2.887).abs() < 1e-9, "{}", h.sample_sum);
+    let classic: Vec<(f64, u64)> = h.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+    assert_eq!(
+        classic,
+        [(0.01, 2), (0.1, 4), (1.0, 5), (f64::INFINITY, 6)],
+        "the configured buckets"
+    );
+    let trace_of = |e: &cm::Exemplar| {
+        e.label
+            .iter()
+            .find(|l| l.name == "trace_id")
+            .map(|l| l.value.clone())
+            .expect("a trace_id")
+    };
+    for b in &h.bucket {
+        let e = b.exemplar.as_ref().expect("an exemplar on every classic bucket");
+        let lower = classic
+            .iter()
+            .map(|c| c.0)
+            .filter(|le| *le < b.upper_bound)
+            .fold(0.0, f64::max);
+        assert!(
+            e.value > lower && e.value <= b.upper_bound,
+            "{e:?} in bucket le={}",
+            b.upper_bound
+        );
+        assert_eq!(trace_of(e).len(), 32);
+    }
+    // Native: every span in the bucket of its duration at the histogram's schema.
+    assert!(
+        !h.positive_span.is_empty(),
+        "native buckets beside the classic ones: {h:?}"
+    );
+    let native = expand(&h.positive_span, &h.positive_delta);
+    let mut want = BTreeMap::new();
+    for ms in millis {
+        // OTLP bucket i is Prometheus bucket i + 1.
+        *want
+            .entry(bucket_index(ms as f64 / 1000.0, h.schema) + 1)
+            .or_insert(0u64) += 1;
+    }
+    assert_eq!(native, want, "schema {}", h.schema);
+    assert!(!h.exemplars.is_empty(), "native exemplars");
+    for e in &h.exemplars {
+        let i = bucket_index(e.value, h.schema) + 1;
+        assert!(native.contains_key(&i), "native exemplar {e:?} in an occupied bucket");
+    }
+
+    // The text formats: only the configured buckets.
+    let om = render_str(&store, Format::OpenMetrics);
+    let les: Vec<&str> = om
+        .lines()
+        .filter(|l| l.starts_with(&format!("{DURATION}_bucket{{")))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(les, ["0.01", "0.1", "1.0", "+Inf"], "{om}");
+    assert!(
+        om.contains(&format!("{DURATION}_count{{service_name=\"checkout\"")),
+        "{om}"
+    );
+}

@@ -1296,12 +1296,14 @@ impl walk::Sink for Recorder {
         self.calls.push("end".into());
     }
 
-    fn native(&mut self, name: &str, _labels: &[u8], h: &crate::store::exp::ExpHistogram) -> bool {
+    fn native(&mut self, name: &str, _labels: &[u8], h: &crate::store::exp::ExpHistogram) -> walk::Native {
         if self.native {
             self.calls
                 .push(format!("native {name} count={} scale={}", h.count, h.scale));
+            walk::Native::Alone
+        } else {
+            walk::Native::Declined
         }
-        self.native
     }
 }
 

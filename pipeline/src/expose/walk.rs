@@ -20,14 +20,17 @@
 //! counters, histograms and summaries.
 //!
 //! A sink that encodes native histograms (a protobuf exposition, remote write's `Histogram`)
-//! takes an exponential histogram whole through [`Sink::native`]; the walk then skips its classic
-//! buckets. A sink that needs a series as one record (protobuf's `Metric`) collects its samples
+//! takes an exponential histogram whole through [`Sink::native`], and says whether the walk still
+//! writes the classic buckets derived from it ([`Native`]). A histogram kept both ways (span
+//! metrics' `histogram: both`) offers its exponential part the same way and always writes its own
+//! classic buckets: the text formats show those, the protobuf exposition carries both in one
+//! `Histogram`, remote write sends both. A sink that needs a series as one record (protobuf's `Metric`) collects its samples
 //! between [`Sink::series`] and [`Sink::end_series`].
 
 use crate::model::batch::FamilyMeta;
 use crate::model::{Escaping, Exemplar, MetricKind};
 use crate::store::exp::ExpHistogram;
-use crate::store::{SeriesValue, Store, label_pairs};
+use crate::store::{Histogram, SeriesValue, Store, label_pairs};
 use crate::util::labels::{escape_label_value, is_legacy_name, push_escaped_name};
 
 /// What an encoder writes before a family's samples.
@@ -180,14 +183,28 @@ pub trait Sink {
         let _ = unix_nano;
     }
 
-    /// Offered an exponential histogram before the walk writes it as classic buckets: a sink that
-    /// encodes native histograms writes it and returns `true`, and the walk writes no classic
-    /// samples for it. `name` and `labels` are the series' family name and label set.
+    /// Offered an exponential histogram before the walk writes the series' classic buckets: a
+    /// sink that encodes native histograms takes it and says whether the classic buckets derived
+    /// from it still follow ([`Native`]). A histogram kept both ways writes its own classic
+    /// buckets whatever the answer. `name` and `labels` are the series' family name and label set.
     #[inline]
-    fn native(&mut self, name: &str, labels: &[u8], histogram: &ExpHistogram) -> bool {
+    fn native(&mut self, name: &str, labels: &[u8], histogram: &ExpHistogram) -> Native {
         let _ = (name, labels, histogram);
-        false
+        Native::Declined
     }
+}
+
+/// What a [`Sink`] did with an exponential histogram offered through [`Sink::native`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Native {
+    /// Not taken: the walk writes it as classic buckets at its own boundaries.
+    Declined,
+    /// Taken as a native histogram, with the classic buckets beside it in the same series (the
+    /// protobuf exposition, as client_golang writes a histogram that has both).
+    Beside,
+    /// Taken as a native histogram alone: the walk writes no classic buckets derived from it
+    /// (remote write, where they would be series of their own).
+    Alone,
 }
 
 /// How the walk writes metric and label names outside the legacy character set.
@@ -329,24 +346,9 @@ pub fn series<S: Sink + ?Sized>(
     match value {
         SeriesValue::Number { value, exemplar } => w.number(kind, Value::Float(*value), exemplar.as_ref()),
         SeriesValue::Info => w.sample(SampleKind::Info, Value::Int(1), None),
-        SeriesValue::Histogram(h) => {
-            let mut cum = 0u64;
-            let finite = h
-                .bounds
-                .iter()
-                .zip(h.counts.iter())
-                .zip(h.exemplars.iter())
-                .map(|((le, c), e)| {
-                    cum = cum.saturating_add(*c);
-                    (*le, cum, e.as_ref())
-                });
-            let rest = h.counts.get(h.bounds.len()..).unwrap_or_default();
-            let inf = rest.iter().fold(0u64, |a, c| a.saturating_add(*c));
-            let inf_exemplar = h.exemplars.get(h.bounds.len()).and_then(Option::as_ref);
-            w.histogram(finite, inf, inf_exemplar, h.count, h.sum);
-        }
+        SeriesValue::Histogram(h) => w.classic(h),
         SeriesValue::Exponential(h) => {
-            if !w.sink.native(name, labels, h) {
+            if w.sink.native(name, labels, h) != Native::Alone {
                 let buckets = h.classic_buckets();
                 // The last classic bucket is `+Inf`; the walk writes that one itself.
                 let (finite, inf) = match buckets.split_last() {
@@ -356,6 +358,11 @@ pub fn series<S: Sink + ?Sized>(
                 let inf_exemplar = inf.and_then(|b| b.2);
                 w.histogram(finite.iter().copied(), 0, inf_exemplar, h.count, h.sum);
             }
+        }
+        SeriesValue::Both(b) => {
+            // The classic buckets are the series' own, not derived: written whatever the answer.
+            let _ = w.sink.native(name, labels, &b.native);
+            w.classic(&b.classic);
         }
         SeriesValue::Summary(sm) => {
             for (q, v) in sm.quantiles.iter() {
@@ -384,6 +391,24 @@ impl<S: Sink + ?Sized> Walk<'_, '_, S> {
             value,
             exemplar,
         });
+    }
+
+    /// An explicit-bucket histogram: its buckets made cumulative, each with its exemplar.
+    fn classic(&mut self, h: &Histogram) {
+        let mut cum = 0u64;
+        let finite = h
+            .bounds
+            .iter()
+            .zip(h.counts.iter())
+            .zip(h.exemplars.iter())
+            .map(|((le, c), e)| {
+                cum = cum.saturating_add(*c);
+                (*le, cum, e.as_ref())
+            });
+        let rest = h.counts.get(h.bounds.len()..).unwrap_or_default();
+        let inf = rest.iter().fold(0u64, |a, c| a.saturating_add(*c));
+        let inf_exemplar = h.exemplars.get(h.bounds.len()).and_then(Option::as_ref);
+        self.histogram(finite, inf, inf_exemplar, h.count, h.sum);
     }
 
     /// A counter's `_total` with its exemplar, or a gauge's value (gauges carry no exemplar).

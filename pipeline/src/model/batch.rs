@@ -79,6 +79,17 @@ pub enum PointValue {
     },
     /// Base-2 exponential histogram.
     Exponential(ExpPoint),
+    /// One histogram kept both ways (span metrics' `histogram: both`): explicit buckets and a
+    /// base-2 exponential histogram of the same observations, so count and sum are the
+    /// exponential point's. `bounds` and `counts` are as for [`PointValue::Histogram`].
+    Both {
+        /// Upper bounds of the explicit buckets.
+        bounds: Span,
+        /// Per-bucket (not cumulative) counts, one more than `bounds`.
+        counts: Span,
+        /// The exponential histogram, with the count and sum of both.
+        native: ExpPoint,
+    },
     /// Summary; `quantiles` indexes [`Samples::floats`] as (quantile, value) pairs.
     Summary {
         /// Number of observations.

@@ -10,7 +10,9 @@ use super::batch::{ExpPoint, FamilyMeta, Label, Point, PointValue, Samples, Span
 use super::{Exemplar, MetricKind, Temporality};
 
 /// Format version, the first byte. Version 2 adds each point's start time; version 1 (without)
-/// is still read, so what an older Spindle left on disk is not taken for corruption.
+/// is still read, so what an older Spindle left on disk is not taken for corruption. Point
+/// values are tagged (0 number, 1 histogram, 2 exponential, 3 summary, 4 info, 5 both: a
+/// histogram's bounds and counts, then an exponential point); a new tag needs no new version.
 const VERSION: u8 = 2;
 
 struct W<'a>(&'a mut Vec<u8>);
@@ -38,6 +40,17 @@ impl W<'_> {
     fn str(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
+    }
+    fn exp(&mut self, e: &ExpPoint) {
+        self.u64(e.count);
+        self.f64(e.sum);
+        self.i32(e.scale);
+        self.u64(e.zero_count);
+        self.f64(e.zero_threshold);
+        self.i32(e.positive_offset);
+        self.span(e.positive);
+        self.i32(e.negative_offset);
+        self.span(e.negative);
     }
 }
 
@@ -77,6 +90,21 @@ impl<'a> R<'a> {
     fn str(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    /// An exponential point whose bucket spans lie within `counts` elements.
+    fn exp(&mut self, counts: usize) -> Option<ExpPoint> {
+        let e = ExpPoint {
+            count: self.u64()?,
+            sum: self.f64()?,
+            scale: self.i32()?,
+            zero_count: self.u64()?,
+            zero_threshold: self.f64()?,
+            positive_offset: self.i32()?,
+            positive: self.span()?,
+            negative_offset: self.i32()?,
+            negative: self.span()?,
+        };
+        (e.positive.end as usize <= counts && e.negative.end as usize <= counts).then_some(e)
     }
     /// A length for `n` elements of at least `size` bytes each: never more than the bytes left,
     /// so a corrupt length cannot make a huge allocation.
@@ -168,15 +196,13 @@ pub fn encode(s: &Samples, out: &mut Vec<u8>) {
             }
             PointValue::Exponential(e) => {
                 w.u8(2);
-                w.u64(e.count);
-                w.f64(e.sum);
-                w.i32(e.scale);
-                w.u64(e.zero_count);
-                w.f64(e.zero_threshold);
-                w.i32(e.positive_offset);
-                w.span(e.positive);
-                w.i32(e.negative_offset);
-                w.span(e.negative);
+                w.exp(&e);
+            }
+            PointValue::Both { bounds, counts, native } => {
+                w.u8(5);
+                w.span(bounds);
+                w.span(counts);
+                w.exp(&native);
             }
             PointValue::Summary { count, sum, quantiles } => {
                 w.u8(3);
@@ -254,22 +280,14 @@ pub fn decode(b: &[u8]) -> Option<Samples> {
                     counts,
                 }
             }
-            2 => {
-                let e = ExpPoint {
-                    count: r.u64()?,
-                    sum: r.f64()?,
-                    scale: r.i32()?,
-                    zero_count: r.u64()?,
-                    zero_threshold: r.f64()?,
-                    positive_offset: r.i32()?,
-                    positive: r.span()?,
-                    negative_offset: r.i32()?,
-                    negative: r.span()?,
-                };
-                if !within(e.positive, s.counts.len()) || !within(e.negative, s.counts.len()) {
+            2 => PointValue::Exponential(r.exp(s.counts.len())?),
+            5 => {
+                let (bounds, counts) = (r.span()?, r.span()?);
+                if !within(bounds, s.floats.len()) || !within(counts, s.counts.len()) {
                     return None;
                 }
-                PointValue::Exponential(e)
+                let native = r.exp(s.counts.len())?;
+                PointValue::Both { bounds, counts, native }
             }
             3 => {
                 let (count, sum, quantiles) = (r.u64()?, r.f64()?, r.span()?);
@@ -391,6 +409,28 @@ mod tests {
             exemplars: Span::new(1, 1),
             start_time_unix_nano: 0,
         });
+        s.points.push(Point {
+            family: 1,
+            labels: Span::new(0, 1),
+            temporality: Temporality::Delta,
+            value: PointValue::Both {
+                bounds: Span::new(0, 2),
+                counts: Span::new(0, 3),
+                native: ExpPoint {
+                    count: 6,
+                    sum: 0.75,
+                    scale: 3,
+                    zero_count: 0,
+                    zero_threshold: 0.0,
+                    positive_offset: -20,
+                    positive: Span::new(2, 5),
+                    negative_offset: 0,
+                    negative: Span::new(5, 5),
+                },
+            },
+            exemplars: Span::new(0, 1),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+        });
         s
     }
 
@@ -412,6 +452,15 @@ mod tests {
         assert_eq!(d.families, s.families);
         assert_eq!(d.labels, s.labels);
         assert_eq!(d.points[0], s.points[0]);
+        assert_eq!(d.points[4], s.points[4], "both: explicit and exponential buckets");
+        // A `Both` whose exponential buckets point past the count arena is refused.
+        let mut bad = sample();
+        if let PointValue::Both { native, .. } = &mut bad.points[4].value {
+            native.positive = Span::new(2, 6);
+        }
+        let mut b2 = Vec::new();
+        encode(&bad, &mut b2);
+        assert!(decode(&b2).is_none(), "exponential buckets outside the arena");
         assert_eq!(d.str(d.labels[1].value), "é");
         assert!(decode(&b[..b.len() - 1]).is_none(), "truncated");
         let mut longer = b.clone();

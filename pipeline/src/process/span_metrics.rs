@@ -12,6 +12,9 @@
 //! them (from `native_max_scale`, downscaled so the buckets stay within `native_max_buckets`), and
 //! the store merges requests exactly. The protobuf exposition and remote write then carry it as a
 //! native histogram with its exemplars; the text formats as classic buckets at its boundaries.
+//! With `histogram: both` each point carries the classic buckets and the exponential histogram of
+//! the same spans ([`PointValue::Both`]): the text formats show the classic ones, the protobuf
+//! exposition carries both in one histogram.
 //!
 //! Each span counts with its adjusted count when its `tracestate` carries an OTel
 //! probability-sampling threshold (`ot=th:…`): `2^56 / (2^56 − T)`.
@@ -86,7 +89,7 @@ struct Agg {
     sum: f64,
     newest: Option<Exemplar>,
     bucket_exemplars: Vec<Option<Exemplar>>,
-    /// `histogram: native`: the durations as an exponential histogram.
+    /// `histogram: native` or `both`: the durations as an exponential histogram.
     native: Option<Native>,
 }
 
@@ -347,7 +350,10 @@ impl SpanMetrics {
                     sum: 0.0,
                     newest: None,
                     bucket_exemplars: vec![None; buckets.len() + 1],
-                    native: (self.config.histogram == HistogramKind::Native)
+                    native: self
+                        .config
+                        .histogram
+                        .native()
                         .then(|| Native::new(self.config.native_max_scale)),
                 });
                 acc.index.insert(key.clone(), acc.aggs.len() - 1);
@@ -423,25 +429,38 @@ impl SpanMetrics {
                     (agg.calls, Vec::new())
                 };
                 let labels = batch.add_point(calls, start, Temporality::Delta, PointValue::Number(value), &exemplars);
-                if let Some(native) = &agg.native {
-                    let (hist, exemplars) = self.native_point(batch, agg, native, is_exemplars);
-                    let start = batch.labels.len();
-                    batch.copy_labels(labels);
-                    batch.add_point(duration, start, Temporality::Delta, hist, &exemplars);
-                    continue;
-                }
-                let counts = if is_exemplars { &zero_counts } else { &agg.counts };
-                let (bounds, counts_span) = batch.add_buckets(&self.config.buckets, counts);
-                let exemplars: Vec<Exemplar> = if is_exemplars {
-                    agg.bucket_exemplars.iter().flatten().copied().collect()
-                } else {
-                    Vec::new()
-                };
-                let hist = PointValue::Histogram {
-                    count: counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
-                    sum: if is_exemplars { 0.0 } else { agg.sum },
-                    bounds,
-                    counts: counts_span,
+                let native = agg
+                    .native
+                    .as_ref()
+                    .map(|n| self.native_point(batch, agg, n, is_exemplars));
+                let (hist, exemplars) = match native {
+                    Some((e, exemplars)) if !self.config.histogram.classic() => (PointValue::Exponential(e), exemplars),
+                    native => {
+                        let counts = if is_exemplars { &zero_counts } else { &agg.counts };
+                        let (bounds, counts_span) = batch.add_buckets(&self.config.buckets, counts);
+                        let bucket_exemplars = || agg.bucket_exemplars.iter().flatten().copied().collect();
+                        match native {
+                            // `both`: one point with either buckets; the exponential one's
+                            // exemplars (every bucket's, and the newest) serve both.
+                            Some((e, exemplars)) => (
+                                PointValue::Both {
+                                    bounds,
+                                    counts: counts_span,
+                                    native: e,
+                                },
+                                exemplars,
+                            ),
+                            None => (
+                                PointValue::Histogram {
+                                    count: counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
+                                    sum: if is_exemplars { 0.0 } else { agg.sum },
+                                    bounds,
+                                    counts: counts_span,
+                                },
+                                if is_exemplars { bucket_exemplars() } else { Vec::new() },
+                            ),
+                        }
+                    }
                 };
                 let start = batch.labels.len();
                 batch.copy_labels(labels);
@@ -460,7 +479,7 @@ impl SpanMetrics {
         agg: &Agg,
         native: &Native,
         is_exemplars: bool,
-    ) -> (PointValue, Vec<Exemplar>) {
+    ) -> (ExpPoint, Vec<Exemplar>) {
         if is_exemplars {
             let mut exemplars: Vec<Exemplar> = agg.bucket_exemplars.iter().flatten().copied().collect();
             exemplars.extend(agg.newest.filter(|n| !exemplars.contains(n)));
@@ -476,7 +495,7 @@ impl SpanMetrics {
                 negative_offset: 0,
                 negative: empty,
             };
-            return (PointValue::Exponential(point), exemplars);
+            return (point, exemplars);
         }
         let p0 = batch.counts.len();
         batch.counts.extend_from_slice(&native.counts);
@@ -493,7 +512,7 @@ impl SpanMetrics {
             negative_offset: 0,
             negative: Span::new(end, end),
         };
-        (PointValue::Exponential(point), Vec::new())
+        (point, Vec::new())
     }
 }
 

@@ -209,12 +209,38 @@ mod tests {
         crate::process::translate::Translator::new(Vec::new()).translate(req)
     }
 
+    /// Span metrics with `histogram: both` (classic and native buckets in one series), with
+    /// exemplars in both.
+    fn span_metrics_both(a: &Store) {
+        use crate::process::span_metrics::{HistogramKind, SpanMetrics, SpanMetricsConfig};
+        let sm = SpanMetrics::new(SpanMetricsConfig {
+            histogram: HistogramKind::Both,
+            ..SpanMetricsConfig::default()
+        });
+        let spans = [3u64, 40, 40, 700]
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| opentelemetry_proto::tonic::trace::v1::Span {
+                end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
+                ..testing::span("GET /a", i as u8 + 1, Vec::new())
+            })
+            .collect();
+        let out = sm.process(&testing::traces_request(
+            vec![testing::kv("service.name", "svc")],
+            spans,
+        ));
+        a.write(out.counts, Instant::now());
+        a.write(out.exemplars, Instant::now());
+    }
+
     #[test]
     fn a_restored_store_renders_exactly_as_the_saved_one_and_the_file_is_used_once() {
         let a = store();
         a.write(every_kind(), Instant::now());
+        span_metrics_both(&a);
         let before = scrape(&a);
         for part in [
+            "traces_span_metrics_duration_seconds_bucket{",
             "calls_total{",
             "# {trace_id=",
             "latency_seconds_bucket{",

@@ -16,7 +16,7 @@ use hashbrown::{HashMap, HashSet, HashTable};
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
 use crate::model::Escaping;
-use crate::model::batch::{FamilyMeta, Label, Point, PointValue, Samples};
+use crate::model::batch::{FamilyMeta, Label, Point, PointValue, Samples, Span};
 use crate::model::{Exemplar, MetricKind, Outcome, Temporality};
 use crate::util::labels::{is_legacy_name, push_escaped_name, render_label_pairs, unescape_label_value};
 
@@ -42,8 +42,11 @@ pub enum SeriesValue {
     },
     /// Explicit-bucket histogram.
     Histogram(Box<Histogram>),
-    /// Exponential histogram, exposed as classic buckets.
+    /// Exponential histogram: a native histogram where the encoder takes one, else classic
+    /// buckets at its own boundaries.
     Exponential(Box<ExpHistogram>),
+    /// A histogram kept both ways (span metrics' `histogram: both`).
+    Both(Box<Both>),
     /// Summary.
     Summary(Box<Summary>),
     /// Info (value 1).
@@ -63,6 +66,17 @@ pub struct Histogram {
     pub sum: f64,
     /// One exemplar slot per bucket.
     pub exemplars: Box<[Option<Exemplar>]>,
+}
+
+/// A histogram kept both ways (span metrics' `histogram: both`): the explicit buckets and the
+/// exponential histogram of the same observations, each with its own exemplar per bucket. Exposed
+/// as the classic histogram, with the native one beside it where the encoder takes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Both {
+    /// The explicit-bucket histogram.
+    pub classic: Histogram,
+    /// The exponential histogram (same count and sum).
+    pub native: ExpHistogram,
 }
 
 /// Summary state.
@@ -597,19 +611,19 @@ fn new_value(p: &Point, batch: &Samples, last_bounds: &mut Option<Arc<[f64]>>) -
             sum,
             bounds,
             counts,
-        } => {
-            let bounds = shared_bounds(last_bounds, &batch.floats[bounds.range()]);
-            let mut h = Histogram {
-                exemplars: vec![None; bounds.len() + 1].into(),
-                bounds,
-                counts: batch.counts[counts.range()].into(),
-                count,
-                sum,
-            };
-            offer_bucket_exemplars(&mut h, exs);
-            SeriesValue::Histogram(Box::new(h))
-        }
+        } => SeriesValue::Histogram(Box::new(new_histogram(
+            batch,
+            bounds,
+            counts,
+            (count, sum),
+            exs,
+            last_bounds,
+        ))),
         PointValue::Exponential(e) => SeriesValue::Exponential(Box::new(exp_from(&e, batch, exs))),
+        PointValue::Both { bounds, counts, native } => SeriesValue::Both(Box::new(Both {
+            classic: new_histogram(batch, bounds, counts, (native.count, native.sum), exs, last_bounds),
+            native: exp_from(&native, batch, exs),
+        })),
         PointValue::Summary { count, sum, quantiles } => SeriesValue::Summary(Box::new(Summary {
             count,
             sum,
@@ -620,6 +634,45 @@ fn new_value(p: &Point, batch: &Samples, last_bounds: &mut Option<Arc<[f64]>>) -
         })),
         PointValue::Info => SeriesValue::Info,
     }
+}
+
+/// An explicit-bucket histogram from a point's bounds and counts, with `count` and `sum`, its
+/// exemplars offered.
+fn new_histogram(
+    batch: &Samples,
+    bounds: Span,
+    counts: Span,
+    (count, sum): (u64, f64),
+    exs: &[Exemplar],
+    last_bounds: &mut Option<Arc<[f64]>>,
+) -> Histogram {
+    let bounds = shared_bounds(last_bounds, &batch.floats[bounds.range()]);
+    let mut h = Histogram {
+        exemplars: vec![None; bounds.len() + 1].into(),
+        bounds,
+        counts: batch.counts[counts.range()].into(),
+        count,
+        sum,
+    };
+    offer_bucket_exemplars(&mut h, exs);
+    h
+}
+
+/// Adds (`delta`) or sets a point's counts, count and sum on `h`, whose bounds are the point's,
+/// and offers its exemplars.
+fn update_histogram(h: &mut Histogram, c: &[u64], (count, sum): (u64, f64), exs: &[Exemplar], delta: bool) {
+    if delta {
+        for (a, b) in h.counts.iter_mut().zip(c) {
+            *a = a.saturating_add(*b);
+        }
+        h.count = h.count.saturating_add(count);
+        h.sum += sum;
+    } else {
+        h.counts.copy_from_slice(c);
+        h.count = count;
+        h.sum = sum;
+    }
+    offer_bucket_exemplars(h, exs);
 }
 
 fn offer_bucket_exemplars(h: &mut Histogram, exs: &[Exemplar]) {
@@ -660,19 +713,19 @@ fn update_value(v: &mut SeriesValue, p: &Point, batch: &Samples, last_bounds: &m
                 counts,
             },
         ) if h.bounds[..] == batch.floats[bounds.range()] => {
+            update_histogram(h, &batch.counts[counts.range()], (*count, *sum), exs, delta);
+        }
+        (SeriesValue::Both(b), PointValue::Both { bounds, counts, native })
+            if b.classic.bounds[..] == batch.floats[bounds.range()] =>
+        {
             let c = &batch.counts[counts.range()];
+            update_histogram(&mut b.classic, c, (native.count, native.sum), exs, delta);
+            let new = exp_from(native, batch, exs);
             if delta {
-                for (a, b) in h.counts.iter_mut().zip(c) {
-                    *a = a.saturating_add(*b);
-                }
-                h.count = h.count.saturating_add(*count);
-                h.sum += sum;
+                b.native.merge_delta(new)
             } else {
-                h.counts.copy_from_slice(c);
-                h.count = *count;
-                h.sum = *sum;
+                b.native.replace(new)
             }
-            offer_bucket_exemplars(h, exs);
         }
         // Increments of summaries (folded or merged streams) add count and sum; quantiles of
         // different streams cannot be combined, so none are shown.

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use super::{SeriesValue, Store};
+use super::exp::ExpHistogram;
+use super::{Histogram, SeriesValue, Store};
 use crate::model::Temporality;
 use crate::model::batch::{ExpPoint, Label, Point, PointValue, Samples, Span};
 
@@ -46,35 +47,30 @@ impl Store {
                         PointValue::Number(*value)
                     }
                     SeriesValue::Histogram(h) => {
-                        let b0 = s.floats.len();
-                        s.floats.extend_from_slice(&h.bounds);
-                        let c0 = s.counts.len();
-                        s.counts.extend_from_slice(&h.counts);
-                        s.exemplars.extend(h.exemplars.iter().flatten());
+                        let (bounds, counts) = push_histogram(&mut s, h);
                         PointValue::Histogram {
                             count: h.count,
                             sum: h.sum,
-                            bounds: Span::new(b0, s.floats.len()),
-                            counts: Span::new(c0, s.counts.len()),
+                            bounds,
+                            counts,
                         }
                     }
-                    SeriesValue::Exponential(e) => {
-                        let p0 = s.counts.len();
-                        s.counts.extend_from_slice(&e.positive.counts);
-                        let n0 = s.counts.len();
-                        s.counts.extend_from_slice(&e.negative.counts);
-                        s.exemplars.extend(e.exemplars.iter().map(|(_, x)| *x));
-                        PointValue::Exponential(ExpPoint {
-                            count: e.count,
-                            sum: e.sum,
-                            scale: e.scale,
-                            zero_count: e.zero_count,
-                            zero_threshold: e.zero_threshold,
-                            positive_offset: e.positive.offset,
-                            positive: Span::new(p0, n0),
-                            negative_offset: e.negative.offset,
-                            negative: Span::new(n0, s.counts.len()),
-                        })
+                    SeriesValue::Exponential(e) => PointValue::Exponential(push_exp(&mut s, e)),
+                    SeriesValue::Both(b) => {
+                        let (bounds, counts) = push_histogram(&mut s, &b.classic);
+                        let native = push_exp(&mut s, &b.native);
+                        // Both parts are offered every exemplar on restore: each keeps its own
+                        // (the newest in each of its buckets), so one copy of each is enough.
+                        let classic = e0..e0 + b.classic.exemplars.iter().flatten().count();
+                        let mut k = classic.end;
+                        while k < s.exemplars.len() {
+                            if s.exemplars[classic.clone()].contains(&s.exemplars[k]) {
+                                s.exemplars.remove(k);
+                            } else {
+                                k += 1;
+                            }
+                        }
+                        PointValue::Both { bounds, counts, native }
                     }
                     SeriesValue::Summary(q) => {
                         let q0 = s.floats.len();
@@ -102,5 +98,36 @@ impl Store {
         }
         s.outcome.accepted = s.points.len() as u64;
         (s, ages)
+    }
+}
+
+/// Pushes an explicit histogram's bounds, counts and exemplars to `s`; returns the bounds' and
+/// counts' spans.
+fn push_histogram(s: &mut Samples, h: &Histogram) -> (Span, Span) {
+    let b0 = s.floats.len();
+    s.floats.extend_from_slice(&h.bounds);
+    let c0 = s.counts.len();
+    s.counts.extend_from_slice(&h.counts);
+    s.exemplars.extend(h.exemplars.iter().flatten());
+    (Span::new(b0, s.floats.len()), Span::new(c0, s.counts.len()))
+}
+
+/// Pushes an exponential histogram's buckets and exemplars to `s`; returns its point.
+fn push_exp(s: &mut Samples, e: &ExpHistogram) -> ExpPoint {
+    let p0 = s.counts.len();
+    s.counts.extend_from_slice(&e.positive.counts);
+    let n0 = s.counts.len();
+    s.counts.extend_from_slice(&e.negative.counts);
+    s.exemplars.extend(e.exemplars.iter().map(|(_, x)| *x));
+    ExpPoint {
+        count: e.count,
+        sum: e.sum,
+        scale: e.scale,
+        zero_count: e.zero_count,
+        zero_threshold: e.zero_threshold,
+        positive_offset: e.positive.offset,
+        positive: Span::new(p0, n0),
+        negative_offset: e.negative.offset,
+        negative: Span::new(n0, s.counts.len()),
     }
 }

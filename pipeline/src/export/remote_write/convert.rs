@@ -22,7 +22,7 @@ use prost::Message;
 use super::proto::{
     BucketSpan, Exemplar, Histogram, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest,
 };
-use crate::expose::walk::{self, Family, Sink};
+use crate::expose::walk::{self, Family, Native, Sink};
 use crate::expose::{float, protobuf};
 use crate::model::exp::ExpHistogram;
 use crate::model::{self, MetricKind};
@@ -142,10 +142,13 @@ impl Sink for Snapshot<'_> {
     }
 
     /// With `send_native_histograms`, an exponential histogram goes as one native histogram
-    /// sample (at a schema of at most 8, as the protobuf exposition gives it) with its exemplars.
-    fn native(&mut self, name: &str, labels: &[u8], h: &ExpHistogram) -> bool {
+    /// sample (at a schema of at most 8, as the protobuf exposition gives it) with its exemplars,
+    /// without classic series derived from it. A histogram kept both ways (`histogram: both`)
+    /// still sends its own classic series beside it, as Prometheus forwards what it scraped with
+    /// `scrape_classic_histograms`.
+    fn native(&mut self, name: &str, labels: &[u8], h: &ExpHistogram) -> Native {
         if !self.native || h.scale < protobuf::MIN_SCHEMA {
-            return false;
+            return Native::Declined;
         }
         let h = h.with_max_scale(protobuf::MAX_SCHEMA);
         let spans = |b| {
@@ -197,7 +200,7 @@ impl Sink for Snapshot<'_> {
         if let Some(ts) = exemplar_series {
             self.batcher.push(ts);
         }
-        true
+        Native::Alone
     }
 }
 

@@ -451,3 +451,76 @@ fn floats_in_labels_are_written_like_the_exposition() {
         assert_eq!(convert::format_float(v), format_value(v), "{v}");
     }
 }
+
+/// Span metrics with `histogram: both`: remote write sends the configured classic series
+/// (`_bucket` at the configured bounds, `_count`, `_sum`) whatever `send_native_histograms` says,
+/// and with it the native histogram of the same spans beside them — as Prometheus forwards what it
+/// scraped with `scrape_classic_histograms` — but no classic series derived from its exponential
+/// buckets.
+#[test]
+fn span_metrics_both_send_their_classic_series_and_the_native_histogram_when_asked() {
+    use crate::process::span_metrics::{DURATION, HistogramKind, SpanMetrics, SpanMetricsConfig};
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        buckets: vec![0.01, 0.1, 1.0],
+        histogram: HistogramKind::Both,
+        ..SpanMetricsConfig::default()
+    });
+    let spans = [3u64, 40, 700]
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| opentelemetry_proto::tonic::trace::v1::Span {
+            end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
+            ..testing::span("GET /a", i as u8 + 1, Vec::new())
+        })
+        .collect();
+    let out = sm.process(&testing::traces_request(vec![kv("service.name", "checkout")], spans));
+    let store = Store::new(Duration::from_secs(300), 1000, &[]);
+    store.write(out.counts, Instant::now());
+    store.write(out.exemplars, Instant::now());
+    let label = |ts: &TimeSeries, name: &str| {
+        ts.labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.clone())
+            .unwrap_or_default()
+    };
+    for native in [false, true] {
+        let series = all_series(&Converter::new(native).snapshot(&store, TS, 10_000));
+        let of = |suffix: &str| -> Vec<&TimeSeries> {
+            let name = format!("{DURATION}{suffix}");
+            series
+                .iter()
+                .filter(|t| label(t, "__name__") == name && (!t.samples.is_empty() || !t.histograms.is_empty()))
+                .collect()
+        };
+        let buckets: Vec<(String, f64)> = of("_bucket")
+            .iter()
+            .map(|t| (label(t, "le"), t.samples[0].value))
+            .collect();
+        let want: Vec<(String, f64)> = [("0.01", 1.0), ("0.1", 2.0), ("1.0", 3.0), ("+Inf", 3.0)]
+            .iter()
+            .map(|(le, c)| (le.to_string(), *c))
+            .collect();
+        assert_eq!(buckets, want, "native={native}: the configured buckets");
+        let with_exemplar: Vec<String> = of("_bucket")
+            .iter()
+            .filter(|t| t.exemplars.len() == 1)
+            .map(|t| label(t, "le"))
+            .collect();
+        assert_eq!(
+            with_exemplar,
+            ["0.01", "0.1", "1.0"],
+            "an exemplar in each bucket a span fell into"
+        );
+        assert_eq!(of("_count").len(), 1);
+        let hists: Vec<_> = of("").iter().flat_map(|t| t.histograms.clone()).collect();
+        if native {
+            assert_eq!(hists.len(), 1, "the native histogram beside the classic series");
+            assert_eq!(hists[0].count_int, 3);
+            assert!((hists[0].sum - 0.743).abs() < 1e-9, "{}", hists[0].sum);
+            assert!(!hists[0].positive_spans.is_empty());
+        } else {
+            assert!(hists.is_empty(), "no native histogram unless asked");
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::model::Temporality;
 use crate::model::batch::{ExpPoint, PointValue, Samples, Span};
-use crate::model::exp::exp_from;
+use crate::model::exp::{ExpHistogram, exp_from};
 
 use super::state::{FamilyState, Last, LastHistogram, StreamState};
 use super::{FoldReason, Limiter, RejectReason};
@@ -45,7 +45,9 @@ impl Limiter {
             out[idx] = out[idx].saturating_add(*n);
         }
         let (nb, nc) = batch.add_buckets(&target, &out);
-        if let PointValue::Histogram { bounds, counts, .. } = &mut batch.points[i].value {
+        if let PointValue::Histogram { bounds, counts, .. } | PointValue::Both { bounds, counts, .. } =
+            &mut batch.points[i].value
+        {
             *bounds = nb;
             *counts = nc;
         }
@@ -107,20 +109,7 @@ impl Limiter {
                 let (c, s, span) = (*count, *sum, *counts);
                 let now = &batch.counts[span.range()];
                 let delta = match &state.last {
-                    Last::Histogram(prev)
-                        if c >= prev.count
-                            && prev.counts.len() == now.len()
-                            && now.iter().zip(prev.counts.iter()).all(|(a, b)| a >= b) =>
-                    {
-                        Some((
-                            c - prev.count,
-                            s - prev.sum,
-                            now.iter()
-                                .zip(prev.counts.iter())
-                                .map(|(a, b)| a - b)
-                                .collect::<Vec<_>>(),
-                        ))
-                    }
+                    Last::Histogram(prev) => histogram_delta(prev, c, s, now),
                     _ => None,
                 };
                 state.last = Last::Histogram(Box::new(LastHistogram {
@@ -146,26 +135,69 @@ impl Limiter {
                     _ => None,
                 };
                 if let Some(d) = delta {
-                    let p0 = batch.counts.len();
-                    batch.counts.extend_from_slice(&d.positive.counts);
-                    let n0 = batch.counts.len();
-                    batch.counts.extend_from_slice(&d.negative.counts);
-                    batch.points[i].value = PointValue::Exponential(ExpPoint {
-                        count: d.count,
-                        sum: d.sum,
-                        scale: d.scale,
-                        zero_count: d.zero_count,
-                        zero_threshold: d.zero_threshold,
-                        positive_offset: d.positive.offset,
-                        positive: Span::new(p0, n0),
-                        negative_offset: d.negative.offset,
-                        negative: Span::new(n0, batch.counts.len()),
-                    });
+                    batch.points[i].value = PointValue::Exponential(push_exp(batch, &d));
                 }
                 state.last = Last::Exponential(Box::new(now));
+            }
+            // Both parts continue their previous report, or the point stays as it is (a reset).
+            PointValue::Both { bounds, counts, native } => {
+                let (bounds, span, e) = (*bounds, *counts, *native);
+                let now = &batch.counts[span.range()];
+                let now_exp = exp_from(&e, batch, &[]);
+                let delta = match &state.last {
+                    Last::Both(prev, prev_exp) => {
+                        histogram_delta(prev, e.count, e.sum, now).zip(now_exp.delta_since(prev_exp))
+                    }
+                    _ => None,
+                };
+                let last = LastHistogram {
+                    count: e.count,
+                    sum: e.sum,
+                    counts: now.into(),
+                };
+                state.last = Last::Both(Box::new(last), Box::new(now_exp));
+                if let Some(((_, _, dcounts), d)) = delta {
+                    let start = batch.counts.len();
+                    batch.counts.extend_from_slice(&dcounts);
+                    let counts = Span::new(start, batch.counts.len());
+                    let native = push_exp(batch, &d);
+                    batch.points[i].value = PointValue::Both { bounds, counts, native };
+                }
             }
             PointValue::Info => {}
         }
         Ok(())
+    }
+}
+
+/// The increment from the explicit histogram `prev` to the report (`count`, `sum`, `now`): count,
+/// sum and per-bucket counts; `None` when the report does not continue `prev` (a count went down,
+/// or the layout changed).
+fn histogram_delta(prev: &LastHistogram, count: u64, sum: f64, now: &[u64]) -> Option<(u64, f64, Vec<u64>)> {
+    let continues = count >= prev.count
+        && prev.counts.len() == now.len()
+        && now.iter().zip(prev.counts.iter()).all(|(a, b)| a >= b);
+    continues.then(|| {
+        let counts = now.iter().zip(prev.counts.iter()).map(|(a, b)| a - b).collect();
+        (count - prev.count, sum - prev.sum, counts)
+    })
+}
+
+/// Pushes the buckets of `d` to `batch`'s count arena; returns its point.
+fn push_exp(batch: &mut Samples, d: &ExpHistogram) -> ExpPoint {
+    let p0 = batch.counts.len();
+    batch.counts.extend_from_slice(&d.positive.counts);
+    let n0 = batch.counts.len();
+    batch.counts.extend_from_slice(&d.negative.counts);
+    ExpPoint {
+        count: d.count,
+        sum: d.sum,
+        scale: d.scale,
+        zero_count: d.zero_count,
+        zero_threshold: d.zero_threshold,
+        positive_offset: d.positive.offset,
+        positive: Span::new(p0, n0),
+        negative_offset: d.negative.offset,
+        negative: Span::new(n0, batch.counts.len()),
     }
 }

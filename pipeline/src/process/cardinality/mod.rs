@@ -452,7 +452,7 @@ impl Limiter {
             Route::Merge => None,
             Route::Fold(reason) => Some(reason),
         };
-        if let PointValue::Histogram { bounds, counts, .. } = p.value {
+        if let PointValue::Histogram { bounds, counts, .. } | PointValue::Both { bounds, counts, .. } = p.value {
             self.fit_layout(fam, batch, i, bounds, counts)?;
         }
         if increments {

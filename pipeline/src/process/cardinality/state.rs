@@ -37,6 +37,7 @@ pub(super) enum Last {
     Number(f64),
     Histogram(Box<LastHistogram>),
     Exponential(Box<ExpHistogram>),
+    Both(Box<LastHistogram>, Box<ExpHistogram>),
     Summary { count: u64, sum: f64 },
 }
 

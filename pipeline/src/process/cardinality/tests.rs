@@ -1348,3 +1348,77 @@ fn folded_native_histograms_keep_exact_totals_in_protobuf() {
     assert_eq!(total_count, sent_count);
     assert!((total_sum - sent_sum).abs() < 1e-9);
 }
+
+/// Span metrics with `histogram: both` folded into the overflow series: classic buckets, native
+/// buckets, counts and sums over every series (overflow included) are exactly what the spans gave,
+/// request after request, and the overflow series is kept both ways.
+#[test]
+fn span_metrics_kept_both_ways_fold_with_exact_totals() {
+    use crate::process::span_metrics::{DURATION, HistogramKind, SpanMetrics, SpanMetricsConfig};
+    use crate::store::exp::ExpHistogram;
+    let rig = Rig::new(limits(3));
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        buckets: vec![0.01, 0.1, 1.0],
+        histogram: HistogramKind::Both,
+        ..SpanMetricsConfig::default()
+    });
+    let millis = [1u64, 4, 9, 20, 60, 300, 900, 1500, 2, 45];
+    let (mut want_classic, mut want_sum, mut n) = ([0u64; 4], 0.0, 0u64);
+    for round in 0..3u64 {
+        let spans = millis
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| opentelemetry_proto::tonic::trace::v1::Span {
+                name: format!("op{}", (i as u64 + round) % 7),
+                end_time_unix_nano: 1_000_000_000 + (ms + round) * 1_000_000,
+                ..crate::testing::span("x", i as u8 + 1, Vec::new())
+            })
+            .collect();
+        for ms in millis {
+            let secs = (ms + round) as f64 / 1000.0;
+            want_classic[[0.01, 0.1, 1.0].partition_point(|b: &f64| *b < secs)] += 1;
+            want_sum += secs;
+            n += 1;
+        }
+        let req = crate::testing::traces_request(vec![crate::testing::kv("service.name", "svc")], spans);
+        let out = sm.process(&req);
+        let (mut counts, mut exemplars) = (out.counts, out.exemplars);
+        let tick = rig.store.tick(rig.now);
+        rig.limiter.limit(&mut counts, tick, true);
+        rig.store.write(counts, rig.now);
+        rig.limiter.limit(&mut exemplars, tick, false);
+        rig.store.write(exemplars, rig.now);
+    }
+    let series = rig.series(DURATION);
+    assert!(series.len() <= 3, "{}", series.len());
+    let Some(SeriesValue::Both(overflow)) = series.get(OVERFLOW) else {
+        panic!("an overflow series kept both ways: {:?}", series.keys())
+    };
+    assert!(
+        overflow.classic.exemplars.iter().any(Option::is_some),
+        "exemplars fold too"
+    );
+    let (mut classic, mut count, mut sum) = ([0u64; 4], 0u64, 0.0);
+    let mut native: Option<ExpHistogram> = None;
+    for v in series.values() {
+        let SeriesValue::Both(b) = v else { panic!("{v:?}") };
+        assert_eq!(&b.classic.bounds[..], &[0.01, 0.1, 1.0]);
+        for (c, x) in classic.iter_mut().zip(b.classic.counts.iter()) {
+            *c += x;
+        }
+        count += b.classic.count;
+        sum += b.classic.sum;
+        assert_eq!(b.native.count, b.classic.count, "both parts count the same spans");
+        match &mut native {
+            Some(h) => h.merge_delta(b.native.clone()),
+            None => native = Some(b.native.clone()),
+        }
+    }
+    assert_eq!(classic, want_classic);
+    assert_eq!(count, n);
+    assert!((sum - want_sum).abs() < 1e-9, "{sum} vs {want_sum}");
+    let native = native.expect("native parts");
+    assert_eq!(native.count, n);
+    assert_eq!(native.positive.counts.iter().sum::<u64>() + native.zero_count, n);
+    assert!((native.sum - want_sum).abs() < 1e-9);
+}

@@ -21,16 +21,19 @@ pub struct SpanMetricsConfig {
     /// Span kinds that produce metrics (`internal`, `server`, `client`, `producer`, `consumer`,
     /// `unspecified`). Default: all.
     pub span_kinds: Vec<SpanKindName>,
-    /// The duration histogram's form (Tempo's option): `classic` (`buckets`) or `native` (an
+    /// The duration histogram's form (Tempo's option): `classic` (`buckets`), `native` (an
     /// exponential histogram: a native histogram in the protobuf exposition and remote write,
-    /// classic buckets at its own boundaries in the text formats). Default `classic`.
+    /// classic buckets at its own boundaries in the text formats) or `both` (one histogram with
+    /// the classic `buckets` and native buckets: the text formats show the classic ones, the
+    /// protobuf exposition carries both in one message, remote write sends the classic series and,
+    /// with `send_native_histograms`, the native histogram too). Default `classic`.
     pub histogram: HistogramKind,
-    /// `native`: most buckets the histogram of one request's spans spans per series; past it the
+    /// `native`, `both`: most buckets the histogram of one request's spans spans per series; past it the
     /// scale goes down (resolution halves) until they fit, as the OTel SDK's exponential
     /// aggregation does. The store merges requests exactly at their common scale, within 320
     /// buckets. Default `160` (the SDK's).
     pub native_max_buckets: usize,
-    /// `native`: the scale a series' histogram starts at before it is downscaled to fit
+    /// `native`, `both`: the scale a series' histogram starts at before it is downscaled to fit
     /// (`-10` to `20`; Prometheus stores at most 8, finer scales are served downscaled exactly).
     /// Default `20` (the SDK's).
     pub native_max_scale: i32,
@@ -45,6 +48,21 @@ pub enum HistogramKind {
     Classic,
     /// A base-2 exponential histogram (`native_max_buckets`, `native_max_scale`).
     Native,
+    /// Both in one histogram: the explicit `buckets` and the exponential histogram, counting the
+    /// same spans.
+    Both,
+}
+
+impl HistogramKind {
+    /// Whether the duration carries explicit (classic) buckets.
+    pub const fn classic(self) -> bool {
+        matches!(self, HistogramKind::Classic | HistogramKind::Both)
+    }
+
+    /// Whether the duration carries an exponential (native) histogram.
+    pub const fn native(self) -> bool {
+        matches!(self, HistogramKind::Native | HistogramKind::Both)
+    }
 }
 
 impl Default for SpanMetricsConfig {
@@ -159,6 +177,21 @@ impl SpanMetricsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_takes_classic_native_and_both() {
+        for (yaml, kind, classic, native) in [
+            ("histogram: classic", HistogramKind::Classic, true, false),
+            ("histogram: native", HistogramKind::Native, false, true),
+            ("histogram: both", HistogramKind::Both, true, true),
+        ] {
+            let c: SpanMetricsConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            assert_eq!(c.histogram, kind, "{yaml}");
+            assert_eq!((kind.classic(), kind.native()), (classic, native), "{yaml}");
+            assert_eq!(c.validate(), vec![], "{yaml}");
+        }
+        assert!(serde_yaml_ng::from_str::<SpanMetricsConfig>("histogram: exponential").is_err());
+    }
 
     #[test]
     fn validate_returns_its_own_problems_with_full_key_paths() {

@@ -479,3 +479,72 @@ fn native_durations_of_many_requests_merge_exactly() {
     assert_eq!(e.positive.counts.iter().sum::<u64>() + e.zero_count, n);
     assert!((e.sum - 3.259).abs() < 1e-9, "{}", e.sum);
 }
+
+/// `histogram: both`: one point per series carrying exactly what `classic` and `native` give for
+/// the same spans — the configured buckets and the exponential histogram — and the exemplar point
+/// carries every bucket's exemplar for both.
+#[test]
+fn both_carries_the_classic_and_the_native_histogram_of_the_same_spans() {
+    let millis = [1u64, 3, 8, 40, 40, 250, 1900];
+    let spans: Vec<_> = millis
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| span("GET /a", SpanKind::Server, *ms, i as u8 + 1, vec![]))
+        .collect();
+    let req = traces_request(vec![kv("service.name", "checkout")], spans);
+    let run = |histogram| {
+        SpanMetrics::new(SpanMetricsConfig {
+            buckets: vec![0.005, 0.05, 0.5],
+            histogram,
+            ..Default::default()
+        })
+        .process(&req)
+    };
+    let (classic, native, both) = (
+        run(HistogramKind::Classic),
+        run(HistogramKind::Native),
+        run(HistogramKind::Both),
+    );
+    let one = |s: &Samples| {
+        let p = points_of(s, DURATION);
+        assert_eq!(p.len(), 1);
+        p[0].value
+    };
+    let PointValue::Histogram { count, sum, counts, .. } = one(&classic.counts) else {
+        panic!("classic")
+    };
+    let PointValue::Exponential(e) = one(&native.counts) else {
+        panic!("native")
+    };
+    let PointValue::Both {
+        bounds,
+        counts: both_counts,
+        native: both_native,
+    } = one(&both.counts)
+    else {
+        panic!("both: {:?}", one(&both.counts))
+    };
+    assert_eq!(&both.counts.floats[bounds.range()], &[0.005, 0.05, 0.5]);
+    assert_eq!(
+        &both.counts.counts[both_counts.range()],
+        &classic.counts.counts[counts.range()]
+    );
+    assert_eq!(&both.counts.counts[both_counts.range()], &[2, 3, 1, 1]);
+    assert_eq!((both_native.count, both_native.sum), (count, sum));
+    assert_eq!(
+        (both_native.scale, both_native.positive_offset),
+        (e.scale, e.positive_offset)
+    );
+    assert_eq!(
+        &both.counts.counts[both_native.positive.range()],
+        &native.counts.counts[e.positive.range()]
+    );
+    // The exemplar point: zero counts, every bucket's exemplar.
+    let PointValue::Both { counts, native, .. } = one(&both.exemplars) else {
+        panic!("both exemplars")
+    };
+    assert!(both.exemplars.counts[counts.range()].iter().all(|c| *c == 0));
+    assert_eq!(native.count, 0);
+    let ex = points_of(&both.exemplars, DURATION)[0].exemplars;
+    assert_eq!(ex.len(), 4, "one per classic bucket a span fell into");
+}
