@@ -7,8 +7,8 @@
 //! completes on the first poll, so no runtime scheduling is measured.
 //!
 //! Side by side (issue 19, point 2), the stack Rust users build by hand today: tower-http's
-//! `TraceLayer` (span and response event at INFO, the W3C parent extracted in `make_span_with`)
-//! + `tracing-opentelemetry` with its defaults + the SDK batch span processor (default
+//! `TraceLayer` (span and response event at INFO, the W3C parent extracted in `make_span_with`),
+//! `tracing-opentelemetry` with its defaults and the SDK batch span processor (default
 //! `ParentBased(AlwaysOn)` sampler), behind the same no-op span exporter and with the same fmt
 //! layer at `warn`. Spans only: it records no metrics. Both are measured for a sampled request
 //! (`traceparent` flags `01`) and a not-sampled one (`00`), on one thread and on 8 threads
