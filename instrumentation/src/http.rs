@@ -26,7 +26,7 @@ use axum::extract::MatchedPath;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use opentelemetry::metrics::{BoundUpDownCounter, Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
@@ -203,19 +203,14 @@ where
         let scheme = if https { "https" } else { "http" };
         let version = version_value(req.version());
 
-        // The `tracing` span carries only what is recorded through it (the name, the kind, the
-        // outcome); the request attributes go to the OpenTelemetry span directly, and only when
-        // it records (a sampled trace): no attribute string is built for a trace that is not
-        // sampled, and static values (method, scheme, version, the cached route) are not copied.
-        let span = tracing::info_span!(
-            "HTTP request",
-            otel.name = %SpanName(method, matched),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            "http.response.status_code" = Empty,
-            "error.type" = Empty,
-        );
+        // The `tracing` span carries no request fields: the name and the request attributes go
+        // to the OpenTelemetry span directly, and only when it records (a sampled trace). No
+        // attribute string or span name is built for a trace that is not sampled, static values
+        // (method, scheme, version, the cached route) are not copied, and no layer (the OTel
+        // layer's field visitor, the fmt layer) formats fields per request.
+        let span = tracing::info_span!("HTTP request", otel.kind = "server");
         let route = cached_route(route);
+        let mut recording = None;
         if !span.is_disabled() {
             if let Some(traceparent) = req.headers().get(&TRACEPARENT) {
                 // Fails only when no OpenTelemetry layer is installed; then there is no trace.
@@ -225,7 +220,10 @@ where
             let cx = span.context();
             let otel = cx.span();
             if otel.is_recording() {
+                otel.update_name(SpanName(method, matched).to_string());
                 otel.set_attributes(request_attributes(&req, method, &route, scheme, version));
+                drop(otel);
+                recording = Some(cx);
             }
         }
 
@@ -236,6 +234,7 @@ where
             https,
             version,
             route,
+            recording,
         };
         self.metrics.active(method_slot, https).add(1);
         ResponseFuture {
@@ -311,12 +310,16 @@ struct RecordOnDone {
     https: bool,
     version: &'static str,
     route: Arc<str>,
+    /// The context of the server span when it records (a sampled trace): the outcome is set on
+    /// its OpenTelemetry span directly.
+    recording: Option<Context>,
 }
 
 impl RecordOnDone {
-    /// Records the outcome on the span and the duration histogram; called while the request
-    /// span is entered, so the measurement carries its exemplar.
-    fn finish(&self, span: &Span, status: Option<u16>, error_type: Option<&'static str>) {
+    /// Records the outcome on the OpenTelemetry span (when it records) and the duration
+    /// histogram; called while the request span is entered, so the measurement carries its
+    /// exemplar.
+    fn finish(&self, status: Option<u16>, error_type: Option<&'static str>) {
         let seconds = self.start.elapsed().as_secs_f64();
         let server_error = status.is_some_and(|s| s >= 500);
         let error_type: Option<Value> = match (error_type, status) {
@@ -324,13 +327,14 @@ impl RecordOnDone {
             (None, Some(s)) if server_error => Some(Value::from(s.to_string())),
             _ => None,
         };
-        if !span.is_disabled() {
+        if let Some(cx) = &self.recording {
+            let otel = cx.span();
             if let Some(s) = status {
-                span.record("http.response.status_code", i64::from(s));
+                otel.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
             }
             if let Some(e) = &error_type {
-                span.record("error.type", e.as_str().as_ref());
-                span.record("otel.status_code", "ERROR");
+                otel.set_attribute(KeyValue::new("error.type", e.clone()));
+                otel.set_status(Status::error(""));
             }
         }
         let mut n = 4;
@@ -408,8 +412,8 @@ where
         this.inner.set(None);
         if let Some(record) = this.record.take() {
             match &result {
-                Ok(resp) => record.finish(this.span, Some(resp.status().as_u16()), None),
-                Err(_) => record.finish(this.span, None, Some(std::any::type_name::<E>())),
+                Ok(resp) => record.finish(Some(resp.status().as_u16()), None),
+                Err(_) => record.finish(None, Some(std::any::type_name::<E>())),
             }
         }
         Poll::Ready(result)
