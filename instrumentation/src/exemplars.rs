@@ -33,8 +33,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::metrics::{
-    AsyncInstrumentBuilder, Counter, Gauge, Histogram, HistogramBuilder, InstrumentBuilder, InstrumentProvider, Meter,
-    MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter, SyncInstrument, UpDownCounter,
+    AsyncInstrumentBuilder, BoundSyncInstrument, Counter, Gauge, Histogram, HistogramBuilder, InstrumentBuilder,
+    InstrumentProvider, Meter, MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter,
+    SyncInstrument, UpDownCounter,
 };
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -166,7 +167,7 @@ enum Reservoir {
     Histogram { slots: Vec<Option<Sampled>> },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Counter,
     Histogram(Arc<[f64]>),
@@ -215,7 +216,8 @@ impl Hasher for PreHashed {
 const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 /// A fast non-cryptographic hasher (the rustc `FxHasher` mix) for attribute sets.
-struct FxHasher(u64);
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
 
 impl FxHasher {
     #[inline]
@@ -299,7 +301,9 @@ thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-fn thread_index() -> usize {
+/// A small number for the calling thread, assigned round-robin on first use: which shard of a
+/// sharded structure it writes to.
+pub(crate) fn thread_index() -> usize {
     THREAD_INDEX.with(|i| {
         let v = i.get();
         if v != usize::MAX {
@@ -635,17 +639,27 @@ struct ExemplarInstruments {
 /// How a wrapped instrument records into the SDK's.
 trait Record<T>: Send + Sync + 'static {
     fn record(&self, value: T, attributes: &[KeyValue]);
+    /// The SDK instrument bound to `attributes` (see [`SyncInstrument::bind`]).
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync>;
 }
 impl<T: 'static> Record<T> for Counter<T> {
     #[inline]
     fn record(&self, value: T, attributes: &[KeyValue]) {
         self.add(value, attributes);
     }
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync> {
+        let bound = Counter::bind(self, attributes);
+        Box::new(move |v| bound.add(v))
+    }
 }
 impl<T: 'static> Record<T> for Histogram<T> {
     #[inline]
     fn record(&self, value: T, attributes: &[KeyValue]) {
         Histogram::record(self, value, attributes);
+    }
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync> {
+        let bound = Histogram::bind(self, attributes);
+        Box::new(move |v| bound.record(v))
     }
 }
 
@@ -665,6 +679,40 @@ where
     fn measure(&self, measurement: T, attributes: &[KeyValue]) {
         self.inner.record(measurement, attributes);
         self.store.offer(self.id, &self.kind, measurement.into().0, attributes);
+    }
+
+    /// The SDK instrument's bound handle, and exemplars offered with the bound attributes: a
+    /// measurement through it is what [`Self::measure`] with those attributes does, minus the
+    /// SDK's attribute lookup.
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn BoundSyncInstrument<T> + Send + Sync> {
+        Box::new(BoundSampling {
+            inner: self.inner.bind(attributes),
+            store: Arc::clone(&self.store),
+            id: self.id,
+            kind: self.kind.clone(),
+            attributes: attributes.to_vec(),
+        })
+    }
+}
+
+/// A [`Sampling`] instrument bound to one attribute set.
+struct BoundSampling<T> {
+    inner: Box<dyn Fn(T) + Send + Sync>,
+    store: Arc<ExemplarStore>,
+    id: u32,
+    kind: Kind,
+    attributes: Vec<KeyValue>,
+}
+
+impl<T> BoundSyncInstrument<T> for BoundSampling<T>
+where
+    T: Copy + Into<NumOf> + 'static,
+{
+    #[inline]
+    fn measure(&self, measurement: T) {
+        (self.inner)(measurement);
+        self.store
+            .offer(self.id, &self.kind, measurement.into().0, &self.attributes);
     }
 }
 

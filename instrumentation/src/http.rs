@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Instant;
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use axum::extract::MatchedPath;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use opentelemetry::metrics::{BoundUpDownCounter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{BoundHistogram, BoundUpDownCounter, Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
@@ -34,6 +36,8 @@ use tower::{Layer, Service};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::exemplars::FxHasher;
 
 /// `http.route` of requests that matched no route (404 fallbacks).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -61,9 +65,52 @@ struct HttpMetrics {
     /// `active` bound to each (method, scheme) pair on first use, so that the two measurements
     /// of a request skip sorting, hashing and looking up their attributes.
     active_bound: [[OnceLock<BoundUpDownCounter<i64>>; 2]; METHODS.len()],
+    /// `duration` bound per attribute set, in shards (2 per CPU, as the exemplar reservoirs) so
+    /// that no lock is shared by all threads.
+    durations: Box<[Mutex<BoundDurations>]>,
 }
 
+/// What the attributes of one `http.server.request.duration` measurement are made of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DurationKey {
+    route: Arc<str>,
+    method_slot: usize,
+    https: bool,
+    version: &'static str,
+    status: Option<u16>,
+    /// The error type given (a transport error), not the one derived from a 5xx status.
+    error_type: Option<&'static str>,
+}
+
+/// Bound duration histograms of one shard.
+type BoundDurations = HashMap<DurationKey, BoundHistogram<f64>, BuildHasherDefault<FxHasher>>;
+
+/// Bound duration histograms per shard, beyond which measurements go through the unbound
+/// histogram (attribute sets are bounded anyway: routes are templates, statuses few).
+const MAX_BOUND_PER_SHARD: usize = 1024;
+
 impl HttpMetrics {
+    /// Records `seconds` through the histogram bound to `key`'s attributes (built by `attrs`
+    /// the first time this thread's shard sees them): the SDK then neither sorts, hashes nor
+    /// looks up the six attributes, and the lock taken is the calling thread's shard's.
+    fn record_duration(&self, key: DurationKey, seconds: f64, attrs: impl FnOnce() -> Vec<KeyValue>) {
+        let shard = &self.durations[crate::exemplars::thread_index() % self.durations.len()];
+        let mut bound = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = bound.get(&key) {
+            h.record(seconds);
+            return;
+        }
+        let attrs = attrs();
+        if bound.len() >= MAX_BOUND_PER_SHARD {
+            drop(bound);
+            self.duration.record(seconds, &attrs);
+            return;
+        }
+        let h = self.duration.bind(&attrs);
+        h.record(seconds);
+        bound.insert(key, h);
+    }
+
     fn active(&self, method: usize, https: bool) -> &BoundUpDownCounter<i64> {
         self.active_bound[method][usize::from(https)].get_or_init(|| {
             self.active.bind(&[
@@ -105,9 +152,16 @@ impl HttpLayer {
                 duration,
                 active,
                 active_bound: Default::default(),
+                durations: (0..shards()).map(|_| Mutex::default()).collect(),
             }),
         }
     }
+}
+
+/// Shards of the bound-instrument cache: two per CPU, at least 4, at most 128.
+fn shards() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (cpus * 2).clamp(4, 128)
 }
 
 impl<S> Layer<S> for HttpLayer {
@@ -322,39 +376,47 @@ impl RecordOnDone {
     fn finish(&self, status: Option<u16>, error_type: Option<&'static str>) {
         let seconds = self.start.elapsed().as_secs_f64();
         let server_error = status.is_some_and(|s| s >= 500);
-        let error_type: Option<Value> = match (error_type, status) {
-            (Some(e), _) => Some(Value::from(e)),
-            (None, Some(s)) if server_error => Some(Value::from(s.to_string())),
-            _ => None,
+        let error_value = || -> Option<Value> {
+            match (error_type, status) {
+                (Some(e), _) => Some(Value::from(e)),
+                (None, Some(s)) if server_error => Some(Value::from(s.to_string())),
+                _ => None,
+            }
         };
         if let Some(cx) = &self.recording {
             let otel = cx.span();
             if let Some(s) = status {
                 otel.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
             }
-            if let Some(e) = &error_type {
-                otel.set_attribute(KeyValue::new("error.type", e.clone()));
+            if let Some(e) = error_value() {
+                otel.set_attribute(KeyValue::new("error.type", e));
                 otel.set_status(Status::error(""));
             }
         }
-        let mut n = 4;
-        let mut attrs = [
-            KeyValue::new("http.request.method", METHODS[self.method_slot]),
-            KeyValue::new("url.scheme", if self.https { "https" } else { "http" }),
-            KeyValue::new("network.protocol.version", self.version),
-            KeyValue::new("http.route", Value::String(StringValue::from(Arc::clone(&self.route)))),
-            KeyValue::new("http.response.status_code", 0_i64),
-            KeyValue::new("error.type", ""),
-        ];
-        if let Some(s) = status {
-            attrs[n] = KeyValue::new("http.response.status_code", i64::from(s));
-            n += 1;
-        }
-        if let Some(e) = error_type {
-            attrs[n] = KeyValue::new("error.type", e);
-            n += 1;
-        }
-        self.metrics.duration.record(seconds, &attrs[..n]);
+        let key = DurationKey {
+            route: Arc::clone(&self.route),
+            method_slot: self.method_slot,
+            https: self.https,
+            version: self.version,
+            status,
+            error_type,
+        };
+        self.metrics.record_duration(key, seconds, || {
+            let mut attrs = Vec::with_capacity(6);
+            attrs.extend([
+                KeyValue::new("http.request.method", METHODS[self.method_slot]),
+                KeyValue::new("url.scheme", if self.https { "https" } else { "http" }),
+                KeyValue::new("network.protocol.version", self.version),
+                KeyValue::new("http.route", Value::String(StringValue::from(Arc::clone(&self.route)))),
+            ]);
+            if let Some(s) = status {
+                attrs.push(KeyValue::new("http.response.status_code", i64::from(s)));
+            }
+            if let Some(e) = error_value() {
+                attrs.push(KeyValue::new("error.type", e));
+            }
+            attrs
+        });
     }
 }
 
