@@ -276,7 +276,6 @@ where
             if otel.is_recording() {
                 otel.update_name(SpanName(method, matched).to_string());
                 otel.set_attributes(request_attributes(&req, method, &route, scheme, version));
-                drop(otel);
                 recording = Some(cx);
             }
         }
