@@ -319,6 +319,38 @@ fn seed() -> u64 {
     RandomState::new().hash_one(thread_index()) | 1
 }
 
+/// Sorts `order` (indices into `attributes`) by key and removes duplicate keys; returns the kept
+/// prefix.
+fn sorted_order<'o>(attributes: &[KeyValue], order: &'o mut [usize]) -> &'o [usize] {
+    order.sort_unstable_by(|&a, &b| attributes[a].key.cmp(&attributes[b].key));
+    let mut kept = 0;
+    for i in 0..order.len() {
+        if kept == 0 || attributes[order[kept - 1]].key != attributes[order[i]].key {
+            order[kept] = order[i];
+            kept += 1;
+        }
+    }
+    &order[..kept]
+}
+
+/// `attributes` sorted by key without duplicate keys, as [`ExemplarStore::offer`] keys series.
+fn sorted_attributes(attributes: &[KeyValue]) -> Vec<KeyValue> {
+    let mut order: Vec<usize> = (0..attributes.len()).collect();
+    sorted_order(attributes, &mut order)
+        .iter()
+        .map(|&i| attributes[i].clone())
+        .collect()
+}
+
+/// The key of a series (instrument `id`, sorted attributes) in a shard.
+fn series_hash<'a>(id: u32, sorted: impl Iterator<Item = &'a KeyValue>) -> u64 {
+    let mut hasher = FxHasher(u64::from(id));
+    for kv in sorted {
+        kv.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 impl ExemplarStore {
     /// A store with one shard per available CPU, times two (at least 4, at most 128).
     pub(crate) fn new(filter: ExemplarFilter) -> Self {
@@ -354,14 +386,8 @@ impl ExemplarStore {
 
     #[inline]
     fn offer(&self, id: u32, kind: &Kind, value: Num, attributes: &[KeyValue]) {
-        let Some((trace_id, span_id)) = self.filter.admit() else {
+        let Some(ids) = self.filter.admit() else {
             return;
-        };
-        let sampled = Sampled {
-            value,
-            time: SystemTime::now(),
-            trace_id,
-            span_id,
         };
         // The attributes' order, sorted by key with duplicates removed, without allocating.
         let mut inline = [0usize; INLINE_ATTRIBUTES];
@@ -376,23 +402,41 @@ impl ExemplarStore {
             heap.extend(0..attributes.len());
             &mut heap
         };
-        order.sort_unstable_by(|&a, &b| attributes[a].key.cmp(&attributes[b].key));
-        let mut kept = 0;
-        for i in 0..order.len() {
-            if kept == 0 || attributes[order[kept - 1]].key != attributes[order[i]].key {
-                order[kept] = order[i];
-                kept += 1;
-            }
-        }
-        let order = &order[..kept];
-        let mut hasher = FxHasher(u64::from(id));
-        for &i in order {
-            attributes[i].hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let same = |s: &Series| {
-            s.id == id && s.attrs.len() == order.len() && s.attrs.iter().zip(order).all(|(a, &i)| *a == attributes[i])
+        let order = sorted_order(attributes, order);
+        let hash = series_hash(id, order.iter().map(|&i| &attributes[i]));
+        self.offer_series(id, kind, value, ids, hash, order.len(), |k| &attributes[order[k]]);
+    }
+
+    /// [`Self::offer`] for attributes already sorted and deduplicated (see [`sorted_attributes`])
+    /// whose [`series_hash`] is `hash`: what a bound instrument computed once.
+    fn offer_sorted(&self, id: u32, kind: &Kind, value: Num, sorted: &[KeyValue], hash: u64) {
+        let Some(ids) = self.filter.admit() else {
+            return;
         };
+        self.offer_series(id, kind, value, ids, hash, sorted.len(), |k| &sorted[k]);
+    }
+
+    /// Offers a measurement to the reservoir of the series `hash` whose `len` sorted attributes
+    /// `attr(0..len)` gives.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_series<'a>(
+        &self,
+        id: u32,
+        kind: &Kind,
+        value: Num,
+        (trace_id, span_id): ([u8; 16], [u8; 8]),
+        hash: u64,
+        len: usize,
+        attr: impl Fn(usize) -> &'a KeyValue,
+    ) {
+        let sampled = Sampled {
+            value,
+            time: SystemTime::now(),
+            trace_id,
+            span_id,
+        };
+        let same =
+            |s: &Series| s.id == id && s.attrs.len() == len && s.attrs.iter().enumerate().all(|(k, a)| a == attr(k));
         let shard = &self.shards[thread_index() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let random = shard.next_random();
@@ -411,7 +455,7 @@ impl ExemplarStore {
                 };
                 let series = Series {
                     id,
-                    attrs: order.iter().map(|&i| attributes[i].clone()).collect(),
+                    attrs: (0..len).map(|k| attr(k).clone()).collect(),
                     reservoir,
                 };
                 shard.len += 1;
@@ -685,12 +729,14 @@ where
     /// measurement through it is what [`Self::measure`] with those attributes does, minus the
     /// SDK's attribute lookup.
     fn bind(&self, attributes: &[KeyValue]) -> Box<dyn BoundSyncInstrument<T> + Send + Sync> {
+        let sorted = sorted_attributes(attributes);
         Box::new(BoundSampling {
             inner: self.inner.bind(attributes),
             store: Arc::clone(&self.store),
             id: self.id,
             kind: self.kind.clone(),
-            attributes: attributes.to_vec(),
+            hash: series_hash(self.id, sorted.iter()),
+            sorted,
         })
     }
 }
@@ -701,7 +747,9 @@ struct BoundSampling<T> {
     store: Arc<ExemplarStore>,
     id: u32,
     kind: Kind,
-    attributes: Vec<KeyValue>,
+    /// The bound attributes, sorted and deduplicated once, and their series hash.
+    sorted: Vec<KeyValue>,
+    hash: u64,
 }
 
 impl<T> BoundSyncInstrument<T> for BoundSampling<T>
@@ -712,7 +760,7 @@ where
     fn measure(&self, measurement: T) {
         (self.inner)(measurement);
         self.store
-            .offer(self.id, &self.kind, measurement.into().0, &self.attributes);
+            .offer_sorted(self.id, &self.kind, measurement.into().0, &self.sorted, self.hash);
     }
 }
 
@@ -895,6 +943,26 @@ mod tests {
         for h in hits {
             assert!((150..350).contains(&h), "{hits:?}");
         }
+    }
+
+    #[test]
+    fn bound_and_unbound_offers_share_a_series() {
+        let store = ExemplarStore::new(ExemplarFilter::AlwaysOn);
+        let id = store.register("s", "c");
+        let attrs = [KeyValue::new("b", 1), KeyValue::new("a", "x"), KeyValue::new("b", 2)];
+        store.offer(id, &Kind::Counter, Num::U64(1), &attrs);
+        let sorted = sorted_attributes(&attrs);
+        assert_eq!(sorted.len(), 2);
+        assert_eq!(sorted[0].key.as_str(), "a");
+        let hash = series_hash(id, sorted.iter());
+        store.offer_sorted(id, &Kind::Counter, Num::U64(2), &sorted, hash);
+        let got = store.collect();
+        let series = &got[&("s".to_owned(), "c".to_owned())];
+        assert_eq!(series.len(), 1, "{series:?}");
+        let Some(Collected::Counter { total_seen, .. }) = series.get(&sorted) else {
+            panic!("no series for {sorted:?}: {series:?}");
+        };
+        assert_eq!(*total_seen, 2);
     }
 
     #[test]
