@@ -32,11 +32,13 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use spindle_instrument::{Builder, HttpLayer, Instrumentation};
 use tower::ServiceExt;
@@ -86,6 +88,19 @@ fn instrumentation(spans: NoopSpans) -> Instrumentation {
         .with_metric_exporter(NoopMetrics)
         .build()
         .expect("instrumentation builds")
+}
+
+/// The header extractor users write (as `opentelemetry-http`'s) for the SDK's W3C propagator.
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 fn poll_ready<F: Future>(f: F) -> F::Output {
@@ -143,8 +158,7 @@ fn hand_built(spans: NoopSpans) -> (Dispatch, SdkTracerProvider, Router) {
         TraceLayer::new_for_http()
             .make_span_with(|req: &Request<Body>| {
                 let span = DefaultMakeSpan::new().level(tracing::Level::INFO).make_span(req);
-                // The same W3C extraction users write (TraceContextPropagator over the headers).
-                let _ = span.set_parent(spindle_instrument::http::extract_context(req.headers()));
+                let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(req.headers())));
                 span
             })
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
