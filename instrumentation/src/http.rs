@@ -224,15 +224,17 @@ fn version_value(version: Version) -> &'static str {
     }
 }
 
-struct SpanName<'a>(&'static str, Option<&'a str>);
-
-impl fmt::Display for SpanName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.1 {
-            Some(route) => write!(f, "{} {route}", self.0),
-            None => f.write_str(self.0),
-        }
-    }
+/// The server span's name: `{method} {route}`, or the method alone when no route matched
+/// (built with one allocation of the exact size, without the formatting machinery).
+fn span_name(method: &'static str, route: Option<&str>) -> String {
+    let Some(route) = route else {
+        return method.to_owned();
+    };
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(route);
+    name
 }
 
 impl<S, B, ResB> Service<Request<B>> for HttpService<S>
@@ -274,7 +276,7 @@ where
             let cx = span.context();
             let otel = cx.span();
             if otel.is_recording() {
-                otel.update_name(SpanName(method, matched).to_string());
+                otel.update_name(span_name(method, matched));
                 otel.set_attributes(request_attributes(&req, method, &route, scheme, version));
                 recording = Some(cx);
             }
@@ -681,6 +683,12 @@ mod tests {
         assert_eq!(sc.0.to_string(), id);
         assert_eq!(sc.1.to_string(), span);
         assert!(canonical_traceparent(format!("00-{}-{span}-01", id.to_uppercase()).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn span_names_are_method_and_route() {
+        assert_eq!(span_name("GET", Some("/users/{id}")), "GET /users/{id}");
+        assert_eq!(span_name("_OTHER", None), "_OTHER");
     }
 
     #[test]
