@@ -6,6 +6,14 @@
 //! Requests are `oneshot` through the router and polled with a no-op waker: the trivial handler
 //! completes on the first poll, so no runtime scheduling is measured.
 //!
+//! Side by side (issue 19, point 2), the stack Rust users build by hand today: tower-http's
+//! `TraceLayer` (span and response event at INFO, the W3C parent extracted in `make_span_with`),
+//! `tracing-opentelemetry` with its defaults and the SDK batch span processor (default
+//! `ParentBased(AlwaysOn)` sampler), behind the same no-op span exporter and with the same fmt
+//! layer at `warn`. Spans only: it records no metrics. Both are measured for a sampled request
+//! (`traceparent` flags `01`) and a not-sampled one (`00`), on one thread and on 8 threads
+//! (`instrument/http-8-threads`: one iteration is 8 requests, one on each thread, started together).
+//!
 //! `instrument/collect`: what one collection costs (a Prometheus scrape rendered by
 //! [`spindle_instrument::PrometheusMetrics::render`]) with the process and Tokio runtime metrics
 //! off and on; the difference is what those metrics cost per collection (they cost nothing per
@@ -14,23 +22,32 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use spindle_instrument::{Builder, HttpLayer, Instrumentation};
 use tower::ServiceExt;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, MakeSpan, TraceLayer};
+use tracing::Dispatch;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 /// Counts what it is given, and drops it.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +90,19 @@ fn instrumentation(spans: NoopSpans) -> Instrumentation {
         .expect("instrumentation builds")
 }
 
+/// The header extractor users write (as `opentelemetry-http`'s) for the SDK's W3C propagator.
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 fn poll_ready<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     let mut cx = Context::from_waker(Waker::noop());
@@ -87,18 +117,85 @@ fn routes() -> Router {
     Router::new().route("/users/{id}", get(|| async { "user" }))
 }
 
-fn request() -> Request<Body> {
+const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const NOT_SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+fn request(traceparent: &'static str) -> Request<Body> {
     Request::get("/users/42")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("traceparent", traceparent)
         .body(Body::empty())
         .expect("request")
 }
 
-fn call(router: &Router) -> u16 {
-    poll_ready(router.clone().oneshot(request()))
+fn call_with(router: &Router, traceparent: &'static str) -> u16 {
+    poll_ready(router.clone().oneshot(request(traceparent)))
         .expect("infallible")
         .status()
         .as_u16()
+}
+
+fn call(router: &Router) -> u16 {
+    call_with(router, SAMPLED)
+}
+
+/// The hand-built stack: a subscriber with a fmt layer at `warn` and `tracing-opentelemetry` (its
+/// defaults) at INFO over an SDK tracer provider with the batch span processor, and a router with
+/// tower-http's `TraceLayer` whose span continues the W3C parent.
+fn hand_built(spans: NoopSpans) -> (Dispatch, SdkTracerProvider, Router) {
+    let provider = SdkTracerProvider::builder().with_batch_exporter(spans).build();
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .with_filter(LevelFilter::WARN),
+        )
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("bench"))
+                .with_filter(LevelFilter::INFO),
+        );
+    let router = routes().layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|req: &Request<Body>| {
+                let span = DefaultMakeSpan::new().level(tracing::Level::INFO).make_span(req);
+                let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(req.headers())));
+                span
+            })
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+    );
+    (Dispatch::new(subscriber), provider, router)
+}
+
+/// Criterion's `iter_custom` body for `threads` threads each making `iters` requests through
+/// `router` (under `dispatch` when given), started together: one iteration is `threads` requests.
+fn parallel(
+    threads: usize,
+    dispatch: Option<&Dispatch>,
+    router: &Router,
+    traceparent: &'static str,
+) -> impl FnMut(u64) -> Duration {
+    move |iters| {
+        let barrier = Barrier::new(threads + 1);
+        let start = std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let run = || {
+                        barrier.wait();
+                        for _ in 0..iters {
+                            black_box(call_with(router, traceparent));
+                        }
+                    };
+                    match dispatch {
+                        Some(d) => tracing::dispatcher::with_default(d, run),
+                        None => run(),
+                    }
+                });
+            }
+            barrier.wait();
+            Instant::now()
+        });
+        start.elapsed()
+    }
 }
 
 #[tracing::instrument]
@@ -139,7 +236,47 @@ fn layer_bench(c: &mut Criterion) {
         exported.0.load(Ordering::Relaxed) > 0,
         "the layer's spans reached the exporter"
     );
+    tracing::dispatcher::with_default(&inst.dispatch, || {
+        g.bench_function("router + HttpLayer, full instrumentation, not sampled", |b| {
+            b.iter(|| call_with(&layered, NOT_SAMPLED))
+        });
+    });
+    report("after not sampled (no more expected)");
+
+    let hand_spans = NoopSpans::default();
+    let (hand_dispatch, hand_provider, hand_router) = hand_built(hand_spans.clone());
+    tracing::dispatcher::with_default(&hand_dispatch, || {
+        g.bench_function("hand-built: TraceLayer + tracing-opentelemetry", |b| {
+            b.iter(|| call(&hand_router))
+        });
+        g.bench_function("hand-built: TraceLayer + tracing-opentelemetry, not sampled", |b| {
+            b.iter(|| call_with(&hand_router, NOT_SAMPLED))
+        });
+    });
+    let _ = hand_provider.force_flush();
+    eprintln!("hand-built spans exported: {}", hand_spans.0.load(Ordering::Relaxed));
+    assert!(
+        hand_spans.0.load(Ordering::Relaxed) > 0,
+        "the hand-built stack's spans reached the exporter"
+    );
     g.finish();
+
+    let threads = 8;
+    let mut g = c.benchmark_group("instrument/http-8-threads");
+    g.bench_function("router without layer", |b| {
+        b.iter_custom(parallel(threads, None, &plain, SAMPLED))
+    });
+    g.bench_function("router + HttpLayer, full instrumentation", |b| {
+        b.iter_custom(parallel(threads, Some(&inst.dispatch), &layered, SAMPLED))
+    });
+    g.bench_function("router + HttpLayer, full instrumentation, not sampled", |b| {
+        b.iter_custom(parallel(threads, Some(&inst.dispatch), &layered, NOT_SAMPLED))
+    });
+    g.bench_function("hand-built: TraceLayer + tracing-opentelemetry", |b| {
+        b.iter_custom(parallel(threads, Some(&hand_dispatch), &hand_router, SAMPLED))
+    });
+    g.finish();
+    drop(hand_provider);
 
     let mut g = c.benchmark_group("instrument/span");
     g.bench_function("#[instrument] fn, no subscriber", |b| b.iter(|| work(black_box(7))));

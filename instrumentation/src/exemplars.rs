@@ -33,8 +33,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::metrics::{
-    AsyncInstrumentBuilder, Counter, Gauge, Histogram, HistogramBuilder, InstrumentBuilder, InstrumentProvider, Meter,
-    MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter, SyncInstrument, UpDownCounter,
+    AsyncInstrumentBuilder, BoundSyncInstrument, Counter, Gauge, Histogram, HistogramBuilder, InstrumentBuilder,
+    InstrumentProvider, Meter, MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter,
+    SyncInstrument, UpDownCounter,
 };
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -166,7 +167,7 @@ enum Reservoir {
     Histogram { slots: Vec<Option<Sampled>> },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Counter,
     Histogram(Arc<[f64]>),
@@ -215,7 +216,8 @@ impl Hasher for PreHashed {
 const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 /// A fast non-cryptographic hasher (the rustc `FxHasher` mix) for attribute sets.
-struct FxHasher(u64);
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
 
 impl FxHasher {
     #[inline]
@@ -299,7 +301,9 @@ thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-fn thread_index() -> usize {
+/// A small number for the calling thread, assigned round-robin on first use: which shard of a
+/// sharded structure it writes to.
+pub(crate) fn thread_index() -> usize {
     THREAD_INDEX.with(|i| {
         let v = i.get();
         if v != usize::MAX {
@@ -313,6 +317,38 @@ fn thread_index() -> usize {
 
 fn seed() -> u64 {
     RandomState::new().hash_one(thread_index()) | 1
+}
+
+/// Sorts `order` (indices into `attributes`) by key and removes duplicate keys; returns the kept
+/// prefix.
+fn sorted_order<'o>(attributes: &[KeyValue], order: &'o mut [usize]) -> &'o [usize] {
+    order.sort_unstable_by(|&a, &b| attributes[a].key.cmp(&attributes[b].key));
+    let mut kept = 0;
+    for i in 0..order.len() {
+        if kept == 0 || attributes[order[kept - 1]].key != attributes[order[i]].key {
+            order[kept] = order[i];
+            kept += 1;
+        }
+    }
+    &order[..kept]
+}
+
+/// `attributes` sorted by key without duplicate keys, as [`ExemplarStore::offer`] keys series.
+fn sorted_attributes(attributes: &[KeyValue]) -> Vec<KeyValue> {
+    let mut order: Vec<usize> = (0..attributes.len()).collect();
+    sorted_order(attributes, &mut order)
+        .iter()
+        .map(|&i| attributes[i].clone())
+        .collect()
+}
+
+/// The key of a series (instrument `id`, sorted attributes) in a shard.
+fn series_hash<'a>(id: u32, sorted: impl Iterator<Item = &'a KeyValue>) -> u64 {
+    let mut hasher = FxHasher(u64::from(id));
+    for kv in sorted {
+        kv.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 impl ExemplarStore {
@@ -350,14 +386,8 @@ impl ExemplarStore {
 
     #[inline]
     fn offer(&self, id: u32, kind: &Kind, value: Num, attributes: &[KeyValue]) {
-        let Some((trace_id, span_id)) = self.filter.admit() else {
+        let Some(ids) = self.filter.admit() else {
             return;
-        };
-        let sampled = Sampled {
-            value,
-            time: SystemTime::now(),
-            trace_id,
-            span_id,
         };
         // The attributes' order, sorted by key with duplicates removed, without allocating.
         let mut inline = [0usize; INLINE_ATTRIBUTES];
@@ -372,23 +402,41 @@ impl ExemplarStore {
             heap.extend(0..attributes.len());
             &mut heap
         };
-        order.sort_unstable_by(|&a, &b| attributes[a].key.cmp(&attributes[b].key));
-        let mut kept = 0;
-        for i in 0..order.len() {
-            if kept == 0 || attributes[order[kept - 1]].key != attributes[order[i]].key {
-                order[kept] = order[i];
-                kept += 1;
-            }
-        }
-        let order = &order[..kept];
-        let mut hasher = FxHasher(u64::from(id));
-        for &i in order {
-            attributes[i].hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let same = |s: &Series| {
-            s.id == id && s.attrs.len() == order.len() && s.attrs.iter().zip(order).all(|(a, &i)| *a == attributes[i])
+        let order = sorted_order(attributes, order);
+        let hash = series_hash(id, order.iter().map(|&i| &attributes[i]));
+        self.offer_series(id, kind, value, ids, hash, order.len(), |k| &attributes[order[k]]);
+    }
+
+    /// [`Self::offer`] for attributes already sorted and deduplicated (see [`sorted_attributes`])
+    /// whose [`series_hash`] is `hash`: what a bound instrument computed once.
+    fn offer_sorted(&self, id: u32, kind: &Kind, value: Num, sorted: &[KeyValue], hash: u64) {
+        let Some(ids) = self.filter.admit() else {
+            return;
         };
+        self.offer_series(id, kind, value, ids, hash, sorted.len(), |k| &sorted[k]);
+    }
+
+    /// Offers a measurement to the reservoir of the series `hash` whose `len` sorted attributes
+    /// `attr(0..len)` gives.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_series<'a>(
+        &self,
+        id: u32,
+        kind: &Kind,
+        value: Num,
+        (trace_id, span_id): ([u8; 16], [u8; 8]),
+        hash: u64,
+        len: usize,
+        attr: impl Fn(usize) -> &'a KeyValue,
+    ) {
+        let sampled = Sampled {
+            value,
+            time: SystemTime::now(),
+            trace_id,
+            span_id,
+        };
+        let same =
+            |s: &Series| s.id == id && s.attrs.len() == len && s.attrs.iter().enumerate().all(|(k, a)| a == attr(k));
         let shard = &self.shards[thread_index() % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let random = shard.next_random();
@@ -407,7 +455,7 @@ impl ExemplarStore {
                 };
                 let series = Series {
                     id,
-                    attrs: order.iter().map(|&i| attributes[i].clone()).collect(),
+                    attrs: (0..len).map(|k| attr(k).clone()).collect(),
                     reservoir,
                 };
                 shard.len += 1;
@@ -635,17 +683,27 @@ struct ExemplarInstruments {
 /// How a wrapped instrument records into the SDK's.
 trait Record<T>: Send + Sync + 'static {
     fn record(&self, value: T, attributes: &[KeyValue]);
+    /// The SDK instrument bound to `attributes` (see [`SyncInstrument::bind`]).
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync>;
 }
 impl<T: 'static> Record<T> for Counter<T> {
     #[inline]
     fn record(&self, value: T, attributes: &[KeyValue]) {
         self.add(value, attributes);
     }
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync> {
+        let bound = Counter::bind(self, attributes);
+        Box::new(move |v| bound.add(v))
+    }
 }
 impl<T: 'static> Record<T> for Histogram<T> {
     #[inline]
     fn record(&self, value: T, attributes: &[KeyValue]) {
         Histogram::record(self, value, attributes);
+    }
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn Fn(T) + Send + Sync> {
+        let bound = Histogram::bind(self, attributes);
+        Box::new(move |v| bound.record(v))
     }
 }
 
@@ -665,6 +723,44 @@ where
     fn measure(&self, measurement: T, attributes: &[KeyValue]) {
         self.inner.record(measurement, attributes);
         self.store.offer(self.id, &self.kind, measurement.into().0, attributes);
+    }
+
+    /// The SDK instrument's bound handle, and exemplars offered with the bound attributes: a
+    /// measurement through it is what [`Self::measure`] with those attributes does, minus the
+    /// SDK's attribute lookup.
+    fn bind(&self, attributes: &[KeyValue]) -> Box<dyn BoundSyncInstrument<T> + Send + Sync> {
+        let sorted = sorted_attributes(attributes);
+        Box::new(BoundSampling {
+            inner: self.inner.bind(attributes),
+            store: Arc::clone(&self.store),
+            id: self.id,
+            kind: self.kind.clone(),
+            hash: series_hash(self.id, sorted.iter()),
+            sorted,
+        })
+    }
+}
+
+/// A [`Sampling`] instrument bound to one attribute set.
+struct BoundSampling<T> {
+    inner: Box<dyn Fn(T) + Send + Sync>,
+    store: Arc<ExemplarStore>,
+    id: u32,
+    kind: Kind,
+    /// The bound attributes, sorted and deduplicated once, and their series hash.
+    sorted: Vec<KeyValue>,
+    hash: u64,
+}
+
+impl<T> BoundSyncInstrument<T> for BoundSampling<T>
+where
+    T: Copy + Into<NumOf> + 'static,
+{
+    #[inline]
+    fn measure(&self, measurement: T) {
+        (self.inner)(measurement);
+        self.store
+            .offer_sorted(self.id, &self.kind, measurement.into().0, &self.sorted, self.hash);
     }
 }
 
@@ -847,6 +943,26 @@ mod tests {
         for h in hits {
             assert!((150..350).contains(&h), "{hits:?}");
         }
+    }
+
+    #[test]
+    fn bound_and_unbound_offers_share_a_series() {
+        let store = ExemplarStore::new(ExemplarFilter::AlwaysOn);
+        let id = store.register("s", "c");
+        let attrs = [KeyValue::new("b", 1), KeyValue::new("a", "x"), KeyValue::new("b", 2)];
+        store.offer(id, &Kind::Counter, Num::U64(1), &attrs);
+        let sorted = sorted_attributes(&attrs);
+        assert_eq!(sorted.len(), 2);
+        assert_eq!(sorted[0].key.as_str(), "a");
+        let hash = series_hash(id, sorted.iter());
+        store.offer_sorted(id, &Kind::Counter, Num::U64(2), &sorted, hash);
+        let got = store.collect();
+        let series = &got[&("s".to_owned(), "c".to_owned())];
+        assert_eq!(series.len(), 1, "{series:?}");
+        let Some(Collected::Counter { total_seen, .. }) = series.get(&sorted) else {
+            panic!("no series for {sorted:?}: {series:?}");
+        };
+        assert_eq!(*total_seen, 2);
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub fn ot_subkey<'a>(trace_state: &'a TraceState, key: &str) -> Option<&'a str> 
 /// `ot` sub-keys and other entries kept. The `ot` entry moves first, as W3C requires of a
 /// modified entry; an `ot` entry left empty is removed.
 pub fn with_threshold(trace_state: &TraceState, th: Option<Threshold>) -> TraceState {
+    if th.is_none() && trace_state.get("ot").is_none() {
+        // Nothing to remove (the usual not-sampled case): no allocation.
+        return trace_state.clone();
+    }
     let mut parts: Vec<String> = Vec::new();
     if let Some(th) = th {
         parts.push(format!("th:{}", th.encode()));
@@ -262,15 +266,12 @@ impl ConsistentSampler {
     /// Decides for one span from its parent's span context (if any) and trace id.
     fn decide(&self, parent: Option<&Context>, trace_id: TraceId) -> (SamplingDecision, TraceState) {
         let parent_span = parent.map(|cx| cx.span());
-        let parent_sc = parent_span.as_ref().map(|s| s.span_context().clone());
+        let parent_sc = parent_span.as_ref().map(|s| s.span_context());
         let parent_sc = parent_sc.filter(|sc| sc.is_valid());
-        let parent_state = parent_sc
-            .as_ref()
-            .map(|sc| sc.trace_state().clone())
-            .unwrap_or_default();
+        let parent_state = parent_sc.map(|sc| sc.trace_state().clone()).unwrap_or_default();
 
         if self.parent_based
-            && let Some(sc) = &parent_sc
+            && let Some(sc) = parent_sc
         {
             if !sc.is_sampled() {
                 return (SamplingDecision::Drop, with_threshold(&parent_state, None));

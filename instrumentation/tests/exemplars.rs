@@ -172,3 +172,83 @@ fn always_off_and_bad_values() {
     assert!(matches!(err, InitError::InvalidEnv { .. }), "{err:?}");
     assert!(err.to_string().contains("OTEL_METRICS_EXEMPLAR_FILTER"), "{err}");
 }
+
+fn histogram_points(m: &Metric) -> Vec<opentelemetry_proto::tonic::metrics::v1::HistogramDataPoint> {
+    match &m.data {
+        Some(metric::Data::Histogram(h)) => h.data_points.clone(),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+/// Instruments bound to an attribute set (`Counter::bind`, and the HTTP layer's bound duration
+/// histograms) keep exemplars like unbound ones: the request in a sampled trace leaves one with
+/// its trace id on its route's histogram point, the one in a not-sampled trace none.
+#[tokio::test]
+async fn bound_instruments_keep_exemplars() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let (inst, capture) = build(Builder::new().with_env_lookup(env(&[])));
+    let _default = tracing::dispatcher::set_default(&inst.dispatch);
+    let bound = inst
+        .guard
+        .meter()
+        .u64_counter("t.bound")
+        .build()
+        .bind(&[KeyValue::new("result", "ok")]);
+    let span = tracing::info_span!("work");
+    span.in_scope(|| bound.add(2));
+    let span_id = span.context().span().span_context().span_id().to_bytes().to_vec();
+
+    let router = axum::Router::new()
+        .route("/sampled", axum::routing::get(|| async { "yes" }))
+        .route("/unsampled", axum::routing::get(|| async { "no" }))
+        .layer(spindle_instrument::HttpLayer::with_meter(&inst.guard.meter()));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (path, flags) in [("/sampled", "01"), ("/unsampled", "00"), ("/sampled", "01")] {
+        let req = Request::get(path)
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-{flags}"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = router.clone().oneshot(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+    }
+    inst.guard.force_flush().expect("flush");
+
+    let counter = sum_exemplars(&last_metric(&capture, "t.bound"));
+    assert_eq!(counter.len(), 1, "{counter:?}");
+    assert_eq!(counter[0].span_id, span_id);
+
+    let points = histogram_points(&last_metric(&capture, "http.server.request.duration"));
+    let route = |p: &opentelemetry_proto::tonic::metrics::v1::HistogramDataPoint| {
+        p.attributes
+            .iter()
+            .find(|kv| kv.key == "http.route")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    let by_route = |r: &str| {
+        points
+            .iter()
+            .find(|p| {
+                route(p)
+                    == Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        r.to_owned(),
+                    ))
+            })
+            .unwrap_or_else(|| panic!("no point for {r}: {points:?}"))
+            .clone()
+    };
+    let sampled = by_route("/sampled");
+    assert_eq!(sampled.count, 2);
+    assert_eq!(sampled.exemplars.len(), 1, "{sampled:?}");
+    assert_eq!(hex(&sampled.exemplars[0].trace_id), trace);
+    let unsampled = by_route("/unsampled");
+    assert_eq!(unsampled.count, 1);
+    assert!(unsampled.exemplars.is_empty(), "{unsampled:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

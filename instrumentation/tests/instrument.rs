@@ -440,6 +440,57 @@ async fn active_requests_counts_in_flight_and_cancelled_requests() {
     assert_eq!(in_flight(&t), 0.0, "a cancelled request is no longer active");
 }
 
+/// A request whose `traceparent` says not sampled: no span is exported (neither the server span nor
+/// the handler's), the handler still sees the caller's trace (its outgoing `traceparent` carries the
+/// same trace id, flags `00`), and the HTTP metrics are recorded as for any request.
+#[tokio::test]
+async fn not_sampled_requests_export_no_span_but_propagate_and_count() {
+    #[tracing::instrument]
+    async fn handler() -> String {
+        let mut headers = axum::http::HeaderMap::new();
+        inject_context(&mut headers);
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned()
+    }
+    let t = InMemory::new(&[]);
+    let _default = tracing::dispatcher::set_default(&t.inst.dispatch);
+    let router = Router::new()
+        .route("/users/{id}", get(handler))
+        .layer(HttpLayer::with_meter(&t.inst.guard.meter()));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = router
+        .oneshot(
+            Request::get("/users/42")
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-00"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.expect("body");
+    let outgoing = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        outgoing.starts_with(&format!("00-{trace}-")) && outgoing.ends_with("-00"),
+        "the handler continues the caller's unsampled trace: {outgoing}"
+    );
+    assert!(t.finished_spans().is_empty(), "nothing exported for an unsampled trace");
+    let metrics = t.finished_metrics();
+    let counts: f64 = sum_points(&metrics, "http.server.request.duration")
+        .iter()
+        .map(|(_, count)| *count)
+        .sum();
+    assert_eq!(counts, 1.0, "the request is measured although its trace is not sampled");
+    let active = sum_points(&metrics, "http.server.active_requests");
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(attr_str(&active[0].0, "http.request.method"), "GET");
+    assert_eq!(attr_str(&active[0].0, "url.scheme"), "http");
+    assert_eq!(active[0].1, 0.0);
+}
+
 #[test]
 fn inject_and_extract_round_trip_the_current_span() {
     let t = InMemory::new(&[]);
