@@ -19,12 +19,12 @@
 //! off and on; the difference is what those metrics cost per collection (they cost nothing per
 //! request: their callbacks run only when a reader collects).
 
-use std::future::Future;
+#[path = "../shared/instrument_stacks.rs"]
+mod stacks;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
+use std::sync::Barrier;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -32,139 +32,10 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::Temporality;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use spindle_instrument::{Builder, HttpLayer, Instrumentation};
+use stacks::*;
 use tower::ServiceExt;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Dispatch;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
-
-/// Counts what it is given, and drops it.
-#[derive(Debug, Clone, Default)]
-struct NoopSpans(Arc<AtomicU64>);
-
-impl SpanExporter for NoopSpans {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct NoopMetrics;
-
-impl PushMetricExporter for NoopMetrics {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        black_box(metrics);
-        Ok(())
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
-}
-
-fn instrumentation(spans: NoopSpans) -> Instrumentation {
-    Builder::for_package("bench", "0")
-        .with_env_lookup(|_| None)
-        .with_env_filter("warn")
-        .with_log_writer(std::io::sink)
-        .with_span_exporter(spans)
-        .with_metric_exporter(NoopMetrics)
-        .build()
-        .expect("instrumentation builds")
-}
-
-/// The header extractor users write (as `opentelemetry-http`'s) for the SDK's W3C propagator.
-struct Headers<'a>(&'a axum::http::HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-fn poll_ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn routes() -> Router {
-    Router::new().route("/users/{id}", get(|| async { "user" }))
-}
-
-const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const NOT_SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-
-fn request(traceparent: &'static str) -> Request<Body> {
-    Request::get("/users/42")
-        .header("traceparent", traceparent)
-        .body(Body::empty())
-        .expect("request")
-}
-
-fn call_with(router: &Router, traceparent: &'static str) -> u16 {
-    poll_ready(router.clone().oneshot(request(traceparent)))
-        .expect("infallible")
-        .status()
-        .as_u16()
-}
-
-fn call(router: &Router) -> u16 {
-    call_with(router, SAMPLED)
-}
-
-/// The hand-built stack: a subscriber with a fmt layer at `warn` and `tracing-opentelemetry` (its
-/// defaults) at INFO over an SDK tracer provider with the batch span processor, and a router with
-/// tower-http's `TraceLayer` whose span continues the W3C parent.
-fn hand_built(spans: NoopSpans) -> (Dispatch, SdkTracerProvider, Router) {
-    let provider = SdkTracerProvider::builder().with_batch_exporter(spans).build();
-    let subscriber = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::sink)
-                .with_filter(LevelFilter::WARN),
-        )
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("bench"))
-                .with_filter(LevelFilter::INFO),
-        );
-    let router = routes().layer(
-        TraceLayer::new_for_http()
-            .make_span_with(|req: &Request<Body>| {
-                let span = DefaultMakeSpan::new().level(tracing::Level::INFO).make_span(req);
-                let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(req.headers())));
-                span
-            })
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-    );
-    (Dispatch::new(subscriber), provider, router)
-}
 
 /// Criterion's `iter_custom` body for `threads` threads each making `iters` requests through
 /// `router` (under `dispatch` when given), started together: one iteration is `threads` requests.
