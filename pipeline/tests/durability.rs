@@ -21,7 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spindle_e2e::otlp_sink::{OtlpSink, SinkOptions, SinkReply};
-use spindle_e2e::{Prometheus, Protocol, SendOptions, free_port, send_metrics_to, send_spans_to};
+use spindle_e2e::{
+    Prometheus, Protocol, SendOptions, fetch_openmetrics, fetch_text, free_port, send_metrics_to, send_spans_to,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
 
@@ -103,12 +105,7 @@ impl Spindle {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", Ports::addr(self.ports.prometheus)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = fetch_text(Ports::addr(self.ports.prometheus)).await;
         text.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -346,15 +343,7 @@ async fn a_graceful_restart_under_load_keeps_span_metric_counters_continuous_in_
 
 /// The trace ids of the span-metric exemplars on `/metrics` (OpenMetrics).
 async fn exemplar_trace_ids(ports: Ports) -> BTreeSet<String> {
-    let text = reqwest::Client::new()
-        .get(format!("http://{}/metrics", Ports::addr(ports.prometheus)))
-        .header("accept", "application/openmetrics-text; version=1.0.0")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = fetch_openmetrics(Ports::addr(ports.prometheus)).await;
     text.lines()
         .filter(|l| l.starts_with("traces_span_metrics_"))
         .filter_map(|l| l.split("trace_id=\"").nth(1)?.split('"').next())

@@ -15,9 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml_ng::Value;
-use spindle_e2e::{
-    Prometheus, free_port, gen_secrets, python, python_script, read_env_file, run_process, workspace_root,
-};
+use spindle_e2e::{Prometheus, free_port, gen_secrets, read_env_file, send_tls, workspace_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spindle");
 
@@ -135,50 +133,10 @@ fn shipped_scrape_settings(secrets: &Path, credentials: bool) -> String {
 /// Runs `send_tls.py` (the Python SDK's OTLP exporters, configured only by the OTel variables)
 /// with `env`; returns whether the span and the metric exports both succeeded.
 async fn sdk_send(protocol: &str, service: &str, env: &[(&str, String)]) -> bool {
-    let mut args: Vec<String> = [
-        "-u",
-        "REQUESTS_CA_BUNDLE",
-        "-u",
-        "CURL_CA_BUNDLE",
-        "-u",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    args.push(python().display().to_string());
-    args.push(python_script("send_tls.py").display().to_string());
-    args.push(protocol.into());
-    args.push(service.into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, out) = run_process(Path::new("/usr/bin/env"), &args, None).await;
-    assert!(ok, "send_tls.py failed\n{}\n{}", out.stderr, out.stdout);
-    let line = out.stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
-    match (v["spans"].as_str(), v["metrics"].as_str()) {
-        (Some("SUCCESS"), Some("SUCCESS")) => true,
-        (Some("FAILURE"), Some("FAILURE")) => false,
+    match send_tls(protocol, service, env, &["OTEL_EXPORTER_OTLP_HEADERS"]).await {
+        (s, m) if s == "SUCCESS" && m == "SUCCESS" => true,
+        (s, m) if s == "FAILURE" && m == "FAILURE" => false,
         other => panic!("spans and metrics disagree: {other:?}"),
-    }
-}
-
-/// `up` of job `spindle`, waiting up to 60 s for `want`.
-async fn wait_for_up(prom: &Prometheus, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = prom.api("/api/v1/query?query=up").await;
-        let got = v["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
-        if got.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "up never became {want} (last {got:?}); targets: {}\n{}",
-            prom.target_health().await,
-            prom.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -265,7 +223,7 @@ async fn the_secured_compose_setup_accepts_only_tls_with_a_token_and_prometheus_
     // A real Prometheus with the shipped scrape settings: up with the credentials ...
     let target: std::net::SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
     let prom = Prometheus::start_with(target, &shipped_scrape_settings(&secrets, true)).await;
-    wait_for_up(&prom, "1").await;
+    prom.wait_for_up("1").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = prom.api("/api/v1/query?query=tls_requests_total").await;
@@ -292,7 +250,7 @@ async fn the_secured_compose_setup_accepts_only_tls_with_a_token_and_prometheus_
     drop(prom);
     // ... and 401 without them.
     let prom = Prometheus::start_with(target, &shipped_scrape_settings(&secrets, false)).await;
-    wait_for_up(&prom, "0").await;
+    prom.wait_for_up("0").await;
     let health = prom.target_health().await;
     assert!(health.contains("401"), "{health}");
     drop(prom);

@@ -165,15 +165,7 @@ async fn forwarding(behaviour: Behaviour, tweak: impl FnOnce(&mut Config)) -> (D
 }
 
 async fn openmetrics(r: &Running) -> String {
-    reqwest::Client::new()
-        .get(format!("http://{}/metrics", r.prometheus_addr))
-        .header("accept", "application/openmetrics-text; version=1.0.0")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    spindle_e2e::fetch_openmetrics(r.prometheus_addr).await
 }
 
 /// Trace ids of every exemplar in an OpenMetrics exposition, for lines starting with `prefix`.

@@ -515,6 +515,38 @@ pub async fn send_spans_to(
     sent
 }
 
+/// Runs `send_tls.py` (the Python SDK's OTLP span and metric exporters, configured only by the
+/// OTel variables) with `env`, and without `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` (which `requests`
+/// would let override the CA under test) and the variables in `unset`; returns the results of the
+/// span and the metric export (`SUCCESS` / `FAILURE`).
+///
+/// # Panics
+/// When the script fails or prints no summary.
+pub async fn send_tls(protocol: &str, service: &str, env: &[(&str, String)], unset: &[&str]) -> (String, String) {
+    let mut args: Vec<String> = ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
+        .iter()
+        .chain(unset)
+        .flat_map(|v| ["-u".to_string(), v.to_string()])
+        .collect();
+    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    args.push(python().display().to_string());
+    args.push(python_script("send_tls.py").display().to_string());
+    args.push(protocol.into());
+    args.push(service.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = run_process(Path::new("/usr/bin/env"), &args, None).await;
+    assert!(ok, "send_tls.py failed\n{}\n{}", out.stderr, out.stdout);
+    let line = out.stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let result = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("no `{k}` in {line}"))
+            .to_string()
+    };
+    (result("spans"), result("metrics"))
+}
+
 /// A `/metrics` response.
 #[derive(Debug)]
 pub struct Scrape {
@@ -1036,6 +1068,28 @@ impl Prometheus {
             "--enable-feature=native-histograms",
         ];
         Self::launch(&binary, config, &args).await
+    }
+
+    /// Waits up to 60 s until `up` of job `spindle` is `want` (`"1"` or `"0"`).
+    ///
+    /// # Panics
+    /// When it is not by then (with the target health and Prometheus' log).
+    pub async fn wait_for_up(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.api("/api/v1/query?query=up").await;
+            let got = v["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
+            if got.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "up never became {want} (last {got:?}); targets: {}\n{}",
+                self.target_health().await,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The remote-write endpoint, `http://{addr}/api/v1/write` (accepting only when started with

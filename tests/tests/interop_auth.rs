@@ -120,24 +120,6 @@ async fn python_sdk_needs_a_listed_token_that_may_write_its_service() {
     r.shutdown().await.unwrap();
 }
 
-/// `up` of job `spindle` once Prometheus has scraped, waiting up to 60 s for `want`.
-async fn wait_for_up(prom: &Prometheus, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = prom.api("/api/v1/query?query=up").await;
-        let got = v["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
-        if got.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "up never became {want} (last {got:?}); targets: {}",
-            prom.target_health().await
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test]
 async fn prometheus_scrapes_with_basic_auth_or_a_bearer_token_and_not_without() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +148,7 @@ async fn prometheus_scrapes_with_basic_auth_or_a_bearer_token_and_not_without() 
         ("none", "", "0"),
     ] {
         let prom = Prometheus::start_with(r.prometheus_addr, extra).await;
-        wait_for_up(&prom, up).await;
+        prom.wait_for_up(up).await;
         if up == "1" {
             let v = prom.api("/api/v1/query?query=spindle_received_requests_total").await;
             assert!(

@@ -3,35 +3,15 @@
 //! `OTEL_EXPORTER_OTLP_CERTIFICATE` (a plaintext SDK refused), the SDK with and without a client
 //! certificate against mTLS, and a real Prometheus scraping Spindle over https.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use spindle::app::Running;
 use spindle_e2e::pki::{CertFiles, Pki};
-use spindle_e2e::{Prometheus, fetch_text, python, python_script, run_process, start_spindle};
+use spindle_e2e::{Prometheus, fetch_text, send_tls, start_spindle};
 
 /// Runs `send_tls.py` with the SDK's environment `env`; returns (spans, metrics) export results.
 async fn send(protocol: &str, service: &str, env: &[(&str, String)]) -> (String, String) {
-    // requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set on some machines) override the CA
-    // the HTTP exporter passes it; the SDK's own variable is what is under test.
-    let mut args: Vec<String> = ["-u", "REQUESTS_CA_BUNDLE", "-u", "CURL_CA_BUNDLE"]
-        .map(String::from)
-        .to_vec();
-    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    args.push(python().display().to_string());
-    args.push(python_script("send_tls.py").display().to_string());
-    args.push(protocol.into());
-    args.push(service.into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, out) = run_process(Path::new("/usr/bin/env"), &args, None).await;
-    assert!(ok, "send_tls.py failed\n{}\n{}", out.stderr, out.stdout);
-    let line = out.stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
-    (
-        v["spans"].as_str().unwrap().into(),
-        v["metrics"].as_str().unwrap().into(),
-    )
+    send_tls(protocol, service, env, &[]).await
 }
 
 fn endpoint(r: &Running, protocol: &str, scheme: &str) -> String {

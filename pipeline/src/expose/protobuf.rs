@@ -383,10 +383,7 @@ fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>) {
     for (i, b) in e.span_id.iter().enumerate() {
         span[2 * i..2 * i + 2].copy_from_slice(&hex::pair(*b));
     }
-    let secs = e.time_unix_nano / 1_000_000_000;
-    let nanos = e.time_unix_nano % 1_000_000_000;
-    let ts_len = if secs != 0 { 1 + encoded_len_varint(secs) } else { 0 }
-        + if nanos != 0 { 1 + encoded_len_varint(nanos) } else { 0 };
+    let ts_len = timestamp_len(e.time_unix_nano);
     let len = label_pair_len(b"trace_id", &trace) + label_pair_len(b"span_id", &span) + 9 + 2 + ts_len;
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
@@ -395,14 +392,7 @@ fn exemplar(tag: u32, e: &Exemplar, out: &mut Vec<u8>) {
     double(2, e.value, out);
     encode_key(3, WireType::LengthDelimited, out);
     encode_varint(ts_len as u64, out);
-    if secs != 0 {
-        encode_key(1, WireType::Varint, out);
-        encode_varint(secs, out);
-    }
-    if nanos != 0 {
-        encode_key(2, WireType::Varint, out);
-        encode_varint(nanos, out);
-    }
+    timestamp_fields(e.time_unix_nano, out);
 }
 
 /// A `google.protobuf.Timestamp` of `unix_nano` as field `tag` (the `created_timestamp` of
@@ -411,12 +401,22 @@ fn timestamp(tag: u32, unix_nano: u64, out: &mut Vec<u8>) {
     if unix_nano == 0 {
         return;
     }
-    let secs = unix_nano / 1_000_000_000;
-    let nanos = unix_nano % 1_000_000_000;
-    let len = if secs != 0 { 1 + encoded_len_varint(secs) } else { 0 }
-        + if nanos != 0 { 1 + encoded_len_varint(nanos) } else { 0 };
     encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+    encode_varint(timestamp_len(unix_nano) as u64, out);
+    timestamp_fields(unix_nano, out);
+}
+
+/// Bytes the fields of a `google.protobuf.Timestamp` of `unix_nano` take (seconds and nanos, each
+/// left out when 0).
+fn timestamp_len(unix_nano: u64) -> usize {
+    let (secs, nanos) = (unix_nano / 1_000_000_000, unix_nano % 1_000_000_000);
+    (if secs != 0 { 1 + encoded_len_varint(secs) } else { 0 })
+        + if nanos != 0 { 1 + encoded_len_varint(nanos) } else { 0 }
+}
+
+/// The fields of a `google.protobuf.Timestamp` of `unix_nano` ([`timestamp_len`] bytes).
+fn timestamp_fields(unix_nano: u64, out: &mut Vec<u8>) {
+    let (secs, nanos) = (unix_nano / 1_000_000_000, unix_nano % 1_000_000_000);
     if secs != 0 {
         encode_key(1, WireType::Varint, out);
         encode_varint(secs, out);
