@@ -219,11 +219,18 @@ async fn every_span_arrives_once_and_exemplars_name_forwarded_spans() {
     );
 
     let mut text = String::new();
-    wait_until("span metrics with exemplars", Duration::from_secs(5), async || {
-        text = openmetrics(&r).await;
-        !exemplar_trace_ids(&text, "traces_span_metrics_duration_seconds_bucket").is_empty()
-            && !exemplar_trace_ids(&text, "traces_span_metrics_calls_total").is_empty()
-    })
+    // The backend has every span; its answers may still be on their way back (several export
+    // requests are in flight at once), and exemplars are published as each answer arrives.
+    wait_until(
+        "every answer, and span metrics with exemplars",
+        Duration::from_secs(5),
+        async || {
+            text = openmetrics(&r).await;
+            text.contains("spindle_exporter_sent_spans_total 500")
+                && !exemplar_trace_ids(&text, "traces_span_metrics_duration_seconds_bucket").is_empty()
+                && !exemplar_trace_ids(&text, "traces_span_metrics_calls_total").is_empty()
+        },
+    )
     .await;
     let calls = "traces_span_metrics_calls_total{service_name=\"svc\",span_kind=\"SPAN_KIND_SERVER\",span_name=\"GET /users/{id}\",status_code=\"STATUS_CODE_UNSET\"}";
     assert_eq!(metric_value(&text, calls), Some(500.0), "{text}");
