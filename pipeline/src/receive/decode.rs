@@ -36,7 +36,7 @@ pub enum DecodeError {
         limit: u64,
     },
     /// The body says it is compressed but does not decompress.
-    #[error("corrupt {encoding} body: {detail}")]
+    #[error("corrupt {encoding} body, error decompressing: {detail}")]
     Corrupt {
         /// `gzip` or `zstd`.
         encoding: &'static str,
@@ -116,21 +116,55 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
             }
             return Ok(body);
         }
-        "gzip" | "x-gzip" => read_capped(flate2::read::GzDecoder::new(&body[..]), limit, "gzip")?,
+        // Both decoders read the body in place (`bufread`: no buffer of their own to fill), and
+        // the output is sized once from what the body says it holds (see `size_hint`).
+        "gzip" | "x-gzip" => {
+            let hint = size_hint(gzip_size(&body), body.len(), limit);
+            read_capped(flate2::bufread::GzDecoder::new(&body[..]), hint, limit, "gzip")?
+        }
         "zstd" => {
-            let dec = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| DecodeError::Corrupt {
+            let hint = size_hint(
+                zstd::zstd_safe::get_frame_content_size(&body).ok().flatten(),
+                body.len(),
+                limit,
+            );
+            let dec = zstd::stream::read::Decoder::with_buffer(&body[..]).map_err(|e| DecodeError::Corrupt {
                 encoding: "zstd",
                 detail: e.to_string(),
             })?;
-            read_capped(dec, limit, "zstd")?
+            read_capped(dec, hint, limit, "zstd")?
         }
         other => return Err(DecodeError::UnsupportedEncoding(other.to_string())),
     };
     Ok(bytes::Bytes::from(out))
 }
 
-fn read_capped(r: impl Read, limit: u64, encoding: &'static str) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::new();
+/// A gzip member's own record of its decompressed size (ISIZE, the last four bytes: the size
+/// modulo 2³²), for a body long enough to have a header and a trailer.
+fn gzip_size(body: &[u8]) -> Option<u64> {
+    let tail: [u8; 4] = body.get(body.len().checked_sub(4)?..)?.try_into().ok()?;
+    (body.len() >= 18).then(|| u64::from(u32::from_le_bytes(tail)))
+}
+
+/// How much room to give the decompressed body up front: the size the body claims, but no more
+/// than the cap (plus the byte that detects going over it) nor than [`MAX_RATIO`] times the
+/// compressed size — the claim is the sender's, so it cannot make Spindle reserve more than
+/// decompressing would take anyway. A body that is larger than it claimed just grows.
+fn size_hint(claimed: Option<u64>, compressed: usize, limit: u64) -> usize {
+    let most = limit
+        .saturating_add(1)
+        .min((compressed as u64).saturating_mul(MAX_RATIO));
+    usize::try_from(claimed.unwrap_or(0).min(most)).unwrap_or(0)
+}
+
+/// The compression ratio up to which the decompressed size a body claims is reserved at once.
+/// OTLP compresses 3–10× with gzip; more than this grows as it is read.
+const MAX_RATIO: u64 = 64;
+
+/// Reads `r` to the end into a buffer of `hint` bytes reserved up front (exactly the size for an
+/// honest body, so nothing is copied to grow it and nothing is left spare while it is queued).
+fn read_capped(r: impl Read, hint: usize, limit: u64, encoding: &'static str) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::with_capacity(hint);
     r.take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| DecodeError::Corrupt {
@@ -388,6 +422,43 @@ mod tests {
         assert_eq!(&decompress(gzip(&data), Some("gzip"), 10_000).unwrap()[..], &data[..]);
         let z = zstd::encode_all(&data[..], 1).unwrap();
         assert_eq!(&decompress(z.into(), Some("zstd"), 10_000).unwrap()[..], &data[..]);
+    }
+
+    #[test]
+    fn the_room_reserved_up_front_is_what_the_body_claims_within_the_cap() {
+        // Text that compresses about as well as OTLP does (3–10×), not hundreds of times.
+        let mut x = 7u32;
+        let data: Vec<u8> = (0..10_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                b"abcdefghij"[(x >> 16) as usize % 10]
+            })
+            .collect();
+        let gz = gzip(&data);
+        assert_eq!(gzip_size(&gz), Some(10_000));
+        assert_eq!(size_hint(gzip_size(&gz), gz.len(), 1 << 20), 10_000);
+        // A claim beyond the cap or beyond MAX_RATIO times the body reserves no more than those.
+        assert_eq!(
+            size_hint(Some(u64::from(u32::MAX)), 100, 1 << 20),
+            100 * MAX_RATIO as usize
+        );
+        assert_eq!(size_hint(Some(u64::from(u32::MAX)), 1 << 20, 1000), 1001);
+        assert_eq!(size_hint(None, 100, 1000), 0);
+        assert_eq!(gzip_size(b"short"), None);
+        // A body whose trailer lies about its size is corrupt (the decoder checks it).
+        let mut lying = gz.to_vec();
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&5u32.to_le_bytes());
+        let err = decompress(lying.into(), Some("gzip"), 1 << 20).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt { encoding: "gzip", .. }), "{err}");
+        // zstd frames that record their size (one-shot compression) are read into exactly that
+        // much room; streamed ones, which do not, grow as they are read.
+        let z = zstd::bulk::compress(&data, 1).unwrap();
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&z).ok().flatten(), Some(10_000));
+        assert_eq!(&decompress(z.into(), Some("zstd"), 1 << 20).unwrap()[..], &data[..]);
+        let z = zstd::encode_all(&data[..], 1).unwrap();
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&z).ok().flatten(), None);
+        assert_eq!(&decompress(z.into(), Some("zstd"), 1 << 20).unwrap()[..], &data[..]);
     }
 
     #[test]

@@ -1,30 +1,31 @@
 //! OTLP/gRPC receiver: the `MetricsService` and `TraceService` `Export` methods.
 //!
-//! tonic frames the messages, decompresses them (gzip, zstd) and caps their size at
-//! `receivers.otlp.max_request_size`; its codec here hands over the message bytes undecoded, so that
-//! Spindle's own decoder ([`Shared::export`]) estimates, admits and decodes them and a malformed
-//! payload is `INVALID_ARGUMENT` naming the problem, as over HTTP (tonic's decoder would say
-//! `INTERNAL`). What tonic itself refuses before that (corrupt compression, bad framing, too large)
-//! is re-coded by [`status::grpc_refusal`] and counted.
+//! tonic serves the HTTP/2 connections and routes by service; the unary `Export` call itself is
+//! read here (`unary`): the one framed message is taken from the body (at most
+//! `receivers.otlp.max_request_size`), decompressed by the receivers' one decompression
+//! ([`decode::decompress`], as over HTTP: in place, into a buffer sized once) and handed to
+//! [`Shared::export`] as bytes, so that Spindle estimates, admits and decodes it. Every refusal —
+//! an unsupported `grpc-encoding`, bad framing, too large, corrupt compression, a malformed
+//! payload — gets its OTLP status here and is counted, as over HTTP.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::BoxFuture;
 use tonic::{Status, server::NamedService};
 
-use super::decode::Encoding;
-use super::stats::ReceiverStats;
-use super::status;
+use super::decode::{self, DecodeError, Encoding};
+use super::status::Refusal;
 use super::{Consumer, Export, Shared};
-use crate::model::{Protocol, Signal};
+use crate::model::Protocol;
 use crate::server::ConnectionStats;
 use crate::util::tokens::Scope;
 
@@ -103,121 +104,145 @@ where
         let scope = match self.shared.authenticate(req.headers(), R::SIGNAL, Protocol::Grpc) {
             Ok(scope) => scope,
             Err(r) => {
-                let st = r.grpc_status();
-                return Box::pin(async move { Ok(st.into_http()) });
+                let resp = r.grpc_response();
+                return Box::pin(async move { Ok(resp) });
             }
         };
-        let limit = usize::try_from(self.shared.max_request_size).unwrap_or(usize::MAX);
-        let unary = Unary::<C, R>(self.shared.clone(), scope, PhantomData);
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawCodec::<R::Response>(PhantomData))
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(limit);
-            Ok(grpc.unary(unary, req).await)
+            Ok(match unary::<C, R, B>(&shared, &scope, req).await {
+                Ok(resp) => resp,
+                Err(Refused(r)) => {
+                    shared.refused(R::SIGNAL, Protocol::Grpc, &r);
+                    r.grpc_response()
+                }
+                // Counted by `Shared::export_as`.
+                Err(Answered(r)) => r.grpc_response(),
+            })
         })
     }
 }
 
-struct Unary<C, R>(Shared<C>, Scope, PhantomData<fn() -> R>);
+/// Why a call ended without an answer of the service.
+enum Failed {
+    /// Refused before the request reached [`Shared`]: not counted yet.
+    Refused(Refusal),
+    /// Refused by [`Shared::export_as`], which counted it.
+    Answered(Refusal),
+}
+use Failed::{Answered, Refused};
 
-impl<C: Consumer, R: GrpcExport> tonic::server::UnaryService<Bytes> for Unary<C, R> {
-    type Response = R::Response;
-    type Future = BoxFuture<tonic::Response<R::Response>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let shared = self.0.clone();
-        let scope = self.1.clone();
-        Box::pin(async move {
-            let body = request.into_inner();
-            shared
-                .export_as::<R>(body, Encoding::Protobuf, Protocol::Grpc, &scope)
-                .await
-                .map(tonic::Response::new)
-                .map_err(|r| r.grpc_status())
-        })
+impl From<DecodeError> for Failed {
+    fn from(e: DecodeError) -> Self {
+        Refused(Refusal::Decode(e))
     }
 }
 
-/// Encodes responses with prost; hands request messages over as bytes.
-struct RawCodec<T>(PhantomData<fn(T)>);
-
-impl<T: prost::Message + Send + 'static> Codec for RawCodec<T> {
-    type Encode = T;
-    type Decode = Bytes;
-    type Encoder = RawCodec<T>;
-    type Decoder = RawCodec<T>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec(PhantomData)
-    }
-}
-
-impl<T: prost::Message> Encoder for RawCodec<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding the response: {e}")))
-    }
-}
-
-impl<T> Decoder for RawCodec<T> {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// Re-codes and counts what tonic refuses before Spindle sees the request (see
-/// [`status::grpc_refusal`]).
-#[derive(Clone)]
-struct Refusals<S> {
-    inner: S,
-    stats: Arc<ReceiverStats>,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for Refusals<S>
+/// One unary `Export` call: the framed message, decompressed, exported, answered.
+async fn unary<C, R, B>(
+    shared: &Shared<C>,
+    scope: &Scope,
+    req: http::Request<B>,
+) -> Result<http::Response<tonic::body::Body>, Failed>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
+    C: Consumer,
+    R: GrpcExport,
+    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
-    type Response = http::Response<RB>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, S::Error>;
+    let (parts, body) = req.into_parts();
+    let encoding = match parts.headers.get("grpc-encoding").map(HeaderValue::to_str) {
+        None | Some(Ok("identity")) => None,
+        Some(Ok(e @ ("gzip" | "zstd"))) => Some(e.to_owned()),
+        Some(other) => {
+            let name = other.unwrap_or("(not text)").to_owned();
+            return Err(Refused(Refusal::Decode(DecodeError::UnsupportedEncoding(name))));
+        }
+    };
+    let limit = shared.max_request_size;
+    let too_large = DecodeError::TooLarge {
+        limit,
+        decompressed: false,
+    };
+    // One message: its 5-byte prefix and at most `limit` bytes.
+    let cap = usize::try_from(limit.saturating_add(5)).unwrap_or(usize::MAX);
+    let raw = match http_body_util::Limited::new(body, cap).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large.into()),
+        Err(e) => {
+            let detail = format!("could not read request body: {e}");
+            return Err(DecodeError::Protobuf(detail).into());
+        }
+    };
+    let message = frame(raw, limit)?;
+    let message = match (message, encoding) {
+        (Message::Plain(m), _) => m,
+        (Message::Compressed(m), Some(e)) => decode::decompress(m, Some(&e), limit)?,
+        (Message::Compressed(_), None) => {
+            let detail = "a compressed message without a grpc-encoding header".to_owned();
+            return Err(DecodeError::Protobuf(detail).into());
+        }
+    };
+    let answer = shared
+        .export_as::<R>(message, Encoding::Protobuf, Protocol::Grpc, scope)
+        .await
+        .map_err(Answered)?;
+    Ok(reply(&answer))
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
+/// The one message of a unary call, with its compressed flag.
+enum Message {
+    Plain(Bytes),
+    Compressed(Bytes),
+}
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let signal = if req.uri().path() == ExportTraceServiceRequest::PATH {
-            Signal::Traces
-        } else {
-            Signal::Metrics
-        };
-        let stats = self.stats.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            let h = resp.headers();
-            let code = h.get("grpc-status").and_then(|v| v.to_str().ok());
-            let message = h.get("grpc-message").and_then(|v| v.to_str().ok());
-            if let Some((code, reason)) = status::grpc_refusal(code, message) {
-                stats.refused(signal, Protocol::Grpc, reason);
-                resp.headers_mut()
-                    .insert("grpc-status", http::HeaderValue::from(code as i32));
-            }
-            Ok(resp)
-        })
+/// Takes the one length-prefixed message out of a unary call's body.
+fn frame(mut raw: Bytes, limit: u64) -> Result<Message, DecodeError> {
+    let malformed = |what: &str| DecodeError::Protobuf(format!("gRPC framing: {what}"));
+    if raw.len() < 5 {
+        return Err(malformed("the request has no message"));
     }
+    let flag = raw[0];
+    let len = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]);
+    if u64::from(len) > limit {
+        return Err(DecodeError::TooLarge {
+            limit,
+            decompressed: false,
+        });
+    }
+    let end = 5 + len as usize;
+    if raw.len() < end {
+        return Err(malformed("the message ends early"));
+    }
+    if raw.len() > end {
+        return Err(malformed("more than one message in a unary call"));
+    }
+    let message = raw.split_off(5);
+    match flag {
+        0 => Ok(Message::Plain(message)),
+        1 => Ok(Message::Compressed(message)),
+        _ => Err(malformed("unknown compressed flag")),
+    }
+}
+
+/// The response to a served call: the message, then `grpc-status: 0` in the trailers.
+fn reply<M: prost::Message>(answer: &M) -> http::Response<tonic::body::Body> {
+    let len = answer.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    // Cannot fail: `BytesMut` grows as needed.
+    if let Err(e) = answer.encode(&mut buf) {
+        return Status::internal(format!("encoding the response: {e}")).into_http();
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(buf.freeze()).with_trailers(async move { Some(Ok(trailers)) });
+    let mut resp = http::Response::new(tonic::body::Body::new(body));
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip,zstd"));
+    resp
 }
 
 /// Serves OTLP/gRPC on an already-bound listener (over TLS when `tls` is given) until `cancel` fires, under `config`'s
@@ -234,7 +259,6 @@ pub async fn serve<C: Consumer>(
     tls: Option<Arc<crate::server::ServerTls>>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let stats = shared.stats.clone();
     let metrics = OtlpService::<C, ExportMetricsServiceRequest>::new(shared.clone());
     let traces = OtlpService::<C, ExportTraceServiceRequest>::new(shared);
     let limits = crate::server::Limits {
@@ -257,10 +281,6 @@ pub async fn serve<C: Consumer>(
         .max_concurrent_streams(config.max_concurrent_streams)
         .timeout(config.request_timeout.0)
         .tcp_nodelay(true)
-        .layer(tower::layer::layer_fn(move |inner| Refusals {
-            inner,
-            stats: stats.clone(),
-        }))
         .layer(crate::server::TrackLayer)
         .add_service(metrics)
         .add_service(traces)

@@ -106,64 +106,23 @@ impl Refusal {
     pub fn grpc_code(&self) -> tonic::Code {
         self.grpc_status().code()
     }
-}
 
-/// What tonic refuses before Spindle sees a gRPC request, re-coded as OTLP asks and classed for
-/// `spindle_refused_requests_total`: `(code, reason)` for a trailers-only response with
-/// `grpc-status` `code` and `grpc-message` `message`, or `None` for anything else.
-///
-/// - corrupt compression and bad framing are `INTERNAL` in tonic: `INVALID_ARGUMENT` here, as a
-///   malformed payload is over HTTP (never retried);
-/// - an uncompressed message over the size cap is `OUT_OF_RANGE` in tonic, which OTLP clients retry;
-///   the same request compressed gets `RESOURCE_EXHAUSTED`: both are the latter (without
-///   `RetryInfo`, so not retried);
-/// - an unsupported `grpc-encoding` stays `UNIMPLEMENTED` (the gRPC compression spec) and is counted.
-pub fn grpc_refusal(code: Option<&str>, message: Option<&str>) -> Option<(tonic::Code, RefusalReason)> {
-    let code = tonic::Code::from_bytes(code?.as_bytes());
-    let message = percent_decode(message.unwrap_or(""));
-    let m = message.as_str();
-    match code {
-        tonic::Code::Internal if m.starts_with("Error decompressing") => {
-            Some((tonic::Code::InvalidArgument, RefusalReason::CorruptCompression))
+    /// The refusal as a gRPC trailers-only response: [`Refusal::grpc_status`], except that an
+    /// unsupported `grpc-encoding` is `UNIMPLEMENTED` with the encodings Spindle accepts in
+    /// `grpc-accept-encoding` (the gRPC compression spec).
+    pub fn grpc_response(&self) -> http::Response<tonic::body::Body> {
+        if let Refusal::Decode(DecodeError::UnsupportedEncoding(name)) = self {
+            let msg =
+                format!("Content is compressed with `{name}` which isn't supported (supported: gzip, zstd, identity)");
+            let mut resp = tonic::Status::unimplemented(msg).into_http();
+            resp.headers_mut().insert(
+                "grpc-accept-encoding",
+                http::HeaderValue::from_static("gzip,zstd,identity"),
+            );
+            return resp;
         }
-        tonic::Code::Internal if m.starts_with("protocol error") || m.starts_with("Unexpected EOF") => {
-            Some((tonic::Code::InvalidArgument, RefusalReason::Malformed))
-        }
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-            if m.contains("message length too large") || m.contains("size limit") =>
-        {
-            Some((tonic::Code::ResourceExhausted, RefusalReason::TooLarge))
-        }
-        tonic::Code::Unimplemented if m.contains("isn't supported") => {
-            Some((tonic::Code::Unimplemented, RefusalReason::UnsupportedEncoding))
-        }
-        _ => None,
+        self.grpc_status().into_http()
     }
-}
-
-/// Decodes the percent-encoding of a `grpc-message` header.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|c| hex(*c)),
-            b.get(i + 2).and_then(|c| hex(*c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -239,34 +198,5 @@ mod tests {
             Refusal::from(PushError::Full).to_string(),
             "Spindle is overloaded (trace export queue is full); retry later"
         );
-    }
-
-    #[test]
-    fn tonic_refusals_are_recoded() {
-        let r = |c: &str, m: &str| grpc_refusal(Some(c), Some(m));
-        assert_eq!(
-            r(
-                "13",
-                "Error%20decompressing:%20invalid%20gzip%20header,%20while%20sending%20request"
-            ),
-            Some((tonic::Code::InvalidArgument, RefusalReason::CorruptCompression))
-        );
-        assert_eq!(
-            r(
-                "13",
-                "protocol error: received message with invalid compression flag: 7"
-            ),
-            Some((tonic::Code::InvalidArgument, RefusalReason::Malformed))
-        );
-        assert_eq!(
-            r(
-                "11",
-                "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes"
-            ),
-            Some((tonic::Code::ResourceExhausted, RefusalReason::TooLarge))
-        );
-        assert_eq!(r("3", "malformed protobuf payload"), None);
-        assert_eq!(r("0", ""), None);
-        assert_eq!(grpc_refusal(None, None), None);
     }
 }
