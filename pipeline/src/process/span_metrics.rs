@@ -404,6 +404,21 @@ impl SpanMetrics {
             if aggs.is_empty() {
                 break;
             }
+            // Every arena sized once for the request's series (2 points each: calls and duration).
+            let n = aggs.len();
+            let text: usize = aggs
+                .iter()
+                .flat_map(|a| a.values.iter().flatten())
+                .map(String::len)
+                .sum::<usize>()
+                + n * names.iter().map(|l| l.len()).sum::<usize>();
+            let buckets = self.config.buckets.len();
+            batch.points.reserve(2 * n);
+            batch.labels.reserve(2 * n * names.len());
+            batch.text.reserve(text);
+            batch.floats.reserve(n * buckets);
+            batch.counts.reserve(n * (buckets + 1));
+            batch.exemplars.reserve(if is_exemplars { n * (buckets + 2) } else { 0 });
             let calls = batch.add_family(FamilyMeta {
                 name: CALLS.into(),
                 kind: MetricKind::Counter,
