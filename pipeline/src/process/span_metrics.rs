@@ -418,7 +418,9 @@ impl SpanMetrics {
             batch.text.reserve(text);
             batch.floats.reserve(n * buckets);
             batch.counts.reserve(n * (buckets + 1));
-            batch.exemplars.reserve(if is_exemplars { n * (buckets + 2) } else { 0 });
+            batch
+                .exemplars
+                .reserve(if is_exemplars { n * (buckets + 2) } else { 0 });
             let calls = batch.add_family(FamilyMeta {
                 name: CALLS.into(),
                 kind: MetricKind::Counter,

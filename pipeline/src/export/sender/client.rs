@@ -68,13 +68,7 @@ impl BodyCompression {
                     out.write_all(c)?;
                 }
             }
-            BodyCompression::Gzip(level) => {
-                let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level.min(9)));
-                for c in body {
-                    enc.write_all(c)?;
-                }
-                enc.finish()?;
-            }
+            BodyCompression::Gzip(level) => super::gzip::write(level, body, &mut out)?,
             BodyCompression::Zstd(level) => {
                 let level = i32::try_from(level).unwrap_or(i32::MAX).min(22);
                 let mut enc = zstd::stream::write::Encoder::new(out, level)?;
