@@ -76,6 +76,19 @@ pub fn instrumentation(spans: NoopSpans) -> Instrumentation {
         .expect("instrumentation builds")
 }
 
+/// `spindle-instrument` as [`instrumentation`], but with its default OTLP/gRPC span export to
+/// `endpoint` (metrics still to a no-op exporter).
+pub fn otlp_instrumentation(endpoint: &str) -> Instrumentation {
+    Builder::for_package("bench", "0")
+        .with_env_lookup(|_| None)
+        .with_env_filter("warn")
+        .with_log_writer(std::io::sink)
+        .with_endpoint(endpoint)
+        .with_metric_exporter(NoopMetrics)
+        .build()
+        .expect("instrumentation builds")
+}
+
 /// The header extractor users write (as `opentelemetry-http`'s) for the SDK's W3C propagator.
 pub struct Headers<'a>(&'a axum::http::HeaderMap);
 
