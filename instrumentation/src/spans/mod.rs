@@ -32,7 +32,13 @@ pub(crate) const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans per export request at most.
 pub(crate) const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
 
-/// Batching of the export thread: the SDK batch processor's defaults and variables.
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`: milliseconds one span export may take, retries included.
+pub(crate) const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`: the same for every signal, below the signal's own.
+pub(crate) const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+
+/// Batching and the export deadline of the export thread: the SDK batch processor's and OTLP
+/// span exporter's defaults and variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchSettings {
     /// Bound of the span channel (2048).
@@ -41,6 +47,8 @@ pub(crate) struct BatchSettings {
     pub(crate) scheduled_delay: Duration,
     /// Spans per request at most, and the count that triggers an export (512).
     pub(crate) max_export_batch_size: usize,
+    /// Time one export may take, retries included (10 s).
+    pub(crate) export_timeout: Duration,
 }
 
 impl Default for BatchSettings {
@@ -49,13 +57,16 @@ impl Default for BatchSettings {
             max_queue_size: 2048,
             scheduled_delay: Duration::from_millis(5000),
             max_export_batch_size: 512,
+            export_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl BatchSettings {
     /// The defaults with the `OTEL_BSP_*` variables applied as the SDK's `BatchConfig` applies
-    /// them: an unparsable value is ignored, and the batch size is at most the queue size.
+    /// them (an unparsable value is ignored, and the batch size is at most the queue size), and
+    /// the export timeout as `opentelemetry-otlp` reads it (`…_TRACES_TIMEOUT`, then
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds).
     pub(crate) fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let mut s = Self::default();
         let number = |name: &str| env(name).and_then(|v| v.trim().parse::<u64>().ok());
@@ -69,6 +80,9 @@ impl BatchSettings {
             s.max_export_batch_size = usize::try_from(n).unwrap_or(usize::MAX).max(1);
         }
         s.max_export_batch_size = s.max_export_batch_size.min(s.max_queue_size);
+        if let Some(ms) = number(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT).or_else(|| number(OTEL_EXPORTER_OTLP_TIMEOUT)) {
+            s.export_timeout = Duration::from_millis(ms);
+        }
         s
     }
 }

@@ -5,8 +5,8 @@
 //! compresses it with gzip at level 1 and sends it through the crate's [`Transport`] on the
 //! exporters' runtime.
 //!
-//! It behaves as the SDK's `BatchSpanProcessor` it replaces: the same channel bound, batch size
-//! and delay ([`BatchSettings`]), an export when a full batch is waiting, when the delay has passed,
+//! It behaves as the SDK's `BatchSpanProcessor` and OTLP span exporter it replaces: the same
+//! channel bound, batch size, delay and export deadline ([`BatchSettings`]), an export when a full batch is waiting, when the delay has passed,
 //! and on `force_flush` (waited for up to 5 s) and `shutdown` (up to its timeout), and the same log
 //! events (target `opentelemetry_sdk`, names `BatchSpanProcessor.SpanDroppingStarted` on the first
 //! drop, `BatchSpanProcessor.SpansDropped` with the count at shutdown,
@@ -313,9 +313,13 @@ impl Worker {
         let body =
             gzip(&self.encoded).map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: gzip: {e}")))?;
         let transport = self.transport.clone();
-        let retry = self.retry;
+        let (retry, deadline) = (self.retry, self.settings.export_timeout);
         self.runtime
-            .block_on(async move { transport.send(bytes::Bytes::from(body), retry).await })
+            .block_on(async move {
+                tokio::time::timeout(deadline, transport.send(bytes::Bytes::from(body), retry))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("timed out after {deadline:?}")))
+            })
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: {e}")))
     }
 }

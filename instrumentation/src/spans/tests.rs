@@ -1,6 +1,6 @@
 //! The export thread against an in-process OTLP/HTTP receiver: batching by count, time and
-//! flush, drops counted when the channel is full, failures returned to flush, and the
-//! `OTEL_BSP_*` variables.
+//! flush, drops counted when the channel is full, failures and the export deadline returned to
+//! flush, and the `OTEL_BSP_*` and `…_TIMEOUT` variables.
 
 use std::io::Read as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +126,7 @@ fn full_batches_go_at_once_the_rest_on_flush_and_shutdown() {
         max_queue_size: 100,
         scheduled_delay: Duration::from_secs(3600),
         max_export_batch_size: 10,
+        ..BatchSettings::default()
     };
     let p = processor(&rt, &url, batch);
     for i in 0..25 {
@@ -156,6 +157,7 @@ fn the_delay_exports_a_partial_batch() {
         max_queue_size: 100,
         scheduled_delay: Duration::from_millis(50),
         max_export_batch_size: 512,
+        ..BatchSettings::default()
     };
     let p = processor(&rt, &url, batch);
     p.on_end(span(1));
@@ -171,6 +173,7 @@ fn a_full_channel_drops_and_counts_and_never_blocks() {
         max_queue_size: 4,
         scheduled_delay: Duration::from_secs(3600),
         max_export_batch_size: 100,
+        ..BatchSettings::default()
     };
     let p = processor(&rt, &url, batch);
     for i in 0..10 {
@@ -201,6 +204,26 @@ fn a_failed_export_is_the_flush_error() {
 }
 
 #[test]
+fn an_export_is_cut_at_the_timeout() {
+    let rt = runtime();
+    // A receiver that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    let batch = BatchSettings {
+        export_timeout: Duration::from_millis(200),
+        ..BatchSettings::default()
+    };
+    let p = processor(&rt, &url, batch);
+    p.on_end(span(1));
+    let started = Instant::now();
+    let err = p.force_flush().expect_err("no answer");
+    assert!(err.to_string().contains("timed out after 200ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    p.shutdown_with_timeout(Duration::from_secs(5)).expect("shutdown");
+    drop(listener);
+}
+
+#[test]
 fn bsp_variables_are_read_as_the_sdk_reads_them() {
     let env = |vars: &'static [(&'static str, &'static str)]| {
         move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
@@ -210,6 +233,7 @@ fn bsp_variables_are_read_as_the_sdk_reads_them() {
         (OTEL_BSP_MAX_QUEUE_SIZE, "100"),
         (OTEL_BSP_SCHEDULE_DELAY, "250"),
         (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "1000"),
+        (OTEL_EXPORTER_OTLP_TIMEOUT, "3000"),
     ]));
     assert_eq!(
         s,
@@ -217,7 +241,17 @@ fn bsp_variables_are_read_as_the_sdk_reads_them() {
             max_queue_size: 100,
             scheduled_delay: Duration::from_millis(250),
             max_export_batch_size: 100,
+            export_timeout: Duration::from_secs(3),
         }
+    );
+    let s = BatchSettings::from_env(&env(&[
+        (OTEL_EXPORTER_OTLP_TIMEOUT, "3000"),
+        (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, "500"),
+    ]));
+    assert_eq!(
+        s.export_timeout,
+        Duration::from_millis(500),
+        "the signal's own variable first"
     );
     let s = BatchSettings::from_env(&env(&[(OTEL_BSP_MAX_QUEUE_SIZE, "lots")]));
     assert_eq!(
