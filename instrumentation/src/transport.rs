@@ -140,10 +140,62 @@ where
 /// # Errors
 /// The compressor's message (it writes to memory, so in practice never).
 pub(crate) fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::Write as _;
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::fast());
-    enc.write_all(body).map_err(|e| e.to_string())?;
-    enc.finish().map_err(|e| e.to_string())
+    Gzip::new().compress(body)
+}
+
+/// A gzip compressor at level 1 that keeps its deflate state between requests: a new zlib-rs
+/// stream costs about 450k instructions of set-up (about 1k per span of a 512-span batch), a reset
+/// stream less than half that.
+pub(crate) struct Gzip {
+    deflate: flate2::Compress,
+}
+
+impl std::fmt::Debug for Gzip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gzip")
+    }
+}
+
+impl Gzip {
+    /// The gzip header: deflate, no flags, no time, fastest level, unknown OS.
+    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+    /// A compressor.
+    pub(crate) fn new() -> Self {
+        Self {
+            deflate: flate2::Compress::new(flate2::Compression::fast(), false),
+        }
+    }
+
+    /// `body` as one gzip member.
+    ///
+    /// # Errors
+    /// The compressor's message (it writes to memory, so in practice never).
+    pub(crate) fn compress(&mut self, body: &[u8]) -> Result<Vec<u8>, String> {
+        self.deflate.reset();
+        let mut out = Vec::with_capacity(body.len() / 4 + 64);
+        out.extend_from_slice(&Self::HEADER);
+        loop {
+            let read = usize::try_from(self.deflate.total_in())
+                .unwrap_or(usize::MAX)
+                .min(body.len());
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity());
+            }
+            let status = self
+                .deflate
+                .compress_vec(&body[read..], &mut out, flate2::FlushCompress::Finish)
+                .map_err(|e| e.to_string())?;
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(body);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        Ok(out)
+    }
 }
 
 /// Where one signal's requests go; cheap to clone (the clients share their connections).
@@ -348,15 +400,28 @@ mod tests {
     }
 
     #[test]
-    fn gzip_round_trips() {
+    fn gzip_round_trips_and_a_reused_compressor_gives_the_same_bytes() {
         use std::io::Read as _;
-        let body = b"otlp ".repeat(1000);
-        let gz = gzip(&body).expect("gzip");
-        assert!(gz.len() < body.len() / 10);
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(gz.as_slice())
-            .read_to_end(&mut out)
-            .expect("gunzip");
-        assert_eq!(out, body);
+        let gunzip = |gz: &[u8]| {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(gz).read_to_end(&mut out).expect("gunzip");
+            out
+        };
+        let mut reused = Gzip::new();
+        let mut noise = 1u64;
+        let random: Vec<u8> = (0..300_000)
+            .map(|_| {
+                noise = noise
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (noise >> 56) as u8
+            })
+            .collect();
+        for body in [b"otlp ".repeat(1000), Vec::new(), random, b"x".repeat(5_000_000)] {
+            let gz = reused.compress(&body).expect("gzip");
+            assert_eq!(gunzip(&gz), body);
+            assert_eq!(gz, gzip(&body).expect("gzip"), "a reset stream is a new stream");
+        }
+        assert!(gzip(&b"otlp ".repeat(1000)).expect("gzip").len() < 500);
     }
 }

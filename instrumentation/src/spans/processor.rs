@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::BatchSettings;
 use super::encode::{EncodedResource, encode_request, encode_resource};
-use crate::transport::{RETRY, RetryPolicy, Transport, gzip};
+use crate::transport::{Gzip, RETRY, RetryPolicy, Transport};
 
 /// How long `force_flush` waits for the export thread (the SDK batch processor's).
 const FORCE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +103,7 @@ impl OtlpSpanProcessor {
             retry,
             batch: Vec::with_capacity(settings.max_export_batch_size),
             encoded: Vec::new(),
+            gzip: Gzip::new(),
         };
         let thread = std::thread::Builder::new()
             .name("spindle-spans".into())
@@ -224,6 +225,8 @@ struct Worker {
     batch: Vec<SpanData>,
     /// One batch's protobuf bytes; reused.
     encoded: Vec<u8>,
+    /// The compressor; reused.
+    gzip: Gzip,
 }
 
 impl Worker {
@@ -310,8 +313,10 @@ impl Worker {
             Transport::Grpc(..) => "OTLP/gRPC",
             Transport::Http(..) => "OTLP/HTTP",
         };
-        let body =
-            gzip(&self.encoded).map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: gzip: {e}")))?;
+        let body = self
+            .gzip
+            .compress(&self.encoded)
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: gzip: {e}")))?;
         let transport = self.transport.clone();
         let (retry, deadline) = (self.retry, self.settings.export_timeout);
         self.runtime
