@@ -80,6 +80,10 @@ impl OtlpSpanProcessor {
         Self::start_with_retry(transport, runtime, resource, settings, RETRY)
     }
 
+    /// [`OtlpSpanProcessor::start`] with another retry policy (tests).
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
     pub(crate) fn start_with_retry(
         transport: Transport,
         runtime: tokio::runtime::Handle,
