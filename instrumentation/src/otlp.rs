@@ -121,7 +121,7 @@ impl PushMetricExporter for OtlpMetricExporter {
         let body = gzip(&request.encode_to_vec())
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} metrics export: gzip: {e}")))?;
         let policy = self.retry;
-        rt.spawn(async move { transport.send(bytes::Bytes::from(body), policy).await })
+        rt.spawn(async move { transport.send(bytes::Bytes::from(body), policy).await.map(drop) })
             .await
             .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} metrics export: {e}")))

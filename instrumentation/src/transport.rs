@@ -44,6 +44,9 @@ pub(crate) const RETRY: RetryPolicy = RetryPolicy {
     max_jitter: Duration::from_millis(100),
 };
 
+/// The most of an HTTP answer's body that is read (a partial success answer is a few bytes).
+pub(crate) const MAX_ANSWER: usize = 64 << 10;
+
 /// The longest server-requested delay honoured before a retry; longer requests end the export.
 const MAX_THROTTLE: Duration = Duration::from_secs(5);
 
@@ -100,17 +103,17 @@ fn jitter(max: Duration) -> Duration {
 
 /// Runs `attempt` until it succeeds, fails for good, or the policy's retries are spent; the error
 /// of the last attempt is returned, with how many attempts were made.
-async fn with_retry<F, Fut>(policy: RetryPolicy, mut attempt: F) -> Result<(), String>
+async fn with_retry<T, F, Fut>(policy: RetryPolicy, mut attempt: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), (Retry, String)>>,
+    Fut: std::future::Future<Output = Result<T, (Retry, String)>>,
 {
     let mut delay = policy.initial_delay;
     let mut tries = 0u32;
     loop {
         tries += 1;
         let (retry, error) = match attempt().await {
-            Ok(()) => return Ok(()),
+            Ok(answer) => return Ok(answer),
             Err(e) => e,
         };
         let wait = match retry {
@@ -245,12 +248,13 @@ impl Transport {
         ))
     }
 
-    /// Sends one request, `gzipped` ([`gzip`] of its protobuf bytes), retrying as `policy` says.
-    /// Runs on the exporters' runtime.
+    /// Sends one request, `gzipped` ([`gzip`] of its protobuf bytes), retrying as `policy` says,
+    /// and returns the accepted answer's protobuf bytes (an `Export…ServiceResponse`; at most
+    /// [`MAX_ANSWER`] of an HTTP body are read). Runs on the exporters' runtime.
     ///
     /// # Errors
     /// The last attempt's error, with the number of attempts.
-    pub(crate) async fn send(&self, gzipped: Bytes, policy: RetryPolicy) -> Result<(), String> {
+    pub(crate) async fn send(&self, gzipped: Bytes, policy: RetryPolicy) -> Result<Bytes, String> {
         match self {
             Transport::Grpc(grpc, path, headers) => {
                 with_retry(policy, || {
@@ -263,7 +267,7 @@ impl Transport {
                             .map_err(|e| (Retry::Backoff, format!("connecting: {e}")))?;
                         grpc.unary(request, path.clone(), GzippedCodec)
                             .await
-                            .map(|_| ())
+                            .map(tonic::Response::into_inner)
                             .map_err(|status| (classify_grpc(&status), status.to_string()))
                     }
                 })
@@ -280,10 +284,16 @@ impl Transport {
                         .header("content-encoding", "gzip")
                         .body(gzipped.clone());
                     async move {
-                        let resp = req.send().await.map_err(|e| (Retry::Backoff, e.to_string()))?;
+                        let mut resp = req.send().await.map_err(|e| (Retry::Backoff, e.to_string()))?;
                         let status = resp.status();
                         if status.is_success() {
-                            return Ok(());
+                            let mut answer = bytes::BytesMut::new();
+                            while answer.len() < MAX_ANSWER
+                                && let Ok(Some(chunk)) = resp.chunk().await
+                            {
+                                answer.extend_from_slice(&chunk);
+                            }
+                            return Ok(answer.freeze());
                         }
                         let retry_after = resp
                             .headers()
@@ -343,8 +353,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for GzipFrames {
     }
 }
 
-/// Writes the already compressed request as the message; reads nothing of the answer (an
-/// `Export` answer only carries `partial_success`, which the SDK's exporters do not act on).
+/// Writes the already compressed request as the message; hands the answer's bytes back
+/// undecoded (an `Export` answer only carries `partial_success`).
 #[derive(Debug, Clone, Copy)]
 struct GzippedCodec;
 
@@ -360,28 +370,27 @@ impl Encoder for BytesEncoder {
     }
 }
 
-struct IgnoreDecoder;
+struct BytesDecoder;
 
-impl Decoder for IgnoreDecoder {
-    type Item = ();
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
     type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
         use bytes::Buf as _;
-        src.advance(src.remaining());
-        Ok(Some(()))
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
 impl Codec for GzippedCodec {
     type Encode = Bytes;
-    type Decode = ();
+    type Decode = Bytes;
     type Encoder = BytesEncoder;
-    type Decoder = IgnoreDecoder;
+    type Decoder = BytesDecoder;
     fn encoder(&mut self) -> BytesEncoder {
         BytesEncoder
     }
-    fn decoder(&mut self) -> IgnoreDecoder {
-        IgnoreDecoder
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
     }
 }
 

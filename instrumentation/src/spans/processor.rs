@@ -11,7 +11,8 @@
 //! events (target `opentelemetry_sdk`, names `BatchSpanProcessor.SpanDroppingStarted` on the first
 //! drop, `BatchSpanProcessor.SpansDropped` with the count at shutdown,
 //! `BatchSpanProcessor.ExportError` when an export fails for good — throttled by the crate's log
-//! filter, [`crate::throttle`]).
+//! filter, [`crate::throttle`] — and, target `opentelemetry-otlp`, `…Client.PartialSuccess` when
+//! the receiver rejected some spans).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -214,6 +215,36 @@ impl SpanProcessor for OtlpSpanProcessor {
     }
 }
 
+/// Logs an accepted answer's `partial_success` (spans the receiver rejected), as
+/// `opentelemetry-otlp`'s span exporters do: once per answer, never retried.
+pub(super) fn log_partial_success(transport: &Transport, answer: &[u8]) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message as _;
+    let Some(partial) = ExportTraceServiceResponse::decode(answer)
+        .ok()
+        .and_then(|r| r.partial_success)
+        .filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
+    else {
+        return;
+    };
+    match transport {
+        Transport::Grpc(..) => tracing::warn!(
+            name: "TonicTracesClient.PartialSuccess",
+            target: "opentelemetry-otlp",
+            name = "TonicTracesClient.PartialSuccess",
+            rejected_spans = partial.rejected_spans,
+            error_message = partial.error_message.as_str()
+        ),
+        Transport::Http(..) => tracing::warn!(
+            name: "HttpTraceClient.PartialSuccess",
+            target: "opentelemetry-otlp",
+            name = "HttpTraceClient.PartialSuccess",
+            rejected_spans = partial.rejected_spans,
+            error_message = partial.error_message.as_str()
+        ),
+    }
+}
+
 /// The export thread's state.
 struct Worker {
     spans: Receiver<SpanData>,
@@ -323,12 +354,15 @@ impl Worker {
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: gzip: {e}")))?;
         let transport = self.transport.clone();
         let (retry, deadline) = (self.retry, self.settings.export_timeout);
-        self.runtime
+        let answer = self
+            .runtime
             .block_on(async move {
                 tokio::time::timeout(deadline, transport.send(bytes::Bytes::from(body), retry))
                     .await
                     .unwrap_or_else(|_| Err(format!("timed out after {deadline:?}")))
             })
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: {e}")))
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: {e}")))?;
+        log_partial_success(&self.transport, &answer);
+        Ok(())
     }
 }

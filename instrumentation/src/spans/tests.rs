@@ -260,3 +260,54 @@ fn bsp_variables_are_read_as_the_sdk_reads_them() {
         "unparsable values are ignored, as the SDK does"
     );
 }
+
+#[test]
+fn a_partial_success_is_logged_as_opentelemetry_otlp_logged_it() {
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let transport = Transport::http("http://localhost:4318/v1/traces", &ClientSettings::default()).expect("transport");
+    let answer = |rejected_spans, error_message: &str| {
+        ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans,
+                error_message: error_message.to_owned(),
+            }),
+        }
+        .encode_to_vec()
+    };
+    tracing::subscriber::with_default(subscriber, || {
+        processor::log_partial_success(&transport, &answer(3, "service not allowed"));
+        processor::log_partial_success(&transport, &answer(0, ""));
+        processor::log_partial_success(&transport, &[]);
+        processor::log_partial_success(&transport, b"not protobuf \xff\xff");
+    });
+    let text = String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("WARN opentelemetry-otlp")
+            && text.contains("HttpTraceClient.PartialSuccess")
+            && text.contains("rejected_spans=3")
+            && text.contains("service not allowed"),
+        "{text}"
+    );
+}
