@@ -5,8 +5,12 @@
 //!
 //! `cargo build --release -p spindle-bench --example instrument_profile`, then
 //! `instrument_profile STACK [sampled|unsampled] [REQUESTS]` with `STACK` one of `bare` (the router
-//! alone), `spindle` (`HttpLayer` with full instrumentation) or `hand-built` (tower-http
-//! `TraceLayer` + `tracing-opentelemetry` + the batch span processor, spans only).
+//! alone), `spindle` (`HttpLayer` with full instrumentation, spans to a no-op exporter),
+//! `spindle-otlp` (the same with the crate's default OTLP/gRPC span export, encoding, gzip and
+//! transport included, to the receiver at `PROFILE_OTLP_ENDPOINT`, default
+//! `http://127.0.0.1:4317`, such as a release `spindle`; run it with `OTEL_BSP_MAX_QUEUE_SIZE=1000000`
+//! so that no span is dropped and check that the receiver got them all) or `hand-built` (tower-http `TraceLayer` +
+//! `tracing-opentelemetry` + the batch span processor, spans only).
 
 #[path = "../shared/instrument_stacks.rs"]
 mod stacks;
@@ -29,9 +33,20 @@ fn main() {
     let spans = NoopSpans::default();
     let inst = instrumentation(spans.clone());
     let (hand_dispatch, provider, hand_router) = hand_built(spans.clone());
+    let otlp = (stack == "spindle-otlp").then(|| {
+        let endpoint = std::env::var("PROFILE_OTLP_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4317".into());
+        otlp_instrumentation(&endpoint)
+    });
     let (dispatch, router) = match stack.as_str() {
         "bare" => (Dispatch::none(), routes()),
         "hand-built" => (hand_dispatch, hand_router),
+        "spindle-otlp" => {
+            let inst = otlp.as_ref().expect("built above");
+            (
+                inst.dispatch.clone(),
+                routes().layer(HttpLayer::with_meter(&inst.guard.meter())),
+            )
+        }
         _ => (
             inst.dispatch.clone(),
             routes().layer(HttpLayer::with_meter(&inst.guard.meter())),
@@ -43,6 +58,11 @@ fn main() {
         }
     });
     let _ = inst.guard.force_flush();
+    if let Some(otlp) = &otlp
+        && let Err(e) = otlp.guard.force_flush()
+    {
+        eprintln!("OTLP export: {e}");
+    }
     let _ = provider.force_flush();
     println!(
         "{stack}: {n} requests, {} spans exported",

@@ -76,6 +76,26 @@ pub fn instrumentation(spans: NoopSpans) -> Instrumentation {
         .expect("instrumentation builds")
 }
 
+/// `spindle-instrument` as [`instrumentation`], but with its default OTLP/gRPC span export to
+/// `endpoint` (metrics still to a no-op exporter). The `OTEL_BSP_*` variables are read from the
+/// process environment (as the SDK's batch processor always did), so that a profile can make the
+/// span queue large enough for nothing to be dropped under valgrind, which runs one thread at a
+/// time.
+pub fn otlp_instrumentation(endpoint: &str) -> Instrumentation {
+    Builder::for_package("bench", "0")
+        .with_env_lookup(|name| {
+            name.starts_with("OTEL_BSP_")
+                .then(|| std::env::var(name).ok())
+                .flatten()
+        })
+        .with_env_filter("warn")
+        .with_log_writer(std::io::sink)
+        .with_endpoint(endpoint)
+        .with_metric_exporter(NoopMetrics)
+        .build()
+        .expect("instrumentation builds")
+}
+
 /// The header extractor users write (as `opentelemetry-http`'s) for the SDK's W3C propagator.
 pub struct Headers<'a>(&'a axum::http::HeaderMap);
 

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{MeterProviderBuilder, PeriodicReader, SdkMeterProvider};
@@ -26,12 +25,12 @@ use tracing_subscriber::fmt as tfmt;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::client::{self, ClientSettings, HeaderInterceptor, SpanHttpClient};
+use crate::client::{self, ClientSettings};
 use crate::error::{InitError, ShutdownError, Signal};
 use crate::exemplars::{
     DEFAULT_EXEMPLAR_FILTER, ExemplarFilter, ExemplarMeterProvider, ExemplarStore, OTEL_METRICS_EXEMPLAR_FILTER,
 };
-use crate::otlp::{OtlpMetricExporter, Transport};
+use crate::otlp::{MetricsTarget, OtlpMetricExporter};
 use crate::prometheus::{
     DEFAULT_PROMETHEUS_HOST, DEFAULT_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, OTEL_EXPORTER_PROMETHEUS_PORT,
     PrometheusMetrics,
@@ -654,6 +653,7 @@ impl Builder {
         } else {
             ClientSettings::from_env(&env, &client::METRICS, is_https(&metrics_endpoint))?
         };
+        let span_batch = crate::spans::BatchSettings::from_env(&env);
         let prometheus_listener = if prometheus_on && self.prometheus_listener {
             Some(self.prometheus_listener()?)
         } else {
@@ -663,7 +663,7 @@ impl Builder {
         // gRPC exporters run on a runtime of their own, so they work whatever runtime (or none)
         // the service uses, and shutting down never waits on the service's own worker threads.
         // The Prometheus listener runs there too, so scrapes never use the service's workers.
-        // OTLP/HTTP spans are sent from there too (the SDK's batch processor awaits them).
+        // Spans are sent from there too, by the span export thread (`spans`).
         let needs_runtime = (otlp_traces && self.span_exporter.is_none())
             || (otlp_metrics && !custom_metrics)
             || prometheus_listener.is_some();
@@ -687,41 +687,17 @@ impl Builder {
         traces = match self.span_exporter {
             Some(hook) => hook(traces),
             None if traces_exporter == TracesExporter::None => traces,
-            None => {
-                use opentelemetry_otlp::{Compression, WithHttpConfig as _, WithTonicConfig as _};
-                let invalid = |reason: String| InitError::Exporter {
-                    signal: "traces",
-                    source: opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
-                        "{traces_endpoint}: {reason}"
-                    )),
-                };
-                let handle = runtime
-                    .as_ref()
-                    .map(|rt| rt.handle().clone())
-                    .ok_or_else(|| invalid("no exporter runtime".into()))?;
-                // The client is this crate's (TLS and headers from `client.rs`); the SDK's own
-                // reading of `*_HEADERS` from the process environment is overridden by it.
-                let exporter = match traces_protocol {
-                    Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_compression(Compression::Gzip)
-                        .with_channel(traces_client.grpc_channel(&traces_endpoint).map_err(invalid)?)
-                        .with_interceptor(HeaderInterceptor(traces_client.headers.clone()))
-                        .build(),
-                    Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_compression(Compression::Gzip)
-                        .with_endpoint(traces_endpoint.clone())
-                        .with_http_client(SpanHttpClient::new(&traces_client, handle).map_err(invalid)?)
-                        .build(),
-                }
-                .map_err(|source| InitError::Exporter {
-                    signal: "traces",
-                    source,
-                })?;
-                traces.with_batch_exporter(exporter)
-            }
+            None => crate::spans::with_otlp_export(
+                traces,
+                crate::spans::OtlpTraces {
+                    endpoint: &traces_endpoint,
+                    protocol: traces_protocol,
+                    client: &traces_client,
+                    runtime: runtime.as_ref().map(|rt| rt.handle().clone()),
+                    resource: &resource,
+                    batch: span_batch,
+                },
+            )?,
         };
         let tracer_provider = traces.build();
 
@@ -756,7 +732,7 @@ impl Builder {
             _ if !otlp_metrics => metrics,
             (Some(hook), _) => hook(metrics, interval),
             (None, Some(capture)) => {
-                let exporter = OtlpMetricExporter::new(Arc::clone(&exemplar_store), Transport::Capture(capture));
+                let exporter = OtlpMetricExporter::new(Arc::clone(&exemplar_store), MetricsTarget::Capture(capture));
                 metrics.with_reader(PeriodicReader::builder(exporter).with_interval(interval).build())
             }
             (None, None) => {

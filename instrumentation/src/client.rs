@@ -7,8 +7,8 @@
 //! What comes in: the variables of one signal ([`SignalVars`]) and its endpoint. What goes out:
 //! [`ClientSettings`] — the PEM files read and checked at start, and the headers parsed — which
 //! build a tonic [`Channel`] or a [`reqwest::Client`] for that endpoint, and add the headers to
-//! each request: [`HeaderInterceptor`] for the SDK's gRPC span exporter, [`SpanHttpClient`] for
-//! its HTTP one, [`Headers::apply`] for this crate's own metric exporter.
+//! each request ([`Headers::apply`], [`Headers::apply_metadata`]) of the crate's OTLP transport
+//! ([`crate::transport`]), which both signals send through.
 //!
 //! Header values are secrets (`authorization=Bearer …`): they are marked sensitive on the wire
 //! (HTTP/2 never indexes them, `Debug` never shows them), and no `Debug` output, error or log line
@@ -27,9 +27,6 @@ use crate::InitError;
 /// Time allowed for one export request (and for connecting), as the SDK's default
 /// `OTEL_EXPORTER_OTLP_TIMEOUT`.
 pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest answer body read from an OTLP/HTTP receiver (as the SDK's own HTTP clients).
-const MAX_RESPONSE_BODY: usize = 4 << 20;
 
 /// How a secret is shown.
 const REDACTED: &str = "<redacted>";
@@ -313,75 +310,6 @@ fn identity_pem(cert: &[u8], key: &[u8]) -> Vec<u8> {
     pem
 }
 
-/// Adds the headers to every request of the SDK's gRPC span exporter (after the SDK's own
-/// metadata, so these win).
-#[derive(Clone, Debug)]
-pub(crate) struct HeaderInterceptor(pub(crate) Headers);
-
-impl tonic::service::Interceptor for HeaderInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        self.0.apply_metadata(req.metadata_mut());
-        Ok(req)
-    }
-}
-
-/// The HTTP client of the SDK's OTLP/HTTP span exporter: `reqwest` with the TLS settings, run on
-/// the exporters' runtime (the SDK's batch processor awaits it from its own thread), with the
-/// headers set on every request.
-#[derive(Debug)]
-pub(crate) struct SpanHttpClient {
-    client: reqwest::Client,
-    headers: Headers,
-    runtime: tokio::runtime::Handle,
-}
-
-impl SpanHttpClient {
-    /// The client for one signal's settings, run on `runtime`.
-    ///
-    /// # Errors
-    /// A message when the TLS settings cannot be used.
-    pub(crate) fn new(settings: &ClientSettings, runtime: tokio::runtime::Handle) -> Result<Self, String> {
-        Ok(Self {
-            client: settings.http_client()?,
-            headers: settings.headers.clone(),
-            runtime,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for SpanHttpClient {
-    async fn send_bytes(
-        &self,
-        mut request: http::Request<bytes::Bytes>,
-    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-        self.headers.apply(request.headers_mut());
-        let client = self.client.clone();
-        let send = async move {
-            let request = reqwest::Request::try_from(request)?;
-            let mut response = client.execute(request).await?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            let mut body = bytes::BytesMut::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BODY {
-                    return Err(
-                        Box::new(opentelemetry_http::ResponseBodyTooLarge::new()) as opentelemetry_http::HttpError
-                    );
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let mut out = http::Response::builder().status(status).body(body.freeze())?;
-            *out.headers_mut() = headers;
-            Ok(out)
-        };
-        match self.runtime.spawn(send).await {
-            Ok(result) => result,
-            Err(e) => Err(Box::new(e)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -431,7 +359,8 @@ mod tests {
     fn header_values_never_show_in_debug_output_or_errors() {
         let e = env(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret-tok")]);
         let s = ClientSettings::from_env(&e, &TRACES, false).expect("valid");
-        let shown = format!("{s:?} {:?}", HeaderInterceptor(s.headers.clone()));
+        let transport = crate::transport::Transport::http("http://localhost:4318/v1/traces", &s).expect("transport");
+        let shown = format!("{s:?} {transport:?}");
         assert!(shown.contains("authorization") && !shown.contains("s3cret"), "{shown}");
         for bad in [
             "authorization",

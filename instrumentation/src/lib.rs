@@ -71,7 +71,9 @@ pub mod process;
 pub mod prometheus;
 mod resource;
 pub mod sampler;
+mod spans;
 mod throttle;
+mod transport;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::metrics::Meter;
