@@ -153,7 +153,8 @@ where
     let (parts, body) = req.into_parts();
     let encoding = match parts.headers.get("grpc-encoding").map(HeaderValue::to_str) {
         None | Some(Ok("identity")) => None,
-        Some(Ok(e @ ("gzip" | "zstd"))) => Some(e.to_owned()),
+        Some(Ok("gzip")) => Some("gzip"),
+        Some(Ok("zstd")) => Some("zstd"),
         Some(other) => {
             let name = other.unwrap_or("(not text)").to_owned();
             return Err(Refused(Refusal::Decode(DecodeError::UnsupportedEncoding(name))));
@@ -177,7 +178,7 @@ where
     let message = frame(raw, limit)?;
     let message = match (message, encoding) {
         (Message::Plain(m), _) => m,
-        (Message::Compressed(m), Some(e)) => decode::decompress(m, Some(&e), limit)?,
+        (Message::Compressed(m), Some(e)) => decode::decompress(m, Some(e), limit)?,
         (Message::Compressed(_), None) => {
             let detail = "a compressed message without a grpc-encoding header".to_owned();
             return Err(DecodeError::Protobuf(detail).into());
