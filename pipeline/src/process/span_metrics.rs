@@ -42,6 +42,7 @@ use crate::model::batch::{ExpPoint, FamilyMeta, LimitCounts, LimitReason, PointV
 use crate::model::exp::bucket_index;
 use crate::model::{Exemplar, MetricKind, Outcome, Signal, Temporality};
 use crate::receive::config::LimitsConfig;
+use crate::util::labels::sanitized_label_name;
 
 /// Family name of the call counter (exposed as `traces_span_metrics_calls_total`).
 pub const CALLS: &str = "traces_span_metrics_calls";
@@ -66,6 +67,11 @@ pub struct SpanMetrics {
     kinds: u8,
     limits: LimitsConfig,
     stats: Option<Arc<LimitStats>>,
+    /// The label names of a series, sanitized once: `service_name`, `span_name`, `span_kind`,
+    /// `status_code` and the dimensions, in the order of [`Agg::values`].
+    label_names: Vec<String>,
+    /// Indices into `label_names` in name order, so that labels are pushed sorted.
+    label_order: Vec<usize>,
 }
 
 /// What one traces request contributes.
@@ -171,11 +177,20 @@ impl SpanMetrics {
         } else {
             config.span_kinds.iter().fold(0u8, |m, k| m | (1 << k.otlp()))
         };
+        let label_names: Vec<String> = ["service_name", "span_name", "span_kind", "status_code"]
+            .into_iter()
+            .chain(config.dimensions.iter().map(|d| d.name.as_str()))
+            .map(sanitized_label_name)
+            .collect();
+        let mut label_order: Vec<usize> = (0..label_names.len()).collect();
+        label_order.sort_by(|&a, &b| label_names[a].cmp(&label_names[b]));
         Self {
             config,
             kinds,
             limits: LimitsConfig::default(),
             stats: None,
+            label_names,
+            label_order,
         }
     }
 
@@ -393,8 +408,7 @@ impl SpanMetrics {
     }
 
     fn emit(&self, aggs: Vec<Agg>, spans: u64) -> SpanMetricsBatch {
-        let mut names = vec!["service_name", "span_name", "span_kind", "status_code"];
-        names.extend(self.config.dimensions.iter().map(|d| d.name.as_str()));
+        let names = &self.label_names;
         let mut out = SpanMetricsBatch {
             spans,
             ..Default::default()
@@ -435,9 +449,11 @@ impl SpanMetrics {
             });
             for agg in &aggs {
                 let start = batch.labels.len();
-                for (name, v) in names.iter().zip(&agg.values) {
-                    if let Some(v) = v {
-                        batch.add_label(name, v);
+                // In name order, so that the point's labels need no sorting (names that collide
+                // after sanitizing are still joined by `add_point`).
+                for &i in &self.label_order {
+                    if let Some(v) = &agg.values[i] {
+                        batch.add_sanitized_label(&names[i], v);
                     }
                 }
                 let (value, exemplars): (f64, Vec<Exemplar>) = if is_exemplars {

@@ -11,6 +11,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 
 use super::size::{self, Kind};
+use crate::util::gzip::GunzipError;
 
 /// Why a request body could not be turned into an OTLP message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,11 +117,21 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
             }
             return Ok(body);
         }
-        // Both decoders read the body in place (`bufread`: no buffer of their own to fill), and
-        // the output is sized once from what the body says it holds (see `size_hint`).
+        // Both decoders read the body in place (no buffer of their own to fill), and the output is
+        // sized once from what the body says it holds (see `size_hint`); gzip inflates with the
+        // thread's reused stream (`util::gzip`).
         "gzip" | "x-gzip" => {
             let hint = size_hint(gzip_size(&body), body.len(), limit);
-            read_capped(flate2::bufread::GzDecoder::new(&body[..]), hint, limit, "gzip")?
+            crate::util::gzip::decompress(&body, hint, limit).map_err(|e| match e {
+                GunzipError::TooLarge => DecodeError::TooLarge {
+                    limit,
+                    decompressed: true,
+                },
+                GunzipError::Corrupt(detail) => DecodeError::Corrupt {
+                    encoding: "gzip",
+                    detail,
+                },
+            })?
         }
         "zstd" => {
             let hint = size_hint(

@@ -386,6 +386,10 @@ fn walk(kind: Kind, mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
                         cost = cost.saturating_add(walk_key_value(data, depth + 1)?);
                         counts.add(i, 1);
                     }
+                    Some((i, Rep(Kind::Span))) => {
+                        cost = cost.saturating_add(walk_span(data, depth + 1)?);
+                        counts.add(i, 1);
+                    }
                     Some((_, Msg(k))) => cost = cost.saturating_add(walk(k, data, depth + 1)?),
                     Some((i, Rep(k))) => {
                         cost = cost.saturating_add(walk(k, data, depth + 1)?);
@@ -412,6 +416,47 @@ fn walk(kind: Kind, mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
         }
     }
     Ok(cost.saturating_add(counts.cost(kind)))
+}
+
+/// [`walk`] of a `Span`, by hand (a traces request is mostly spans): its strings, attributes,
+/// events, links and status, with what their vectors cost.
+fn walk_span(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("recursion limit reached");
+    }
+    let (mut cost, mut attrs, mut events, mut links) = (0u64, 0u64, 0u64, 0u64);
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        // Length-delimited fields 1–5, 9, 11, 13 and 15; every other key is skipped as the generic
+        // walk skips it.
+        if !matches!(key, 0x0a | 0x12 | 0x1a | 0x22 | 0x2a | 0x4a | 0x5a | 0x6a | 0x7a) {
+            skip_field(&mut buf, key)?;
+            continue;
+        }
+        let len = varint(&mut buf)?;
+        let data = skip(&mut buf, len)?;
+        let add = match key {
+            0x4a => {
+                attrs += 1;
+                walk_key_value(data, depth + 1)?
+            }
+            0x5a => {
+                events += 1;
+                walk(Kind::Event, data, depth + 1)?
+            }
+            0x6a => {
+                links += 1;
+                walk(Kind::Link, data, depth + 1)?
+            }
+            0x7a => walk(Kind::Status, data, depth + 1)?,
+            // trace_id, span_id, trace_state, parent_span_id, name
+            _ => str_cost(len),
+        };
+        cost = cost.saturating_add(add);
+    }
+    Ok([(KV, attrs), (Rep(Kind::Event), events), (Rep(Kind::Link), links)]
+        .into_iter()
+        .fold(cost, |c, (f, n)| c.saturating_add(repeated_cost(f, n))))
 }
 
 /// [`walk`] of a `KeyValue`, by hand: its key, and its value when that is a string or bytes (the
@@ -469,6 +514,9 @@ fn walk_key_value(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
 fn skip_field(buf: &mut &[u8], key: u64) -> Result<(), &'static str> {
     if key >> 3 == 0 {
         return Err("invalid field number 0");
+    }
+    if key >> 3 > u64::from(u32::MAX) {
+        return Err("invalid field number");
     }
     match key & 7 {
         0 => varint(buf).map(drop),
@@ -791,5 +839,87 @@ mod tests {
         assert!(est >= 1024 * size_of::<pt::Span>() as u64, "{est}");
         let decoded = ExportTraceServiceRequest::decode(&req[..]).unwrap();
         assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1000);
+    }
+
+    #[test]
+    fn the_hand_walk_of_a_span_costs_what_the_generic_walk_does() {
+        use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+        use pt::span::{Event, Link};
+        let kv = |k: &str, v: any_value::Value| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
+        let attrs = |n: usize| -> Vec<KeyValue> {
+            (0..n)
+                .map(|i| match i % 4 {
+                    0 => kv("http.route", any_value::Value::StringValue("/users/{id}".into())),
+                    1 => kv("n", any_value::Value::IntValue(i as i64)),
+                    2 => kv(
+                        "list",
+                        any_value::Value::ArrayValue(ArrayValue {
+                            values: vec![AnyValue {
+                                value: Some(any_value::Value::BytesValue(vec![1; 20])),
+                            }],
+                        }),
+                    ),
+                    _ => kv(
+                        "map",
+                        any_value::Value::KvlistValue(KeyValueList {
+                            values: vec![kv("a", any_value::Value::BoolValue(true))],
+                        }),
+                    ),
+                })
+                .collect()
+        };
+        let spans = [
+            pt::Span::default(),
+            pt::Span {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                trace_state: "k=v".into(),
+                parent_span_id: vec![3; 8],
+                name: "GET /users/{id}".into(),
+                kind: 2,
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                attributes: attrs(9),
+                events: (0..3)
+                    .map(|i| Event {
+                        name: format!("event {i}"),
+                        attributes: attrs(i),
+                        ..Default::default()
+                    })
+                    .collect(),
+                links: vec![Link {
+                    trace_id: vec![4; 16],
+                    span_id: vec![5; 8],
+                    trace_state: "a=b".into(),
+                    attributes: attrs(2),
+                    ..Default::default()
+                }],
+                status: Some(pt::Status {
+                    message: "boom".into(),
+                    code: 2,
+                }),
+                flags: 0x301,
+                ..Default::default()
+            },
+        ];
+        for span in &spans {
+            let mut bytes = span.encode_to_vec();
+            assert_eq!(walk_span(&bytes, 3), walk(Kind::Span, &bytes, 3), "{span:?}");
+            // Unknown fields and known numbers with other wire types are skipped alike.
+            bytes.extend([0xf8, 0x06, 0x01, 0x2d, 1, 2, 3, 4, 0x28, 0x07, 0x4d, 0, 0, 0, 0]);
+            assert_eq!(walk_span(&bytes, 3), walk(Kind::Span, &bytes, 3));
+            // Malformed: truncated, a group, a zero field number, too deep.
+            for bad in [&bytes[..bytes.len() - 3], &[0x0b][..], &[0x00, 0x00][..]] {
+                assert!(walk_span(bad, 3).is_err() && walk(Kind::Span, bad, 3).is_err());
+            }
+            assert_eq!(
+                walk_span(&bytes, MAX_DEPTH + 1),
+                walk(Kind::Span, &bytes, MAX_DEPTH + 1)
+            );
+        }
     }
 }

@@ -33,11 +33,15 @@ pub fn push_sanitized(out: &mut String, raw: &str, colon: bool) {
 fn push_sanitized_from(out: &mut String, raw: &str, colon: bool, start: usize) {
     let valid = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || (colon && c == b':');
     let b = raw.as_bytes();
-    // Most keys are already valid: copied whole when nothing is replaced or collapsed.
-    if b.iter().all(|&c| valid(c))
-        && !raw.contains("__")
-        && !(b.first() == Some(&b'_') && out.len() > start && out.ends_with('_'))
-    {
+    // Most keys are already valid: copied whole when nothing is replaced or collapsed (one pass
+    // over the bytes: a `str::contains("__")` alone cost more than the copy).
+    let mut prev_underscore = false;
+    let clean = b.iter().all(|&c| {
+        let ok = valid(c) && !(c == b'_' && prev_underscore);
+        prev_underscore = c == b'_';
+        ok
+    });
+    if clean && !(b.first() == Some(&b'_') && out.len() > start && out.ends_with('_')) {
         out.push_str(raw);
         return;
     }
@@ -55,6 +59,8 @@ fn push_sanitized_from(out: &mut String, raw: &str, colon: bool, start: usize) {
 /// appends), its values escaped by [`escape_label_value`].
 pub fn render_label_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, out: &mut Vec<u8>) {
     for (i, (name, value)) in pairs.into_iter().enumerate() {
+        // Room for the pair unescaped, reserved once instead of checked per piece.
+        out.reserve(name.len() + value.len() + 4);
         if i > 0 {
             out.push(b',');
         }

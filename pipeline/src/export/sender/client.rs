@@ -68,7 +68,7 @@ impl BodyCompression {
                     out.write_all(c)?;
                 }
             }
-            BodyCompression::Gzip(level) => super::gzip::write(level, body, &mut out)?,
+            BodyCompression::Gzip(level) => crate::util::gzip::write(level, body, &mut out)?,
             BodyCompression::Zstd(level) => {
                 let level = i32::try_from(level).unwrap_or(i32::MAX).min(22);
                 let mut enc = zstd::stream::write::Encoder::new(out, level)?;

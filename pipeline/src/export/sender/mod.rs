@@ -22,7 +22,6 @@ pub mod client;
 #[cfg(unix)]
 pub mod disk;
 pub mod error;
-pub mod gzip;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;

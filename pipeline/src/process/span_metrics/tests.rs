@@ -137,6 +137,47 @@ fn exemplar_batch_is_zero_valued_and_names_the_newest_span_per_series_and_bucket
 }
 
 #[test]
+fn series_labels_are_sorted_and_names_that_collide_after_sanitizing_are_joined() {
+    // `http.route` and `http_route` are one label name; `a.b` sorts before every fixed label.
+    let dim = |name: &str| Dimension {
+        name: name.into(),
+        default: None,
+    };
+    let sm = SpanMetrics::new(SpanMetricsConfig {
+        dimensions: vec![dim("http.route"), dim("a.b"), dim("http_route")],
+        ..Default::default()
+    });
+    let req = traces_request(
+        vec![kv("service.name", "svc")],
+        vec![span(
+            "a",
+            SpanKind::Server,
+            1,
+            1,
+            vec![kv("http.route", "/u"), kv("http_route", "/v"), kv("a.b", "x")],
+        )],
+    );
+    let out = sm.process(&req);
+    for family in [CALLS, DURATION] {
+        let got = labels(&out.counts, points_of(&out.counts, family)[0]);
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a_b",
+                "http_route",
+                "service_name",
+                "span_kind",
+                "span_name",
+                "status_code"
+            ],
+            "{family}"
+        );
+        assert_eq!(got[1].1, "/u;/v", "joined in the order of the dimensions");
+    }
+}
+
+#[test]
 fn dimensions_come_from_span_then_resource_then_default() {
     let sm = SpanMetrics::new(SpanMetricsConfig {
         dimensions: vec![

@@ -5,7 +5,7 @@
 //! [`WireRequest::parse`] checks the whole request the way prost's decoder does — wire types of
 //! known fields, UTF-8 of string fields, lengths, nesting depth — so that a request it accepts would
 //! also decode, and a backend receives nothing Spindle itself would have refused. It allocates two
-//! vectors per request (resources and spans, plus one of attributes), none per span.
+//! vectors per request (resources and spans, plus one of attributes), each sized once, none per span.
 
 pub use crate::process::translate::attrs::{WireAttr, WireError};
 use crate::process::translate::attrs::{key_value, resource_message};
@@ -38,10 +38,12 @@ pub struct WireSpan<'a> {
 /// A request's spans and resource attributes, borrowed from its bytes.
 #[derive(Debug, Default)]
 pub struct WireRequest<'a> {
-    /// Per resource (one per `ResourceSpans`): its attributes, as a range of `attrs`.
+    /// Per resource (one per `ResourceSpans`): its attributes, as a range of `resource_attrs`.
     resources: Vec<(u32, u32)>,
+    resource_attrs: Vec<WireAttr<'a>>,
     /// Every span, in request order.
     pub spans: Vec<WireSpan<'a>>,
+    /// Span attributes; a span's are a range of these.
     attrs: Vec<WireAttr<'a>>,
 }
 
@@ -71,7 +73,7 @@ impl<'a> WireRequest<'a> {
     /// The attributes of resource `i`.
     pub fn resource_attrs(&self, i: u32) -> &[WireAttr<'a>] {
         let (a, b) = self.resources[i as usize];
-        &self.attrs[a as usize..b as usize]
+        &self.resource_attrs[a as usize..b as usize]
     }
 
     /// The attributes of `span`.
@@ -81,29 +83,38 @@ impl<'a> WireRequest<'a> {
 
     fn resource_spans(&mut self, mut buf: &'a [u8]) -> Result<(), WireError> {
         let resource = self.resources.len() as u32;
-        let mut attrs = Vec::new();
+        let start = self.resource_attrs.len() as u32;
         // Spans come before or after the resource on the wire: their resource index is known now.
         while !buf.is_empty() {
             match field(&mut buf)? {
-                (1, Wire::Len(res)) => resource_message(res, 1, &mut attrs)?,
+                (1, Wire::Len(res)) => resource_message(res, 1, &mut self.resource_attrs)?,
                 (2, Wire::Len(ss)) => self.scope_spans(ss, resource)?,
                 (3, Wire::Len(s)) => utf8(s).map(drop)?,
                 (1..=3, _) => return Err("invalid wire type in ResourceSpans"),
                 (_, w) => w.skip_unknown()?,
             }
         }
-        let start = self.attrs.len() as u32;
-        self.attrs.extend(attrs);
-        self.resources.push((start, self.attrs.len() as u32));
+        self.resources.push((start, self.resource_attrs.len() as u32));
         Ok(())
     }
 
     fn scope_spans(&mut self, mut buf: &'a [u8], resource: u32) -> Result<(), WireError> {
+        // The vectors are sized once: the scope's spans are counted by a shallow scan (a key and a
+        // length each), their attributes guessed from the first span's — but no more than one per
+        // two bytes left, the smallest encoded `KeyValue`, so a crafted request cannot make this
+        // reserve more than its own bytes justify.
+        let mut spans = count_len_fields(buf, 2);
+        self.spans.reserve(spans);
         while !buf.is_empty() {
             match field(&mut buf)? {
                 (1, Wire::Len(scope)) => check_scope(scope)?,
                 (2, Wire::Len(span)) => {
                     let s = self.span(span, resource)?;
+                    if spans > 0 {
+                        let per_span = (s.attrs.1 - s.attrs.0) as usize;
+                        self.attrs.reserve((per_span * (spans - 1)).min(buf.len() / 2));
+                        spans = 0;
+                    }
                     self.spans.push(s);
                 }
                 (3, Wire::Len(s)) => utf8(s).map(drop)?,
@@ -146,6 +157,16 @@ impl<'a> WireRequest<'a> {
         s.attrs = (start, self.attrs.len() as u32);
         Ok(s)
     }
+}
+
+/// How many length-delimited fields `number` the message `buf` holds at its top level (counted up to
+/// the first malformed field, which the reader itself will refuse).
+fn count_len_fields(mut buf: &[u8], number: u32) -> usize {
+    let mut n = 0;
+    while let Ok((f, w)) = field(&mut buf) {
+        n += usize::from(f == number && matches!(w, Wire::Len(_)));
+    }
+    n
 }
 
 fn check_scope(mut buf: &[u8]) -> Result<(), WireError> {

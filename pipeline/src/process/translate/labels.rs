@@ -23,6 +23,10 @@ pub(super) fn finish_labels(out: &mut Samples, start: usize, max_value: usize) -
 pub(super) fn sort_labels(out: &mut Samples, start: usize) -> bool {
     let Samples { labels, text, .. } = out;
     let ls = &mut labels[start..];
+    // Labels pushed in order (span metrics) are only checked.
+    if ls.windows(2).all(|w| text[w[0].name.range()] < text[w[1].name.range()]) {
+        return false;
+    }
     ls.sort_by(|a, b| text[a.name.range()].cmp(&text[b.name.range()]));
     ls.windows(2)
         .any(|w| text[w[0].name.range()] == text[w[1].name.range()])

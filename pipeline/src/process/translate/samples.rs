@@ -20,6 +20,14 @@ impl Samples {
         self.labels.push(Label { name, value });
     }
 
+    /// Adds a label to the point being built; `name` is already sanitized (see
+    /// [`crate::util::labels::sanitized_label_name`]).
+    pub fn add_sanitized_label(&mut self, name: &str, value: &str) {
+        let name = push_str(&mut self.text, name);
+        let value = push_str(&mut self.text, value);
+        self.labels.push(Label { name, value });
+    }
+
     /// Adds a copy of an earlier point's labels to the point being built.
     pub fn copy_labels(&mut self, labels: Span) {
         self.labels.extend_from_within(labels.range());
