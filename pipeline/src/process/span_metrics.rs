@@ -622,6 +622,9 @@ fn exemplar(span: &SpanFields<'_>, secs: f64) -> Option<Exemplar> {
 /// probability-sampling threshold `ot=th:T` (1 to 14 hex digits, trailing zeros omitted), else 1.
 pub fn adjusted_count(tracestate: &str) -> f64 {
     const MAX: u64 = 1 << 56;
+    if tracestate.is_empty() {
+        return 1.0;
+    }
     let th = tracestate
         .split(',')
         .filter_map(|m| m.trim().strip_prefix("ot="))

@@ -462,6 +462,18 @@ fn walk_span(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
 /// [`walk`] of a `KeyValue`, by hand: its key, and its value when that is a string or bytes (the
 /// generic walk for arrays and maps).
 fn walk_key_value(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
+    // The usual shape first: a key, then one `AnyValue` of one string or scalar field, every
+    // length in one byte.
+    if let [0x0a, key_len, rest @ ..] = buf
+        && *key_len < 0x80
+        && let Some([0x12, value_len, value @ ..]) = rest.get(usize::from(*key_len)..)
+        && *value_len < 0x80
+        && usize::from(*value_len) == value.len()
+        && depth < MAX_DEPTH
+        && let Some(value_cost) = plain_value_cost(value)
+    {
+        return Ok(str_cost(u64::from(*key_len)).saturating_add(value_cost));
+    }
     let mut cost = 0u64;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
@@ -508,6 +520,22 @@ fn walk_key_value(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
         }
     }
     Ok(cost)
+}
+
+/// What an `AnyValue` of one string, bool, int or double field (or none) costs; `None` for any
+/// other shape (left to [`walk_key_value`]'s general loop).
+fn plain_value_cost(value: &[u8]) -> Option<u64> {
+    match value {
+        [] => Some(0),
+        [0x0a, len, s @ ..] if *len < 0x80 && usize::from(*len) == s.len() => Some(str_cost(u64::from(*len))),
+        [0x10 | 0x18, int @ ..] => {
+            let mut rest = int;
+            varint(&mut rest).ok()?;
+            rest.is_empty().then_some(0)
+        }
+        [0x21, double @ ..] => (double.len() == 8).then_some(0),
+        _ => None,
+    }
 }
 
 /// Skips the value of a field whose key is `key` (one the memory walk does not count).
@@ -920,6 +948,52 @@ mod tests {
                 walk_span(&bytes, MAX_DEPTH + 1),
                 walk(Kind::Span, &bytes, MAX_DEPTH + 1)
             );
+        }
+    }
+
+    #[test]
+    fn the_hand_walk_of_a_key_value_costs_what_the_generic_walk_does() {
+        use opentelemetry_proto::tonic::common::v1::ArrayValue;
+        let kv = |key: &str, value: Option<any_value::Value>| {
+            KeyValue {
+                key: key.into(),
+                value: Some(AnyValue { value }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let long = "v".repeat(300);
+        let mut cases = vec![
+            kv("http.route", Some(any_value::Value::StringValue("/users/{id}".into()))),
+            kv("a", Some(any_value::Value::StringValue("1234567".into()))),
+            kv("n", Some(any_value::Value::IntValue(-1))),
+            kv("ok", Some(any_value::Value::BoolValue(true))),
+            kv("d", Some(any_value::Value::DoubleValue(2.5))),
+            kv("none", None),
+            kv("long", Some(any_value::Value::StringValue(long))),
+            kv("b", Some(any_value::Value::BytesValue(vec![9; 30]))),
+            kv(
+                "arr",
+                Some(any_value::Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(any_value::Value::StringValue("abcdefghijk".into())),
+                    }],
+                })),
+            ),
+            KeyValue::default().encode_to_vec(),
+        ];
+        let mut unknown = kv("k", Some(any_value::Value::StringValue("abcdefghij".into())));
+        unknown.extend([0x20, 0x01]);
+        cases.push(unknown);
+        cases.push(vec![0x0a, 0x01, b'k', 0x12, 0x02, 0x18, 0x80]);
+        for case in &cases {
+            for depth in [1, MAX_DEPTH - 1, MAX_DEPTH] {
+                assert_eq!(
+                    walk_key_value(case, depth),
+                    walk(Kind::KeyValue, case, depth),
+                    "{case:?} at {depth}"
+                );
+            }
         }
     }
 }

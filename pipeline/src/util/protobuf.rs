@@ -64,6 +64,15 @@ impl Wire<'_> {
 #[inline(always)]
 pub fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Wire<'a>), &'static str> {
     let key = varint(buf)?;
+    field_with_key(key, buf)
+}
+
+/// [`field`] whose key was already read off `buf` (by a reader that matches on keys).
+///
+/// # Errors
+/// As [`field`].
+#[inline(always)]
+pub fn field_with_key<'a>(key: u64, buf: &mut &'a [u8]) -> Result<(u32, Wire<'a>), &'static str> {
     if key > u64::from(u32::MAX) {
         return Err("invalid key value");
     }

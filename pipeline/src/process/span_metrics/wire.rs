@@ -9,7 +9,7 @@
 
 pub use crate::process::translate::attrs::{WireAttr, WireError};
 use crate::process::translate::attrs::{key_value, resource_message};
-use crate::util::protobuf::{Wire, field, utf8};
+use crate::util::protobuf::{Wire, field, field_with_key, take, utf8, varint};
 
 /// One span, with what span metrics and the span checks read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,6 +125,7 @@ impl<'a> WireRequest<'a> {
         Ok(())
     }
 
+    /// One `Span`, read by its keys (the fields it reads are each one byte of key).
     fn span(&mut self, mut buf: &'a [u8], resource: u32) -> Result<WireSpan<'a>, WireError> {
         let mut s = WireSpan {
             resource,
@@ -132,26 +133,53 @@ impl<'a> WireRequest<'a> {
         };
         let start = self.attrs.len() as u32;
         while !buf.is_empty() {
-            match field(&mut buf)? {
-                (1, Wire::Len(b)) => s.trace_id = b,
-                (2, Wire::Len(b)) => s.span_id = b,
-                (3, Wire::Len(b)) => s.trace_state = utf8(b)?,
-                (4, Wire::Len(_)) => {}
-                (5, Wire::Len(b)) => s.name = utf8(b)?,
-                (6, Wire::Varint(v)) => s.kind = v as i32,
-                (7, Wire::Fixed64(v)) => s.start_time_unix_nano = v,
-                (8, Wire::Fixed64(v)) => s.end_time_unix_nano = v,
-                (9, Wire::Len(kv)) => self.attrs.push(key_value(kv, 1)?),
-                (10 | 12 | 14, Wire::Varint(_)) | (16, Wire::Fixed32) => {}
-                (11, Wire::Len(e)) => check_event(e)?,
-                (13, Wire::Len(l)) => check_link(l)?,
-                (15, Wire::Len(st)) => {
-                    if let Some(code) = status(st)? {
-                        s.status_code = code;
+            let key = varint(&mut buf)?;
+            match key {
+                // Length-delimited: trace_id, span_id, trace_state, parent_span_id, name,
+                // attributes, events, links, status.
+                0x0a | 0x12 | 0x1a | 0x22 | 0x2a | 0x4a | 0x5a | 0x6a | 0x7a => {
+                    let len = varint(&mut buf)?;
+                    let b = take(&mut buf, len)?;
+                    match key {
+                        0x0a => s.trace_id = b,
+                        0x12 => s.span_id = b,
+                        0x1a => s.trace_state = utf8(b)?,
+                        0x2a => s.name = utf8(b)?,
+                        0x4a => self.attrs.push(key_value(b, 1)?),
+                        0x5a => check_event(b)?,
+                        0x6a => check_link(b)?,
+                        0x7a => {
+                            if let Some(code) = status(b)? {
+                                s.status_code = code;
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                (1..=16, _) => return Err("invalid wire type in Span"),
-                (_, w) => w.skip_unknown()?,
+                0x30 => s.kind = varint(&mut buf)? as i32,
+                0x39 | 0x41 => {
+                    let t = u64::from_le_bytes(take(&mut buf, 8)?.try_into().map_err(|_| "truncated")?);
+                    if key == 0x39 {
+                        s.start_time_unix_nano = t;
+                    } else {
+                        s.end_time_unix_nano = t;
+                    }
+                }
+                // The dropped counts and flags.
+                0x50 | 0x60 | 0x70 => {
+                    varint(&mut buf)?;
+                }
+                0x85 => {
+                    take(&mut buf, 4)?;
+                }
+                _ => {
+                    // Anything else, as the general reader takes it: a known field with another wire
+                    // type is refused, an unknown one skipped.
+                    match field_with_key(key, &mut buf)? {
+                        (1..=16, _) => return Err("invalid wire type in Span"),
+                        (_, w) => w.skip_unknown()?,
+                    }
+                }
             }
         }
         s.attrs = (start, self.attrs.len() as u32);

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 
 use super::labels::write_any;
-use crate::util::protobuf::{Wire, depth_ok, field, utf8};
+use crate::util::protobuf::{Wire, depth_ok, field, utf8, varint};
 
 /// Why bytes are not a valid request.
 pub type WireError = &'static str;
@@ -104,6 +104,14 @@ impl WireAttr<'_> {
 /// Reads an encoded `KeyValue` nested `depth` messages deep, checking it as prost would.
 pub(crate) fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError> {
     depth_ok(depth)?;
+    match plain_key_value(kv, depth) {
+        Some(a) => Ok(a),
+        None => any_key_value(kv, depth),
+    }
+}
+
+/// [`key_value`] of any shape.
+fn any_key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError> {
     let mut a = WireAttr {
         key: "",
         value: WireValue::Absent,
@@ -127,6 +135,46 @@ pub(crate) fn key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError
         }
     }
     Ok(a)
+}
+
+/// The usual `KeyValue`, read without the general loop: its key, then one `AnyValue` holding a
+/// string, an int, a bool, a double or nothing, each length in one byte. `None` for any other
+/// shape (also for bytes that are not valid), which [`key_value`] then reads in full.
+#[inline]
+fn plain_key_value(kv: &[u8], depth: u32) -> Option<WireAttr<'_>> {
+    let [0x0a, key_len, rest @ ..] = kv else { return None };
+    let key_len = usize::from(*key_len);
+    if key_len >= 0x80 || rest.len() < key_len {
+        return None;
+    }
+    let (key, rest) = rest.split_at(key_len);
+    let [0x12, value_len, value @ ..] = rest else {
+        return None;
+    };
+    if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+        return None;
+    }
+    depth_ok(depth + 1).ok()?;
+    let value = match value {
+        [] => WireValue::Empty,
+        [0x0a, len, s @ ..] if *len < 0x80 && usize::from(*len) == s.len() => WireValue::Str(utf8(s).ok()?),
+        [0x10, b] if *b < 0x80 => WireValue::Bool(*b != 0),
+        [0x18, int @ ..] => {
+            let mut int = int;
+            let i = varint(&mut int).ok()?;
+            if !int.is_empty() {
+                return None;
+            }
+            WireValue::Int(i as i64)
+        }
+        [0x21, d @ ..] => WireValue::Double(f64::from_le_bytes(d.try_into().ok()?)),
+        _ => return None,
+    };
+    Some(WireAttr {
+        key: utf8(key).ok()?,
+        value,
+        kv,
+    })
 }
 
 /// Checks an encoded `AnyValue` nested `depth` messages deep; returns its value (the last oneof
@@ -208,4 +256,73 @@ fn check_entity_ref(mut buf: &[u8], depth: u32) -> Result<(), WireError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value::Value};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn same(a: &WireAttr<'_>, b: &WireAttr<'_>) -> bool {
+        let (mut x, mut y) = (String::new(), String::new());
+        a.key == b.key && a.kv == b.kv && a.write_value(&mut x) == b.write_value(&mut y) && x == y
+    }
+
+    #[test]
+    fn the_plain_reader_agrees_with_the_general_one() {
+        let kv = |key: &str, value: Option<Value>| {
+            KeyValue {
+                key: key.into(),
+                value: Some(AnyValue { value }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let long = "x".repeat(200);
+        let mut cases = vec![
+            kv("http.route", Some(Value::StringValue("/users/{id}".into()))),
+            kv("n", Some(Value::IntValue(-5))),
+            kv("n", Some(Value::IntValue(1 << 40))),
+            kv("ok", Some(Value::BoolValue(true))),
+            kv("ratio", Some(Value::DoubleValue(0.25))),
+            kv("empty", None),
+            kv("", Some(Value::StringValue(String::new()))),
+            kv(&long, Some(Value::StringValue("v".into()))),
+            kv("k", Some(Value::StringValue(long.clone()))),
+            kv("b", Some(Value::BytesValue(vec![1, 2]))),
+            kv("a", Some(Value::ArrayValue(ArrayValue::default()))),
+            KeyValue::default().encode_to_vec(),
+        ];
+        // Two values (merged by prost), a value before the key, trailing unknown fields, bad UTF-8.
+        let mut two = kv("k", Some(Value::IntValue(1)));
+        two.extend([0x12, 0x02, 0x18, 0x02]);
+        cases.push(two);
+        cases.push([&[0x12, 0x02, 0x18, 0x07][..], &[0x0a, 0x01, b'k']].concat());
+        let mut unknown = kv("k", Some(Value::IntValue(1)));
+        unknown.extend([0x20, 0x01]);
+        cases.push(unknown);
+        cases.push(vec![0x0a, 0x01, 0xff, 0x12, 0x00]);
+        cases.push(vec![0x0a, 0x01, b'k', 0x12, 0x03, 0x0a, 0x01, 0xff]);
+        let mut plain = 0;
+        for case in &cases {
+            let general = any_key_value(case, 1);
+            match plain_key_value(case, 1) {
+                Some(a) => {
+                    plain += 1;
+                    assert!(same(&a, &general.unwrap()), "{case:?}");
+                }
+                None => assert_eq!(key_value(case, 1).map(|a| a.key), general.map(|a| a.key), "{case:?}"),
+            }
+        }
+        // The six common shapes (an empty key is not written at all, so that one is not plain).
+        assert_eq!(plain, 6, "the common shapes take the plain path");
+        // Too deep for the value: the general reader's error.
+        let deep = kv("k", Some(Value::IntValue(1)));
+        assert!(plain_key_value(&deep, MAX).is_none());
+        assert_eq!(key_value(&deep, MAX).err(), any_key_value(&deep, MAX).err());
+    }
+
+    const MAX: u32 = crate::util::protobuf::MAX_DEPTH;
 }
