@@ -3,6 +3,7 @@
 //! In: raw body bytes with their `Content-Encoding` and `Content-Type`. Out: an OTLP request
 //! message, or a [`DecodeError`] that says what was wrong. Pure; no I/O.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -119,7 +120,8 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
         }
         // Both decoders read the body in place (no buffer of their own to fill), and the output is
         // sized once from what the body says it holds (see `size_hint`); gzip inflates with the
-        // thread's reused stream (`util::gzip`).
+        // thread's reused stream (`util::gzip`), zstd with the thread's reused context when its
+        // frame records its size (`zstd_one_shot`).
         "gzip" | "x-gzip" => {
             let hint = size_hint(gzip_size(&body), body.len(), limit);
             crate::util::gzip::decompress(&body, hint, limit).map_err(|e| match e {
@@ -134,11 +136,11 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
             })?
         }
         "zstd" => {
-            let hint = size_hint(
-                zstd::zstd_safe::get_frame_content_size(&body).ok().flatten(),
-                body.len(),
-                limit,
-            );
+            let claimed = zstd::zstd_safe::get_frame_content_size(&body).ok().flatten();
+            let hint = size_hint(claimed, body.len(), limit);
+            if let Some(out) = zstd_one_shot(&body, claimed, hint, limit) {
+                return Ok(bytes::Bytes::from(out));
+            }
             let dec = zstd::stream::read::Decoder::with_buffer(&body[..]).map_err(|e| DecodeError::Corrupt {
                 encoding: "zstd",
                 detail: e.to_string(),
@@ -148,6 +150,33 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
         other => return Err(DecodeError::UnsupportedEncoding(other.to_string())),
     };
     Ok(bytes::Bytes::from(out))
+}
+
+thread_local! {
+    /// This thread's zstd decompression context, kept from request to request.
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// A zstd body whose frame records its size (one-shot compression, what OTLP senders write),
+/// decompressed in one call with the thread's reused context into exactly that much room, when
+/// the size is within `hint` and `limit`. `None` when it is not, or when the call fails — a body
+/// with more frames than the first one's size, or a corrupt one — and the streaming decoder then
+/// reads it (and names what is wrong).
+fn zstd_one_shot(body: &[u8], claimed: Option<u64>, hint: usize, limit: u64) -> Option<Vec<u8>> {
+    let size = claimed
+        .filter(|size| *size <= limit)
+        .and_then(|size| usize::try_from(size).ok())
+        .filter(|size| *size <= hint)?;
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dctx = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
+        };
+        let mut out = Vec::with_capacity(size);
+        dctx.decompress_to_buffer(body, &mut out).ok()?;
+        Some(out)
+    })
 }
 
 /// A gzip member's own record of its decompressed size (ISIZE, the last four bytes: the size
@@ -470,6 +499,25 @@ mod tests {
         let z = zstd::encode_all(&data[..], 1).unwrap();
         assert_eq!(zstd::zstd_safe::get_frame_content_size(&z).ok().flatten(), None);
         assert_eq!(&decompress(z.into(), Some("zstd"), 1 << 20).unwrap()[..], &data[..]);
+        // Two sized frames back to back: more than the first one's size, read by the streaming
+        // decoder; a sized frame over the limit is refused; a truncated one is named corrupt.
+        let one = zstd::bulk::compress(&data, 1).unwrap();
+        assert_eq!(
+            zstd_one_shot(&one, Some(10_000), 10_000, 1 << 20).as_deref(),
+            Some(&data[..])
+        );
+        let two = [&one[..], &one[..]].concat();
+        assert_eq!(zstd_one_shot(&two, Some(10_000), 10_000, 1 << 20), None);
+        let both = decompress(two.into(), Some("zstd"), 1 << 20).unwrap();
+        assert_eq!(both.len(), 20_000);
+        assert_eq!(&both[10_000..], &data[..]);
+        let err = decompress(one.clone().into(), Some("zstd"), 9_999).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        let truncated = one[..one.len() - 5].to_vec();
+        let err = decompress(truncated.into(), Some("zstd"), 1 << 20).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt { encoding: "zstd", .. }), "{err}");
+        // And the thread's context still decompresses the next body.
+        assert_eq!(&decompress(one.into(), Some("zstd"), 1 << 20).unwrap()[..], &data[..]);
     }
 
     #[test]
