@@ -261,7 +261,8 @@ async fn none_sends_uncompressed_bodies_and_each_signal_variable_overrides_the_g
             signal: "",
             ..w.clone()
         };
-        let cases: [(&str, Vec<(&'static str, String)>, &Wire, &Wire); 4] = [
+        // (case, variables, how traces and metrics requests look)
+        let cases = [
             ("default", vec![], &gzip, &gzip),
             (
                 "none",
