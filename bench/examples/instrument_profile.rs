@@ -9,7 +9,8 @@
 //! `spindle-otlp` (the same with the crate's default OTLP/gRPC span export, encoding, gzip and
 //! transport included, to the receiver at `PROFILE_OTLP_ENDPOINT`, default
 //! `http://127.0.0.1:4317`, such as a release `spindle`; run it with `OTEL_BSP_MAX_QUEUE_SIZE=1000000`
-//! so that no span is dropped and check that the receiver got them all) or `hand-built` (tower-http `TraceLayer` +
+//! so that no span is dropped and check that the receiver got them all; `OTEL_EXPORTER_OTLP_COMPRESSION=none`
+//! sends the spans uncompressed) or `hand-built` (tower-http `TraceLayer` +
 //! `tracing-opentelemetry` + the batch span processor, spans only).
 
 #[path = "../shared/instrument_stacks.rs"]

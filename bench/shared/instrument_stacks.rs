@@ -80,13 +80,15 @@ pub fn instrumentation(spans: NoopSpans) -> Instrumentation {
 /// `endpoint` (metrics still to a no-op exporter). The `OTEL_BSP_*` variables are read from the
 /// process environment (as the SDK's batch processor always did), so that a profile can make the
 /// span queue large enough for nothing to be dropped under valgrind, which runs one thread at a
-/// time.
+/// time; and the `OTEL_EXPORTER_OTLP_{TRACES_,}COMPRESSION` variables, so that a profile can
+/// compare gzip (the default) with `none`.
 pub fn otlp_instrumentation(endpoint: &str) -> Instrumentation {
     Builder::for_package("bench", "0")
         .with_env_lookup(|name| {
-            name.starts_with("OTEL_BSP_")
-                .then(|| std::env::var(name).ok())
-                .flatten()
+            (name.starts_with("OTEL_BSP_")
+                || (name.starts_with("OTEL_EXPORTER_OTLP_") && name.ends_with("_COMPRESSION")))
+            .then(|| std::env::var(name).ok())
+            .flatten()
         })
         .with_env_filter("warn")
         .with_log_writer(std::io::sink)

@@ -1,14 +1,15 @@
-//! What the OTLP clients of both signals share: TLS for `https://` endpoints and request headers,
-//! read from the OpenTelemetry SDK's environment variables, each signal's own variable overriding
-//! the general one as a whole (`OTEL_EXPORTER_OTLP_TRACES_HEADERS` over
+//! What the OTLP clients of both signals share: TLS for `https://` endpoints, request headers and
+//! compression, read from the OpenTelemetry SDK's environment variables, each signal's own
+//! variable overriding the general one as a whole (`OTEL_EXPORTER_OTLP_TRACES_HEADERS` over
 //! `OTEL_EXPORTER_OTLP_HEADERS`, and likewise for `…_CERTIFICATE`, `…_CLIENT_CERTIFICATE`,
-//! `…_CLIENT_KEY`).
+//! `…_CLIENT_KEY`, `…_COMPRESSION`).
 //!
 //! What comes in: the variables of one signal ([`SignalVars`]) and its endpoint. What goes out:
-//! [`ClientSettings`] — the PEM files read and checked at start, and the headers parsed — which
-//! build a tonic [`Channel`] or a [`reqwest::Client`] for that endpoint, and add the headers to
-//! each request ([`Headers::apply`], [`Headers::apply_metadata`]) of the crate's OTLP transport
-//! ([`crate::transport`]), which both signals send through.
+//! [`ClientSettings`] — the PEM files read and checked at start, the headers parsed, the
+//! compression chosen — which build a tonic [`Channel`] or a [`reqwest::Client`] for that
+//! endpoint, and add the headers to each request ([`Headers::apply`], [`Headers::apply_metadata`])
+//! of the crate's OTLP transport ([`crate::transport`]), which both signals send through and which
+//! applies the compression.
 //!
 //! Header values are secrets (`authorization=Bearer …`): they are marked sensitive on the wire
 //! (HTTP/2 never indexes them, `Debug` never shows them), and no `Debug` output, error or log line
@@ -23,6 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::Channel;
 
 use crate::InitError;
+use crate::transport::Compression;
 
 /// Time allowed for one export request (and for connecting), as the SDK's default
 /// `OTEL_EXPORTER_OTLP_TIMEOUT`.
@@ -42,6 +44,8 @@ pub(crate) struct SignalVars {
     pub(crate) client_key: &'static str,
     /// `OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS`: `key=value` pairs, comma-separated, percent-encoded.
     pub(crate) headers: &'static str,
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_COMPRESSION`: `gzip` or `none`.
+    pub(crate) compression: &'static str,
 }
 
 /// The spans' variables.
@@ -50,6 +54,7 @@ pub(crate) const TRACES: SignalVars = SignalVars {
     client_certificate: crate::OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
     client_key: crate::OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
     headers: crate::OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    compression: crate::OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
 };
 
 /// The metrics' variables.
@@ -58,6 +63,7 @@ pub(crate) const METRICS: SignalVars = SignalVars {
     client_certificate: crate::OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE,
     client_key: crate::OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY,
     headers: crate::OTEL_EXPORTER_OTLP_METRICS_HEADERS,
+    compression: crate::OTEL_EXPORTER_OTLP_METRICS_COMPRESSION,
 };
 
 /// The general variables, below every signal's own.
@@ -66,6 +72,7 @@ const GENERAL: SignalVars = SignalVars {
     client_certificate: crate::OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
     client_key: crate::OTEL_EXPORTER_OTLP_CLIENT_KEY,
     headers: crate::OTEL_EXPORTER_OTLP_HEADERS,
+    compression: crate::OTEL_EXPORTER_OTLP_COMPRESSION,
 };
 
 /// Request headers, values marked sensitive. `Debug` shows the names only.
@@ -138,6 +145,21 @@ impl Headers {
     }
 }
 
+/// Parses a `…_COMPRESSION` value from `var`: `gzip` or `none`, trimmed, in any case.
+///
+/// # Errors
+/// [`InitError::InvalidEnv`] naming `var` for any other value.
+fn parse_compression(var: &'static str, text: &str) -> Result<Compression, InitError> {
+    let value = text.trim();
+    if value.eq_ignore_ascii_case("gzip") {
+        Ok(Compression::Gzip)
+    } else if value.eq_ignore_ascii_case("none") {
+        Ok(Compression::None)
+    } else {
+        Err(InitError::invalid_env(var, text, "expected `gzip` or `none`"))
+    }
+}
+
 /// The TLS files of one signal, read at start.
 #[derive(Default)]
 struct Tls {
@@ -147,11 +169,13 @@ struct Tls {
     identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// One signal's TLS files and headers; see the module documentation.
+/// One signal's TLS files, headers and compression; see the module documentation.
 #[derive(Default)]
 pub(crate) struct ClientSettings {
     /// The headers sent with every export request.
     pub(crate) headers: Headers,
+    /// How request bodies are compressed (gzip unless a `…_COMPRESSION` variable says `none`).
+    pub(crate) compression: Compression,
     tls: Tls,
 }
 
@@ -159,6 +183,7 @@ impl fmt::Debug for ClientSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientSettings")
             .field("headers", &self.headers)
+            .field("compression", &self.compression)
             .field("ca", &self.tls.ca.is_some())
             .field("client_certificate", &self.tls.identity.is_some())
             .finish()
@@ -167,11 +192,13 @@ impl fmt::Debug for ClientSettings {
 
 impl ClientSettings {
     /// Reads one signal's settings through `env`. The TLS files are read (and checked) only for
-    /// an `https` endpoint: the specification has them for secure connections only.
+    /// an `https` endpoint: the specification has them for secure connections only. Without a
+    /// `…_COMPRESSION` variable, bodies are gzip-compressed.
     ///
     /// # Errors
     /// [`InitError::InvalidEnv`] naming the variable: an unreadable or invalid PEM file, a client
-    /// certificate without its key (or the reverse), an unusable header entry.
+    /// certificate without its key (or the reverse), an unusable header entry, a compression
+    /// other than `gzip` or `none`.
     pub(crate) fn from_env(
         env: &dyn Fn(&str) -> Option<String>,
         vars: &SignalVars,
@@ -186,9 +213,14 @@ impl ClientSettings {
             Some((var, text)) => Headers::parse(var, &text)?,
             None => Headers::default(),
         };
+        let compression = match pick(vars.compression, GENERAL.compression) {
+            Some((var, text)) => parse_compression(var, &text)?,
+            None => Compression::default(),
+        };
         if !https {
             return Ok(Self {
                 headers,
+                compression,
                 tls: Tls::default(),
             });
         }
@@ -251,6 +283,7 @@ impl ClientSettings {
         };
         Ok(Self {
             headers,
+            compression,
             tls: Tls { ca, identity },
         })
     }
@@ -374,6 +407,81 @@ mod tests {
             assert!(text.contains("OTEL_EXPORTER_OTLP_TRACES_HEADERS"), "{text}");
             assert!(!text.contains("s3cret"), "{text}");
         }
+    }
+
+    #[test]
+    fn compression_is_gzip_unless_a_variable_says_none_and_the_signal_variable_wins() {
+        let compression = |vars: &[(&str, &str)], signal: &SignalVars| {
+            ClientSettings::from_env(&env(vars), signal, false)
+                .map(|s| s.compression)
+                .expect("valid")
+        };
+        assert_eq!(compression(&[], &TRACES), Compression::Gzip, "the crate's default");
+        assert_eq!(compression(&[], &METRICS), Compression::Gzip, "the crate's default");
+        for none in ["none", " NONE ", "None", "\tnone\n"] {
+            let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", none)];
+            assert_eq!(compression(&vars, &TRACES), Compression::None, "{none:?}");
+            assert_eq!(compression(&vars, &METRICS), Compression::None, "{none:?}");
+        }
+        for gzip in ["gzip", " GZip "] {
+            let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", gzip)];
+            assert_eq!(compression(&vars, &TRACES), Compression::Gzip, "{gzip:?}");
+        }
+        // Each signal's variable replaces the general one, for its signal only.
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ];
+        assert_eq!(compression(&vars, &TRACES), Compression::Gzip);
+        assert_eq!(compression(&vars, &METRICS), Compression::None);
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+        ];
+        assert_eq!(compression(&vars, &TRACES), Compression::Gzip);
+        assert_eq!(compression(&vars, &METRICS), Compression::None);
+        let vars = [("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")];
+        assert_eq!(compression(&vars, &TRACES), Compression::None);
+        assert_eq!(compression(&vars, &METRICS), Compression::Gzip);
+        // Also for https endpoints (the TLS path returns later).
+        let s = ClientSettings::from_env(&env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]), &TRACES, true)
+            .expect("valid");
+        assert_eq!(s.compression, Compression::None);
+    }
+
+    #[test]
+    fn an_unsupported_compression_is_an_error_naming_the_variable() {
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip,none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "deflate"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "identity"),
+        ] {
+            let err = ClientSettings::from_env(&env(&[(var, value)]), &TRACES, false).expect_err(value);
+            assert!(
+                matches!(&err, InitError::InvalidEnv { name, value: v, .. } if *name == var && v == value),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(var) && text.contains("`gzip` or `none`"), "{text}");
+        }
+        // A bad general value is not read when the signal's own variable is set.
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+        ];
+        assert!(ClientSettings::from_env(&env(&vars), &METRICS, false).is_ok());
+        let err = ClientSettings::from_env(&env(&vars), &TRACES, false).expect_err("brotli");
+        assert!(
+            matches!(&err, InitError::InvalidEnv { name, .. } if *name == "OTEL_EXPORTER_OTLP_COMPRESSION"),
+            "{err}"
+        );
+        let vars = [("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "lz4")];
+        let err = ClientSettings::from_env(&env(&vars), &METRICS, false).expect_err("lz4");
+        assert!(
+            matches!(&err, InitError::InvalidEnv { name, .. } if *name == "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"),
+            "{err}"
+        );
     }
 
     #[test]

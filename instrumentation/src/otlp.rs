@@ -4,9 +4,10 @@
 //! [`OtlpMetricsCapture`] in tests).
 //!
 //! The SDK's own OTLP exporter cannot be used: it converts `ResourceMetrics` itself and the SDK
-//! data points cannot carry exemplars. The request is encoded and compressed with gzip here and
-//! sent through the crate's [`Transport`] (shared with the spans), which retries what the OTLP
-//! specification calls retryable. A failure that is final is returned to the SDK's periodic
+//! data points cannot carry exemplars. The request is encoded here, compressed by the transport's
+//! body encoder (gzip unless `OTEL_EXPORTER_OTLP_{METRICS_,}COMPRESSION=none`) and sent through
+//! the crate's [`Transport`] (shared with the spans), which retries what the OTLP specification
+//! calls retryable. A failure that is final is returned to the SDK's periodic
 //! reader, which logs it; the crate's log filter lets one such line through per interval
 //! ([`crate::throttle`]).
 
@@ -23,7 +24,7 @@ use prost::Message as _;
 
 use crate::client::ClientSettings;
 use crate::exemplars::ExemplarStore;
-use crate::transport::{METRICS_GRPC_PATH, RETRY, RetryPolicy, Transport, gzip};
+use crate::transport::{METRICS_GRPC_PATH, RETRY, RetryPolicy, Transport};
 
 /// Collects the OTLP metric requests this crate would send, exemplars included, instead of
 /// sending them; for tests ([`crate::Builder::with_otlp_metrics_capture`]).
@@ -80,8 +81,8 @@ impl OtlpMetricExporter {
         self
     }
 
-    /// A gRPC target at `endpoint`, with the TLS settings and headers of `settings`; must be
-    /// called inside `runtime`.
+    /// A gRPC target at `endpoint`, with the TLS settings, headers and compression of
+    /// `settings`; must be called inside `runtime`.
     pub(crate) fn grpc(
         endpoint: &str,
         settings: &ClientSettings,
@@ -93,8 +94,8 @@ impl OtlpMetricExporter {
         ))
     }
 
-    /// An HTTP/protobuf target posting to `url`, with the TLS settings and headers of
-    /// `settings`.
+    /// An HTTP/protobuf target posting to `url`, with the TLS settings, headers and compression
+    /// of `settings`.
     pub(crate) fn http(
         url: &str,
         settings: &ClientSettings,
@@ -114,14 +115,14 @@ impl PushMetricExporter for OtlpMetricExporter {
             }
             MetricsTarget::Send(transport, rt) => (transport.clone(), rt),
         };
-        let kind = match transport {
-            Transport::Grpc(..) => "OTLP/gRPC",
-            Transport::Http(..) => "OTLP/HTTP",
-        };
-        let body = gzip(&request.encode_to_vec())
+        let kind = transport.kind();
+        // One export per interval: a gzip compressor is not worth keeping between them.
+        let body = transport
+            .encoder()
+            .encode_vec(request.encode_to_vec())
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} metrics export: gzip: {e}")))?;
         let policy = self.retry;
-        rt.spawn(async move { transport.send(bytes::Bytes::from(body), policy).await.map(drop) })
+        rt.spawn(async move { transport.send(body, policy).await.map(drop) })
             .await
             .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} metrics export: {e}")))

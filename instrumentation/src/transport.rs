@@ -1,17 +1,24 @@
-//! The OTLP transport both signals' exporters send through: one encoded request, already
-//! compressed with gzip (level 1, [`gzip`]), goes to an OTLP receiver over gRPC or HTTP/protobuf,
-//! with the TLS settings and headers of [`ClientSettings`], and is retried as the OTLP
-//! specification says (gRPC `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with `RetryInfo`, …; HTTP 429,
-//! 502, 503, 504 and connection errors) with exponential backoff and jitter ([`RETRY`]), waiting
-//! at least the server's `Retry-After` / `RetryInfo` delay.
+//! The OTLP transport both signals' exporters send through: one encoded request, compressed as
+//! the signal's [`Compression`] says (gzip at level 1 by default, or not at all), goes to an OTLP
+//! receiver over gRPC or HTTP/protobuf, with the TLS settings and headers of [`ClientSettings`],
+//! and is retried as the OTLP specification says (gRPC `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with
+//! `RetryInfo`, …; HTTP 429, 502, 503, 504 and connection errors) with exponential backoff and
+//! jitter ([`RETRY`]), waiting at least the server's `Retry-After` / `RetryInfo` delay.
 //!
-//! What comes in: the request's gzip bytes. What goes out: `Ok` once the receiver accepted it, or
+//! What comes in: the request's protobuf bytes, made into a [`Body`] by the transport's own
+//! [`BodyEncoder`] on the exporting thread. What goes out: `Ok` once the receiver accepted it, or
 //! the last attempt's error.
 //!
-//! Over gRPC the message is sent as tonic frames it (uncompressed, flag `0`), and [`GzipFrames`]
-//! marks the frame compressed and sets `grpc-encoding: gzip` — tonic itself would compress at a
-//! fixed level 6, about twice the CPU of level 1 for 5% smaller OTLP (the pipeline's exporters do
-//! the same, `export/sender/client.rs`).
+//! This module is the one place that decides compression for both signals: the encoder
+//! ([`Transport::encoder`]) compresses or not, and [`Transport::send`] sets the matching
+//! `grpc-encoding` / `Content-Encoding` header and gRPC frame flag. With [`Compression::None`]
+//! nothing of gzip runs (no compressor is even created), the body is the protobuf bytes, no
+//! encoding header is sent and the gRPC frame's compressed flag is `0`.
+//!
+//! Over gRPC the message is sent as tonic frames it (uncompressed, flag `0`), and with gzip
+//! [`EncodedFrames`] marks the frame compressed and sets `grpc-encoding: gzip` — tonic itself would
+//! compress at a fixed level 6, about twice the CPU of level 1 for 5% smaller OTLP (the pipeline's
+//! exporters do the same, `export/sender/client.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,12 +145,67 @@ where
     }
 }
 
-/// `body` compressed with gzip at level 1 (fast: OTLP compresses about as well at 1 as at 6).
-///
-/// # Errors
-/// The compressor's message (it writes to memory, so in practice never).
-pub(crate) fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
-    Gzip::new().compress(body)
+/// How one signal's request bodies are compressed: `OTEL_EXPORTER_OTLP_COMPRESSION` and its
+/// per-signal variants ([`crate::OTEL_EXPORTER_OTLP_COMPRESSION`]), read by
+/// [`ClientSettings::from_env`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Compression {
+    /// gzip at level 1 ([`Gzip`]; fast: OTLP compresses about as well at 1 as at 6). The crate's
+    /// default, where the specification's is `none`: a service usually exports across a network.
+    #[default]
+    Gzip,
+    /// The protobuf bytes as they are: for a receiver on the same host, where compressing costs
+    /// CPU and saves nothing that matters.
+    None,
+}
+
+impl Compression {
+    /// The `grpc-encoding` / `Content-Encoding` value, if any.
+    pub(crate) fn header(self) -> Option<&'static str> {
+        match self {
+            Compression::Gzip => Some("gzip"),
+            Compression::None => None,
+        }
+    }
+}
+
+/// One request's body as its transport sends it: made by that transport's [`BodyEncoder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Body(Bytes);
+
+/// Makes request bodies for one [`Transport`] ([`Transport::encoder`]): compresses them with a
+/// [`Gzip`] kept between requests, or passes them through. One per exporting thread.
+#[derive(Debug)]
+pub(crate) enum BodyEncoder {
+    /// gzip at level 1, the deflate state kept.
+    Gzip(Gzip),
+    /// No compression: no compressor exists, nothing of gzip runs.
+    None,
+}
+
+impl BodyEncoder {
+    /// The body for the request whose protobuf bytes are `protobuf` (copied when not compressed:
+    /// the caller keeps its buffer for the next request).
+    ///
+    /// # Errors
+    /// The compressor's message (it writes to memory, so in practice never).
+    pub(crate) fn encode(&mut self, protobuf: &[u8]) -> Result<Body, String> {
+        match self {
+            BodyEncoder::Gzip(gzip) => gzip.compress(protobuf).map(|gz| Body(Bytes::from(gz))),
+            BodyEncoder::None => Ok(Body(Bytes::copy_from_slice(protobuf))),
+        }
+    }
+
+    /// [`BodyEncoder::encode`] for a buffer the caller gives up (not copied when not compressed).
+    ///
+    /// # Errors
+    /// The compressor's message (it writes to memory, so in practice never).
+    pub(crate) fn encode_vec(&mut self, protobuf: Vec<u8>) -> Result<Body, String> {
+        match self {
+            BodyEncoder::Gzip(gzip) => gzip.compress(&protobuf).map(|gz| Body(Bytes::from(gz))),
+            BodyEncoder::None => Ok(Body(Bytes::from(protobuf))),
+        }
+    }
 }
 
 /// A gzip compressor at level 1 that keeps its deflate state between requests: a new zlib-rs
@@ -201,71 +263,120 @@ impl Gzip {
     }
 }
 
-/// Where one signal's requests go; cheap to clone (the clients share their connections).
+/// Where one signal's requests go, and how their bodies are compressed; cheap to clone (the
+/// clients share their connections).
 #[derive(Clone)]
-pub(crate) enum Transport {
-    /// OTLP/gRPC: the channel, the service's method, the headers.
-    Grpc(Box<tonic::client::Grpc<GzipFrames>>, http::uri::PathAndQuery, Headers),
-    /// OTLP/HTTP: the client, the URL, the headers.
-    Http(reqwest::Client, Arc<str>, Headers),
+pub(crate) struct Transport {
+    wire: Wire,
+    headers: Headers,
+    compression: Compression,
+}
+
+/// The protocol's client.
+#[derive(Clone)]
+enum Wire {
+    /// OTLP/gRPC: the channel, the service's method.
+    Grpc(Box<tonic::client::Grpc<EncodedFrames>>, http::uri::PathAndQuery),
+    /// OTLP/HTTP: the client, the URL.
+    Http(reqwest::Client, Arc<str>),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transport::Grpc(_, path, headers) => f.debug_tuple("Grpc").field(path).field(headers).finish(),
-            Transport::Http(_, url, headers) => f.debug_tuple("Http").field(url).field(headers).finish(),
-        }
+        let mut t = match &self.wire {
+            Wire::Grpc(_, path) => {
+                let mut t = f.debug_tuple("Grpc");
+                t.field(path);
+                t
+            }
+            Wire::Http(_, url) => {
+                let mut t = f.debug_tuple("Http");
+                t.field(url);
+                t
+            }
+        };
+        t.field(&self.headers).field(&self.compression).finish()
     }
 }
 
 impl Transport {
     /// A gRPC transport to `endpoint`'s method `path` ([`TRACES_GRPC_PATH`],
-    /// [`METRICS_GRPC_PATH`]), with the TLS settings and headers of `settings`. Connects lazily;
-    /// must be called inside the exporters' runtime.
+    /// [`METRICS_GRPC_PATH`]), with the TLS settings, headers and compression of `settings`.
+    /// Connects lazily; must be called inside the exporters' runtime.
     ///
     /// # Errors
     /// A message when the endpoint or the TLS settings cannot be used.
     pub(crate) fn grpc(endpoint: &str, path: &'static str, settings: &ClientSettings) -> Result<Self, String> {
         let channel = settings.grpc_channel(endpoint)?;
-        Ok(Transport::Grpc(
-            Box::new(tonic::client::Grpc::new(GzipFrames(channel))),
-            http::uri::PathAndQuery::from_static(path),
-            settings.headers.clone(),
-        ))
+        let frames = EncodedFrames {
+            channel,
+            compression: settings.compression,
+        };
+        Ok(Self {
+            wire: Wire::Grpc(
+                Box::new(tonic::client::Grpc::new(frames)),
+                http::uri::PathAndQuery::from_static(path),
+            ),
+            headers: settings.headers.clone(),
+            compression: settings.compression,
+        })
     }
 
-    /// An HTTP/protobuf transport posting to `url`, with the TLS settings and headers of
-    /// `settings`.
+    /// An HTTP/protobuf transport posting to `url`, with the TLS settings, headers and
+    /// compression of `settings`.
     ///
     /// # Errors
     /// A message when the TLS settings cannot be used.
     pub(crate) fn http(url: &str, settings: &ClientSettings) -> Result<Self, String> {
-        Ok(Transport::Http(
-            settings.http_client()?,
-            url.into(),
-            settings.headers.clone(),
-        ))
+        Ok(Self {
+            wire: Wire::Http(settings.http_client()?, url.into()),
+            headers: settings.headers.clone(),
+            compression: settings.compression,
+        })
     }
 
-    /// Sends one request, `gzipped` ([`gzip`] of its protobuf bytes), retrying as `policy` says,
-    /// and returns the accepted answer's protobuf bytes (an `Export…ServiceResponse`; at most
-    /// [`MAX_ANSWER`] of an HTTP body are read). Runs on the exporters' runtime.
+    /// `OTLP/gRPC` or `OTLP/HTTP`, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.wire {
+            Wire::Grpc(..) => "OTLP/gRPC",
+            Wire::Http(..) => "OTLP/HTTP",
+        }
+    }
+
+    /// Whether requests go over gRPC.
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self.wire, Wire::Grpc(..))
+    }
+
+    /// The body encoder for this transport's compression; keep it for the next requests (a gzip
+    /// compressor is costly to set up). For [`Compression::None`] it holds nothing.
+    pub(crate) fn encoder(&self) -> BodyEncoder {
+        match self.compression {
+            Compression::Gzip => BodyEncoder::Gzip(Gzip::new()),
+            Compression::None => BodyEncoder::None,
+        }
+    }
+
+    /// Sends one request, `body` (from this transport's [`BodyEncoder`], with the matching
+    /// encoding header and gRPC frame flag), retrying as `policy` says, and returns the accepted
+    /// answer's protobuf bytes (an `Export…ServiceResponse`; at most [`MAX_ANSWER`] of an HTTP
+    /// body are read). Runs on the exporters' runtime.
     ///
     /// # Errors
     /// The last attempt's error, with the number of attempts.
-    pub(crate) async fn send(&self, gzipped: Bytes, policy: RetryPolicy) -> Result<Bytes, String> {
-        match self {
-            Transport::Grpc(grpc, path, headers) => {
+    pub(crate) async fn send(&self, body: Body, policy: RetryPolicy) -> Result<Bytes, String> {
+        let (body, headers) = (body.0, &self.headers);
+        match &self.wire {
+            Wire::Grpc(grpc, path) => {
                 with_retry(policy, || {
                     let mut grpc = (**grpc).clone();
-                    let mut request = tonic::Request::new(gzipped.clone());
+                    let mut request = tonic::Request::new(body.clone());
                     headers.apply_metadata(request.metadata_mut());
                     async move {
                         grpc.ready()
                             .await
                             .map_err(|e| (Retry::Backoff, format!("connecting: {e}")))?;
-                        grpc.unary(request, path.clone(), GzippedCodec)
+                        grpc.unary(request, path.clone(), EncodedCodec)
                             .await
                             .map(tonic::Response::into_inner)
                             .map_err(|status| (classify_grpc(&status), status.to_string()))
@@ -273,16 +384,18 @@ impl Transport {
                 })
                 .await
             }
-            Transport::Http(client, url, headers) => {
+            Wire::Http(client, url) => {
                 let mut extra = http::HeaderMap::new();
                 headers.apply(&mut extra);
+                if let Some(encoding) = self.compression.header() {
+                    extra.insert(http::header::CONTENT_ENCODING, http::HeaderValue::from_static(encoding));
+                }
                 with_retry(policy, || {
                     let req = client
                         .post(&**url)
                         .headers(extra.clone())
                         .header("content-type", "application/x-protobuf")
-                        .header("content-encoding", "gzip")
-                        .body(gzipped.clone());
+                        .body(body.clone());
                     async move {
                         let mut resp = req.send().await.map_err(|e| (Retry::Backoff, e.to_string()))?;
                         let status = resp.status();
@@ -312,27 +425,34 @@ impl Transport {
     }
 }
 
-/// The gRPC channel, for request messages the codec wrote gzip-compressed: tonic frames them as
-/// uncompressed (`0`, length, message); this marks the frame compressed (`1`) and sets
-/// `grpc-encoding: gzip`. Answers pass through to tonic unchanged.
+/// The gRPC channel, for request messages the codec wrote as the [`BodyEncoder`] made them: tonic
+/// frames them as uncompressed (`0`, length, message); with [`Compression::Gzip`] this marks the
+/// frame compressed (`1`) and sets `grpc-encoding: gzip`, with [`Compression::None`] the request
+/// passes through unchanged. Answers pass through to tonic unchanged.
 #[derive(Clone)]
-pub(crate) struct GzipFrames(Channel);
+pub(crate) struct EncodedFrames {
+    channel: Channel,
+    compression: Compression,
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl tower::Service<http::Request<tonic::body::Body>> for GzipFrames {
+impl tower::Service<http::Request<tonic::body::Body>> for EncodedFrames {
     type Response = http::Response<tonic::body::Body>;
     type Error = BoxError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
-        tower::Service::poll_ready(&mut self.0, cx).map_err(Into::into)
+        tower::Service::poll_ready(&mut self.channel, cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         // The clone that was polled ready is the one that calls.
-        let clone = self.0.clone();
-        let mut inner = std::mem::replace(&mut self.0, clone);
+        let clone = self.channel.clone();
+        let mut inner = std::mem::replace(&mut self.channel, clone);
+        let Some(encoding) = self.compression.header() else {
+            return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
+        };
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let framed = http_body_util::BodyExt::collect(body).await?.to_bytes();
@@ -343,7 +463,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for GzipFrames {
             marked[0] = 1;
             parts
                 .headers
-                .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+                .insert("grpc-encoding", http::HeaderValue::from_static(encoding));
             let body = tonic::body::Body::new(http_body_util::Full::new(marked.freeze()));
             inner
                 .call(http::Request::from_parts(parts, body))
@@ -353,10 +473,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for GzipFrames {
     }
 }
 
-/// Writes the already compressed request as the message; hands the answer's bytes back
-/// undecoded (an `Export` answer only carries `partial_success`).
+/// Writes the request body as the [`BodyEncoder`] made it as the message; hands the answer's
+/// bytes back undecoded (an `Export` answer only carries `partial_success`).
 #[derive(Debug, Clone, Copy)]
-struct GzippedCodec;
+struct EncodedCodec;
 
 struct BytesEncoder;
 
@@ -381,7 +501,7 @@ impl Decoder for BytesDecoder {
     }
 }
 
-impl Codec for GzippedCodec {
+impl Codec for EncodedCodec {
     type Encode = Bytes;
     type Decode = Bytes;
     type Encoder = BytesEncoder;
@@ -409,6 +529,38 @@ mod tests {
     }
 
     #[test]
+    fn the_encoder_follows_the_transport_s_compression() {
+        use std::io::Read as _;
+        let settings = |compression| {
+            let mut s = ClientSettings::default();
+            s.compression = compression;
+            s
+        };
+        let body = b"otlp ".repeat(1000);
+        let plain = Transport::http("http://localhost:4318/v1/traces", &settings(Compression::None)).expect("http");
+        let mut encoder = plain.encoder();
+        assert!(matches!(encoder, BodyEncoder::None), "no compressor for none");
+        assert_eq!(encoder.encode(&body).expect("none").0, body);
+        assert_eq!(encoder.encode_vec(body.clone()).expect("none").0, body);
+        assert_eq!(Compression::None.header(), None);
+
+        let gzipped = Transport::http("http://localhost:4318/v1/traces", &settings(Compression::Gzip)).expect("http");
+        let mut encoder = gzipped.encoder();
+        for gz in [
+            encoder.encode(&body).expect("gzip").0,
+            encoder.encode_vec(body.clone()).expect("gzip").0,
+        ] {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut out)
+                .expect("gunzip");
+            assert_eq!(out, body);
+        }
+        assert_eq!(Compression::Gzip.header(), Some("gzip"));
+        assert_eq!(Compression::default(), Compression::Gzip);
+    }
+
+    #[test]
     fn gzip_round_trips_and_a_reused_compressor_gives_the_same_bytes() {
         use std::io::Read as _;
         let gunzip = |gz: &[u8]| {
@@ -429,8 +581,12 @@ mod tests {
         for body in [b"otlp ".repeat(1000), Vec::new(), random, b"x".repeat(5_000_000)] {
             let gz = reused.compress(&body).expect("gzip");
             assert_eq!(gunzip(&gz), body);
-            assert_eq!(gz, gzip(&body).expect("gzip"), "a reset stream is a new stream");
+            assert_eq!(
+                gz,
+                Gzip::new().compress(&body).expect("gzip"),
+                "a reset stream is a new stream"
+            );
         }
-        assert!(gzip(&b"otlp ".repeat(1000)).expect("gzip").len() < 500);
+        assert!(Gzip::new().compress(&b"otlp ".repeat(1000)).expect("gzip").len() < 500);
     }
 }

@@ -1,7 +1,8 @@
 //! The default OTLP traces path: finished spans leave the service's threads through a bounded
 //! channel to an export thread of this crate ([`processor`]), which encodes OTLP straight from
-//! the SDK's `SpanData` ([`encode`]) and sends it gzip-compressed through the crate's own OTLP
-//! transport ([`crate::transport`], shared with the metrics; TLS and headers from
+//! the SDK's `SpanData` ([`encode`]) and sends it gzip-compressed (or, with
+//! `OTEL_EXPORTER_OTLP_{TRACES_,}COMPRESSION=none`, uncompressed) through the crate's own OTLP
+//! transport ([`crate::transport`], shared with the metrics; TLS, headers and compression from
 //! [`crate::client`]). It replaces the SDK's batch span processor and `opentelemetry-otlp`'s span
 //! exporter, which converted every span into `opentelemetry-proto` structs (a `String` or `Vec`
 //! per attribute) and compressed at gzip level 6 (issue 19). A custom exporter

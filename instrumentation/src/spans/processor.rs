@@ -2,8 +2,8 @@
 //! `try_send`s the finished `SpanData` into a bounded channel (a full channel drops the span and
 //! counts it, never blocking the service); a thread of its own batches the spans by count and
 //! time, encodes each batch as OTLP protobuf straight from the `SpanData` ([`super::encode`]),
-//! compresses it with gzip at level 1 and sends it through the crate's [`Transport`] on the
-//! exporters' runtime.
+//! compresses it with gzip at level 1 (unless the transport's compression is `none`: then nothing
+//! of gzip runs) and sends it through the crate's [`Transport`] on the exporters' runtime.
 //!
 //! It behaves as the SDK's `BatchSpanProcessor` and OTLP span exporter it replaces: the same
 //! channel bound, batch size, delay and export deadline ([`BatchSettings`]), an export when a full batch is waiting, when the delay has passed,
@@ -27,7 +27,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::BatchSettings;
 use super::encode::{EncodedResource, encode_request, encode_resource};
-use crate::transport::{Gzip, RETRY, RetryPolicy, Transport};
+use crate::transport::{BodyEncoder, RETRY, RetryPolicy, Transport};
 
 /// How long `force_flush` waits for the export thread (the SDK batch processor's).
 const FORCE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,12 +103,12 @@ impl OtlpSpanProcessor {
             export_asked: Arc::clone(&export_asked),
             settings,
             resource: encode_resource(resource),
+            body: transport.encoder(),
             transport,
             runtime,
             retry,
             batch: Vec::with_capacity(settings.max_export_batch_size),
             encoded: Vec::new(),
-            gzip: Gzip::new(),
         };
         let thread = std::thread::Builder::new()
             .name("spindle-spans".into())
@@ -227,21 +227,22 @@ pub(super) fn log_partial_success(transport: &Transport, answer: &[u8]) {
     else {
         return;
     };
-    match transport {
-        Transport::Grpc(..) => tracing::warn!(
+    if transport.is_grpc() {
+        tracing::warn!(
             name: "TonicTracesClient.PartialSuccess",
             target: "opentelemetry-otlp",
             name = "TonicTracesClient.PartialSuccess",
             rejected_spans = partial.rejected_spans,
             error_message = partial.error_message.as_str()
-        ),
-        Transport::Http(..) => tracing::warn!(
+        );
+    } else {
+        tracing::warn!(
             name: "HttpTraceClient.PartialSuccess",
             target: "opentelemetry-otlp",
             name = "HttpTraceClient.PartialSuccess",
             rejected_spans = partial.rejected_spans,
             error_message = partial.error_message.as_str()
-        ),
+        );
     }
 }
 
@@ -260,8 +261,8 @@ struct Worker {
     batch: Vec<SpanData>,
     /// One batch's protobuf bytes; reused.
     encoded: Vec<u8>,
-    /// The compressor; reused.
-    gzip: Gzip,
+    /// The transport's body encoder (the gzip compressor, or none); reused.
+    body: BodyEncoder,
 }
 
 impl Worker {
@@ -344,20 +345,17 @@ impl Worker {
         let mut groups = Vec::new();
         encode_request(&self.resource, &self.batch, &mut groups, &mut self.encoded);
         drop(groups);
-        let kind = match self.transport {
-            Transport::Grpc(..) => "OTLP/gRPC",
-            Transport::Http(..) => "OTLP/HTTP",
-        };
+        let kind = self.transport.kind();
         let body = self
-            .gzip
-            .compress(&self.encoded)
+            .body
+            .encode(&self.encoded)
             .map_err(|e| OTelSdkError::InternalFailure(format!("{kind} span export: gzip: {e}")))?;
         let transport = self.transport.clone();
         let (retry, deadline) = (self.retry, self.settings.export_timeout);
         let answer = self
             .runtime
             .block_on(async move {
-                tokio::time::timeout(deadline, transport.send(bytes::Bytes::from(body), retry))
+                tokio::time::timeout(deadline, transport.send(body, retry))
                     .await
                     .unwrap_or_else(|_| Err(format!("timed out after {deadline:?}")))
             })
