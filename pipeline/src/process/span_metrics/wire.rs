@@ -112,7 +112,8 @@ impl<'a> WireRequest<'a> {
                     let s = self.span(span, resource)?;
                     if spans > 0 {
                         let per_span = (s.attrs.1 - s.attrs.0) as usize;
-                        self.attrs.reserve(per_span.saturating_mul(spans - 1).min(buf.len() / 2));
+                        self.attrs
+                            .reserve(per_span.saturating_mul(spans - 1).min(buf.len() / 2));
                         spans = 0;
                     }
                     self.spans.push(s);
