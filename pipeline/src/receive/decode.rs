@@ -105,10 +105,13 @@ impl Encoding {
 /// # Errors
 /// [`DecodeError::TooLarge`], [`DecodeError::Corrupt`] or [`DecodeError::UnsupportedEncoding`].
 pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64) -> Result<bytes::Bytes, DecodeError> {
-    let enc = content_encoding
-        .map(|s| s.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let out = match enc.as_str() {
+    let given = content_encoding.map_or("", str::trim);
+    // The names this knows, in canonical form (compared without a lowercased copy per request).
+    let enc = ["identity", "gzip", "x-gzip", "zstd"]
+        .into_iter()
+        .find(|name| given.eq_ignore_ascii_case(name))
+        .unwrap_or(given);
+    let out = match enc {
         "" | "identity" => {
             if body.len() as u64 > limit {
                 return Err(DecodeError::TooLarge {
@@ -147,7 +150,7 @@ pub fn decompress(body: bytes::Bytes, content_encoding: Option<&str>, limit: u64
             })?;
             read_capped(dec, hint, limit, "zstd")?
         }
-        other => return Err(DecodeError::UnsupportedEncoding(other.to_string())),
+        other => return Err(DecodeError::UnsupportedEncoding(other.to_ascii_lowercase())),
     };
     Ok(bytes::Bytes::from(out))
 }
@@ -460,6 +463,22 @@ mod tests {
     fn gzip_and_zstd_round_trip() {
         let data = b"hello otlp".repeat(100);
         assert_eq!(&decompress(gzip(&data), Some("gzip"), 10_000).unwrap()[..], &data[..]);
+        // Encoding names in any case, with surrounding space; an unknown one is named.
+        for name in [" GZIP ", "X-Gzip", "gZiP"] {
+            assert_eq!(
+                &decompress(gzip(&data), Some(name), 10_000).unwrap()[..],
+                &data[..],
+                "{name}"
+            );
+        }
+        assert_eq!(
+            &decompress(data.clone().into(), Some("Identity"), 10_000).unwrap()[..],
+            &data[..]
+        );
+        assert_eq!(
+            decompress(data.clone().into(), Some(" Brotli"), 10_000).unwrap_err(),
+            DecodeError::UnsupportedEncoding("brotli".into())
+        );
         let z = zstd::encode_all(&data[..], 1).unwrap();
         assert_eq!(&decompress(z.into(), Some("zstd"), 10_000).unwrap()[..], &data[..]);
     }

@@ -25,7 +25,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 use super::decode::DecodeError;
 
-use crate::util::protobuf::{MAX_DEPTH, take as skip, varint};
+use crate::util::protobuf::{MAX_DEPTH, PlainValue, plain_key_value, take as skip, varint};
 
 /// The OTLP message types a request can contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,17 +462,15 @@ fn walk_span(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
 /// [`walk`] of a `KeyValue`, by hand: its key, and its value when that is a string or bytes (the
 /// generic walk for arrays and maps).
 fn walk_key_value(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
-    // The usual shape first: a key, then one `AnyValue` of one string or scalar field, every
-    // length in one byte.
-    if let [0x0a, key_len, rest @ ..] = buf
-        && *key_len < 0x80
-        && let Some([0x12, value_len, value @ ..]) = rest.get(usize::from(*key_len)..)
-        && *value_len < 0x80
-        && usize::from(*value_len) == value.len()
-        && depth < MAX_DEPTH
-        && let Some(value_cost) = plain_value_cost(value)
+    // The usual shape first: a key, then one `AnyValue` of one string or scalar field.
+    if depth < MAX_DEPTH
+        && let Some((key, value)) = plain_key_value(buf)
     {
-        return Ok(str_cost(u64::from(*key_len)).saturating_add(value_cost));
+        let value = match value {
+            PlainValue::Str(s) => str_cost(s.len() as u64),
+            _ => 0,
+        };
+        return Ok(str_cost(key.len() as u64).saturating_add(value));
     }
     let mut cost = 0u64;
     while !buf.is_empty() {
@@ -520,22 +518,6 @@ fn walk_key_value(mut buf: &[u8], depth: u32) -> Result<u64, &'static str> {
         }
     }
     Ok(cost)
-}
-
-/// What an `AnyValue` of one string, bool, int or double field (or none) costs; `None` for any
-/// other shape (left to [`walk_key_value`]'s general loop).
-fn plain_value_cost(value: &[u8]) -> Option<u64> {
-    match value {
-        [] => Some(0),
-        [0x0a, len, s @ ..] if *len < 0x80 && usize::from(*len) == s.len() => Some(str_cost(u64::from(*len))),
-        [0x10 | 0x18, int @ ..] => {
-            let mut rest = int;
-            varint(&mut rest).ok()?;
-            rest.is_empty().then_some(0)
-        }
-        [0x21, double @ ..] => (double.len() == 8).then_some(0),
-        _ => None,
-    }
 }
 
 /// Skips the value of a field whose key is `key` (one the memory walk does not count).

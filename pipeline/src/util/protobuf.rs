@@ -140,6 +140,60 @@ pub fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], &'static str> {
     Ok(head)
 }
 
+/// The value of a [`plain_key_value`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlainValue<'a> {
+    /// An `AnyValue` with no field.
+    Empty,
+    /// `string_value`, not yet checked as UTF-8.
+    Str(&'a [u8]),
+    /// `bool_value`.
+    Bool(bool),
+    /// `int_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+}
+
+/// The usual encoded `KeyValue`, read without a general field loop: its key field, then one
+/// `AnyValue` holding a string, bool, int or double field or nothing, every length in one byte and
+/// nothing after. Returns the key's bytes (not yet checked as UTF-8) and the value; `None` for any
+/// other shape, which the in-place readers then read in full. The value is one message deeper than
+/// the `KeyValue`: callers check that depth.
+#[inline]
+pub fn plain_key_value(kv: &[u8]) -> Option<(&[u8], PlainValue<'_>)> {
+    let [0x0a, key_len, rest @ ..] = kv else { return None };
+    if *key_len >= 0x80 {
+        return None;
+    }
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len))?;
+    let [0x12, value_len, value @ ..] = rest else {
+        return None;
+    };
+    if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+        return None;
+    }
+    let value = match value {
+        [] => PlainValue::Empty,
+        [0x0a, len, s @ ..] if *len < 0x80 && usize::from(*len) == s.len() => PlainValue::Str(s),
+        [tag @ (0x10 | 0x18), int @ ..] => {
+            let mut rest = int;
+            let v = varint(&mut rest).ok()?;
+            if !rest.is_empty() {
+                return None;
+            }
+            if *tag == 0x10 {
+                PlainValue::Bool(v != 0)
+            } else {
+                PlainValue::Int(v as i64)
+            }
+        }
+        [0x21, double @ ..] => PlainValue::Double(f64::from_le_bytes(double.try_into().ok()?)),
+        _ => return None,
+    };
+    Some((key, value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 
 use super::labels::write_any;
-use crate::util::protobuf::{Wire, depth_ok, field, utf8, varint};
+use crate::util::protobuf::{self, PlainValue, Wire, depth_ok, field, utf8};
 
 /// Why bytes are not a valid request.
 pub type WireError = &'static str;
@@ -142,33 +142,14 @@ fn any_key_value(kv: &[u8], depth: u32) -> Result<WireAttr<'_>, WireError> {
 /// shape (also for bytes that are not valid), which [`key_value`] then reads in full.
 #[inline]
 fn plain_key_value(kv: &[u8], depth: u32) -> Option<WireAttr<'_>> {
-    let [0x0a, key_len, rest @ ..] = kv else { return None };
-    let key_len = usize::from(*key_len);
-    if key_len >= 0x80 || rest.len() < key_len {
-        return None;
-    }
-    let (key, rest) = rest.split_at(key_len);
-    let [0x12, value_len, value @ ..] = rest else {
-        return None;
-    };
-    if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
-        return None;
-    }
+    let (key, value) = protobuf::plain_key_value(kv)?;
     depth_ok(depth + 1).ok()?;
     let value = match value {
-        [] => WireValue::Empty,
-        [0x0a, len, s @ ..] if *len < 0x80 && usize::from(*len) == s.len() => WireValue::Str(utf8(s).ok()?),
-        [0x10, b] if *b < 0x80 => WireValue::Bool(*b != 0),
-        [0x18, int @ ..] => {
-            let mut int = int;
-            let i = varint(&mut int).ok()?;
-            if !int.is_empty() {
-                return None;
-            }
-            WireValue::Int(i as i64)
-        }
-        [0x21, d @ ..] => WireValue::Double(f64::from_le_bytes(d.try_into().ok()?)),
-        _ => return None,
+        PlainValue::Empty => WireValue::Empty,
+        PlainValue::Str(s) => WireValue::Str(utf8(s).ok()?),
+        PlainValue::Bool(b) => WireValue::Bool(b),
+        PlainValue::Int(i) => WireValue::Int(i),
+        PlainValue::Double(d) => WireValue::Double(d),
     };
     Some(WireAttr {
         key: utf8(key).ok()?,
